@@ -1,0 +1,101 @@
+"""PyTorch adapter: a state_dict loaded with ``weights_only=True`` into a named class.
+
+Whole pickled modules are never loaded: the class comes from the manifest
+(``extra.module_class = "pkg.module:Class"``) and the file only holds tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deployments.backends.base import BaseBackend
+from models.registry import Manifest
+from serve.errors import ArtifactError
+
+__all__ = ["TorchBackend"]
+
+log = logging.getLogger(__name__)
+
+
+def _import_class(spec: str) -> Any:
+    module_name, sep, cls_name = spec.partition(":")
+    if not sep or not module_name or not cls_name:
+        raise ArtifactError(f"module_class must look like 'pkg.module:Class', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ArtifactError(f"cannot import {module_name!r} for {spec!r}: {exc}") from exc
+    try:
+        return getattr(module, cls_name)
+    except AttributeError as exc:
+        raise ArtifactError(f"module {module_name!r} has no class {cls_name!r}") from exc
+
+
+class TorchBackend(BaseBackend):
+    framework = "torch"
+
+    def _load(self, manifest: Manifest, artifact: Path) -> None:
+        import torch
+
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        spec = manifest.extra.get("module_class")
+        if not isinstance(spec, str):
+            raise ArtifactError(
+                f"torch model {manifest.name} {manifest.version} has no extra.module_class; "
+                "re-register it with torch_class='pkg.module:Class'"
+            )
+        cls = _import_class(spec)
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+            raise ArtifactError(f"{spec} is not a torch.nn.Module subclass")
+        init_kwargs = manifest.extra.get("init_kwargs") or {}
+        try:
+            model = cls(**init_kwargs)
+            state = torch.load(artifact, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as exc:
+            raise ArtifactError(
+                f"cannot load torch state_dict {artifact} into {spec}({init_kwargs}): {exc}"
+            ) from exc
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device.startswith("cuda") and not torch.cuda.is_available():
+            log.warning("device %s requested but CUDA is not available; using cpu", device)
+            device = "cpu"
+        self.device = device
+        self._torch_device = torch.device(device)
+
+        self._autocast_dtype: Any = None
+        if self.precision == "fp16":
+            if self._torch_device.type == "cpu":
+                log.warning("fp16 is not supported on cpu; running %s in fp32", manifest.version)
+                self.precision = "fp32"
+            else:
+                self._autocast_dtype = torch.float16
+        elif self.precision == "bf16":
+            self._autocast_dtype = torch.bfloat16
+
+        self._model = model.to(self._torch_device).eval()
+        self._torch = torch
+
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        x = torch.from_numpy(batch).to(self._torch_device)
+        ctx = (
+            torch.autocast(device_type=self._torch_device.type, dtype=self._autocast_dtype)
+            if self._autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), ctx:
+            out = self._model(x)
+        if not isinstance(out, torch.Tensor):
+            raise ArtifactError(f"the torch model returned {type(out).__name__}, not a tensor")
+        return out.float().cpu().numpy()

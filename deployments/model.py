@@ -1,0 +1,125 @@
+"""The generic model deployment: one Ray Serve deployment per model version.
+
+Every call carries a batch (n, *input_shape) and gets (n, n_classes)
+probabilities back. Concurrent calls are merged by ``@serve.batch`` into one
+backend call, sized in *rows* (``batch_size_fn``), so a /predict/batch of 40
+and two single predictions share one forward pass up to ``max_batch_size``
+rows. The backend runs in a worker thread so the replica's event loop keeps
+collecting the next batch while this one computes. An invalid item fails only
+its own caller: items are validated before they are merged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from deployments.backends import check_batch, load_backend
+from models.registry import Registry
+from serve.errors import InvalidInput
+
+__all__ = ["ModelDeployment"]
+
+log = logging.getLogger("ray.serve")
+
+
+def _rows(items: list[Any]) -> int:
+    return sum(len(x) for x in items)
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by fault injection (tests and chaos drills)."""
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, health_check_period_s=10)
+class ModelDeployment:
+    def __init__(
+        self,
+        registry_root: str,
+        model: str,
+        version: str,
+        *,
+        max_batch_size: int = 64,
+        batch_wait_timeout_s: float = 0.005,
+        precision: str = "fp32",
+        num_gpus: float = 0.0,
+    ) -> None:
+        registry = Registry(registry_root)
+        self.manifest = registry.manifest(model, version)
+        artifact = registry.verified_artifact(self.manifest)
+        device = "cuda" if num_gpus > 0 else "cpu"
+        started = time.perf_counter()
+        self.backend = load_backend(self.manifest, artifact, device=device, precision=precision)
+        self._predict_rows.set_max_batch_size(max_batch_size)
+        self._predict_rows.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.input_shape = tuple(self.manifest.input_shape)
+        self.error_rate = 0.0
+        self.delay_s = 0.0
+        self.calls = 0  # backend calls, for the batching tests and the bench
+        self.rows = 0
+        self._probe = np.zeros((1, *self.input_shape), dtype=np.float32)
+        log.info(
+            "loaded %s:%s (%s) in %.2fs on %s/%s",
+            model,
+            version,
+            self.manifest.framework,
+            time.perf_counter() - started,
+            device,
+            precision,
+        )
+
+    async def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for a batch; merged with concurrent callers' batches."""
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.error_rate and random.random() < self.error_rate:
+            raise InjectedFault(f"injected fault in {self.manifest.version}")
+        result = await self._predict_rows(batch)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=_rows)
+    async def _predict_rows(self, items: list[np.ndarray]) -> list[Any]:
+        results: list[Any] = [None] * len(items)
+        good: list[int] = []
+        for i, item in enumerate(items):
+            try:
+                items[i] = check_batch(np.asarray(item, dtype=np.float32), self.manifest)
+                good.append(i)
+            except InvalidInput as exc:
+                results[i] = exc
+        if good:
+            merged = np.concatenate([items[i] for i in good]) if len(good) > 1 else items[good[0]]
+            out = await asyncio.to_thread(self.backend.predict, merged)
+            self.calls += 1
+            self.rows += len(merged)
+            start = 0
+            for i in good:
+                n = len(items[i])
+                results[i] = out[start : start + n]
+                start += n
+        return results
+
+    def set_fault(self, error_rate: float = 0.0, delay_s: float = 0.0) -> None:
+        """Make this replica fail or slow down on purpose (tests, chaos drills)."""
+        self.error_rate = float(error_rate)
+        self.delay_s = float(delay_s)
+
+    def stats(self) -> dict[str, Any]:
+        return {"version": self.manifest.version, "calls": self.calls, "rows": self.rows}
+
+    def ready(self) -> bool:
+        return True
+
+    def check_health(self) -> None:
+        """Fail (and let Serve replace the replica) when the model cannot predict."""
+        out = self.backend.predict(self._probe)
+        if out.shape != (1, len(self.manifest.class_labels)) or not np.all(np.isfinite(out)):
+            raise RuntimeError(f"health probe returned {out.shape}, not a probability row")

@@ -1,0 +1,347 @@
+"""The model registry: manifests, versions and sha256-checked artifacts on disk.
+
+Layout: ``<root>/<name>/<version>/{manifest.json, <artifact>}``. A version exists
+once its ``manifest.json`` does; the manifest is written last and atomically, so a
+crashed registration never leaves a half-registered version behind.
+
+This module never imports ray, torch or tensorflow: the router and the CLI read
+manifests without paying for (or depending on) any framework.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from serve.errors import ArtifactError, InvalidInput
+
+__all__ = [
+    "FRAMEWORKS",
+    "MANIFEST_FILE",
+    "NAME_PATTERN",
+    "Manifest",
+    "Registry",
+    "check_name",
+    "sha256_file",
+    "verify_digest",
+]
+
+FRAMEWORKS: tuple[str, ...] = ("sklearn", "torch", "tensorflow")
+INPUT_DTYPES: tuple[str, ...] = ("float32", "float64")
+MANIFEST_FILE = "manifest.json"
+# Names and versions become Ray deployment names and directory names.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_CHUNK = 1 << 20
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """Return ``value`` if it is a safe model name or version, else raise InvalidInput."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise InvalidInput(
+            f"invalid model {what} {value!r}: use 1-64 characters from letters, digits, "
+            "'.', '_' and '-', starting with a letter or digit",
+            field=what,
+        )
+    return value
+
+
+def sha256_file(path: str | Path, chunk_size: int = _CHUNK) -> str:
+    """Hex sha256 of a file, read in chunks so large artifacts do not fill memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything needed to load and describe one registered model version."""
+
+    name: str
+    version: str
+    framework: str
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    class_labels: tuple[str, ...]
+    accuracy: float | None
+    training_time_s: float | None
+    created_at: str
+    artifact: str
+    sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_shape"] = list(self.input_shape)
+        data["class_labels"] = list(self.class_labels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Build a manifest from JSON data; unknown or missing keys are refused by name."""
+        if not isinstance(data, dict):
+            raise ArtifactError(f"manifest must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        optional = {"extra", "description"}
+        unknown = sorted(set(data) - known)
+        missing = sorted(known - optional - set(data))
+        if unknown or missing:
+            parts = []
+            if unknown:
+                parts.append(f"unknown keys {unknown}")
+            if missing:
+                parts.append(f"missing keys {missing}")
+            raise ArtifactError("invalid manifest: " + "; ".join(parts))
+        try:
+            manifest = cls(
+                name=str(data["name"]),
+                version=str(data["version"]),
+                framework=str(data["framework"]),
+                input_shape=tuple(int(d) for d in data["input_shape"]),
+                input_dtype=str(data["input_dtype"]),
+                class_labels=tuple(str(c) for c in data["class_labels"]),
+                accuracy=None if data["accuracy"] is None else float(data["accuracy"]),
+                training_time_s=(
+                    None if data["training_time_s"] is None else float(data["training_time_s"])
+                ),
+                created_at=str(data["created_at"]),
+                artifact=str(data["artifact"]),
+                sha256=str(data["sha256"]),
+                extra=dict(data.get("extra") or {}),
+                description=str(data.get("description", "")),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(f"invalid manifest: {exc}") from exc
+        manifest.validate()
+        return manifest
+
+    def validate(self) -> None:
+        """Raise ArtifactError if the manifest could not be served safely."""
+        problems = []
+        if not NAME_PATTERN.fullmatch(self.name):
+            problems.append(f"name {self.name!r} is not a valid model name")
+        if not NAME_PATTERN.fullmatch(self.version):
+            problems.append(f"version {self.version!r} is not a valid version")
+        if self.framework not in FRAMEWORKS:
+            problems.append(f"framework {self.framework!r} is not one of {list(FRAMEWORKS)}")
+        if not self.input_shape or any(d <= 0 for d in self.input_shape):
+            problems.append(f"input_shape {self.input_shape} must be non-empty and positive")
+        if self.input_dtype not in INPUT_DTYPES:
+            problems.append(f"input_dtype {self.input_dtype!r} is not one of {list(INPUT_DTYPES)}")
+        if len(self.class_labels) < 2 or len(set(self.class_labels)) != len(self.class_labels):
+            problems.append("class_labels must hold at least two distinct labels")
+        # The artifact is a bare file name inside the version directory, never a path.
+        if (
+            not self.artifact
+            or Path(self.artifact).name != self.artifact
+            or self.artifact.startswith(".")
+            or self.artifact == MANIFEST_FILE
+        ):
+            problems.append(f"artifact {self.artifact!r} must be a plain file name")
+        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            problems.append("sha256 must be 64 lowercase hex digits")
+        if problems:
+            raise ArtifactError(
+                f"invalid manifest for {self.name} {self.version}: " + "; ".join(problems)
+            )
+
+
+def verify_digest(manifest: Manifest, artifact: str | Path) -> Path:
+    """Return ``artifact`` if it exists and matches the manifest's sha256.
+
+    Backends call this again right before deserializing: joblib is pickle, so the
+    bytes must be the ones that were registered.
+    """
+    path = Path(artifact)
+    if not path.is_file():
+        raise ArtifactError(
+            f"artifact {path} of model {manifest.name} version {manifest.version} is missing; "
+            "re-register the model"
+        )
+    actual = sha256_file(path)
+    if actual != manifest.sha256:
+        raise ArtifactError(
+            f"artifact {path} of model {manifest.name} version {manifest.version} fails its "
+            f"sha256 check: expected {manifest.sha256}, got {actual}; the file was changed "
+            "after registration, re-register the model (with overwrite) if the change is wanted"
+        )
+    return path
+
+
+def _natural_key(text: str) -> list[tuple[int, int | str]]:
+    """Sort key that puts v2 before v10."""
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", text) if p]
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Registry:
+    """A directory of registered models; cheap to construct, reads the disk on demand."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.root)!r})"
+
+    def models(self) -> list[str]:
+        """Names with at least one registered version, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and NAME_PATTERN.fullmatch(p.name) and self.versions(p.name)
+        )
+
+    def versions(self, name: str) -> list[str]:
+        """Registered versions of ``name`` in natural order (v2 before v10)."""
+        model_dir = self.root / check_name(name, "name")
+        if not model_dir.is_dir():
+            return []
+        found = [
+            p.name
+            for p in model_dir.iterdir()
+            if p.is_dir() and NAME_PATTERN.fullmatch(p.name) and (p / MANIFEST_FILE).is_file()
+        ]
+        return sorted(found, key=_natural_key)
+
+    def version_dir(self, name: str, version: str) -> Path:
+        return self.root / check_name(name, "name") / check_name(version, "version")
+
+    def manifest(self, name: str, version: str) -> Manifest:
+        path = self.version_dir(name, version) / MANIFEST_FILE
+        if not path.is_file():
+            raise ArtifactError(
+                f"model {name} version {version} is not registered under {self.root}"
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"cannot read manifest {path}: {exc}") from exc
+        manifest = Manifest.from_dict(data)
+        if (manifest.name, manifest.version) != (name, version):
+            raise ArtifactError(
+                f"manifest {path} describes {manifest.name} {manifest.version}, "
+                f"not {name} {version}; re-register the model"
+            )
+        return manifest
+
+    def artifact_path(self, manifest: Manifest) -> Path:
+        return self.version_dir(manifest.name, manifest.version) / manifest.artifact
+
+    def verified_artifact(self, manifest: Manifest) -> Path:
+        """The artifact's path, after checking that it exists and matches its sha256."""
+        manifest.validate()
+        return verify_digest(manifest, self.artifact_path(manifest))
+
+    def register(
+        self,
+        name: str,
+        version: str,
+        framework: str,
+        artifact_path: str | Path,
+        *,
+        input_shape: tuple[int, ...] | list[int],
+        class_labels: tuple[str, ...] | list[str],
+        input_dtype: str = "float32",
+        accuracy: float | None = None,
+        training_time_s: float | None = None,
+        extra: dict[str, Any] | None = None,
+        description: str = "",
+        overwrite: bool = False,
+    ) -> Manifest:
+        """Copy ``artifact_path`` into the registry and write its manifest.
+
+        The sha256 is computed on the copy, so the digest describes the bytes that
+        will be served.
+        """
+        check_name(name, "name")
+        check_name(version, "version")
+        if framework not in FRAMEWORKS:
+            raise InvalidInput(
+                f"unknown framework {framework!r}; use one of {list(FRAMEWORKS)}",
+                field="framework",
+            )
+        source = Path(artifact_path)
+        if not source.is_file():
+            raise ArtifactError(f"artifact file {source} does not exist or is not a file")
+        try:
+            extra_json = json.loads(json.dumps(extra or {}))
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"extra must be JSON-serializable: {exc}", field="extra") from exc
+
+        version_dir = self.version_dir(name, version)
+        manifest_path = version_dir / MANIFEST_FILE
+        if manifest_path.exists() and not overwrite:
+            raise ArtifactError(
+                f"model {name} version {version} is already registered under {self.root}; "
+                "choose a new version or pass overwrite"
+            )
+        version_dir.mkdir(parents=True, exist_ok=True)
+        artifact_name = "model" + source.suffix.lower()
+        target = version_dir / artifact_name
+
+        fd, tmp = tempfile.mkstemp(prefix=".artifact-", suffix=".tmp", dir=version_dir)
+        os.close(fd)
+        try:
+            shutil.copyfile(source, tmp)
+            digest = sha256_file(tmp)
+            manifest = Manifest(
+                name=name,
+                version=version,
+                framework=framework,
+                input_shape=tuple(int(d) for d in input_shape),
+                input_dtype=input_dtype,
+                class_labels=tuple(str(c) for c in class_labels),
+                accuracy=None if accuracy is None else float(accuracy),
+                training_time_s=None if training_time_s is None else float(training_time_s),
+                created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                artifact=artifact_name,
+                sha256=digest,
+                extra=extra_json,
+                description=description,
+            )
+            try:
+                manifest.validate()
+            except ArtifactError as exc:
+                raise InvalidInput(exc.message) from exc
+            # Unpublish the old version first, so no reader pairs the old
+            # manifest with the new artifact.
+            manifest_path.unlink(missing_ok=True)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        for stale in version_dir.iterdir():
+            keep = stale.name in (artifact_name, MANIFEST_FILE) or stale.name.startswith(".")
+            if not keep and stale.is_file():
+                stale.unlink()
+        _write_json_atomic(manifest_path, manifest.to_dict())
+        return manifest

@@ -1,0 +1,238 @@
+"""Prediction cache: canonical keys, JSON values, Redis with bypass on failure.
+
+Keys are ``abserve:<model>:<version>:<digest>``, the digest a blake2b of the
+input's shape and its float32 bytes, so ``1``, ``1.0`` and ``1e0`` (and
+``-0.0``) give one key: the key is of the numbers the model sees, not of the
+JSON text. Values are JSON (a list of class probabilities), never pickle;
+anything else found under a key is counted as a decode error and ignored.
+
+Redis is an optimisation, never a dependency: every call is bounded by
+``timeout_s``; a failure or timeout is a *bypass* (the model answers), and
+after a failure Redis is skipped for ``retry_after_s`` (a breaker with
+threshold 1), after which one request probes it again. redis-py's pool
+reconnects by itself once the server is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from router.fallback import CircuitBreaker
+
+__all__ = [
+    "CacheBackend",
+    "CacheLookup",
+    "CacheStats",
+    "LocalCache",
+    "PredictionCache",
+    "RedisCache",
+    "cache_key",
+    "decode_value",
+    "encode_value",
+]
+
+KEY_PREFIX = "abserve"
+
+
+def cache_key(model: str, version: str, instance: np.ndarray) -> str:
+    """Key of one input instance for one model version."""
+    arr = np.ascontiguousarray(instance, dtype=np.float32) + np.float32(0.0)  # -0.0 -> 0.0
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(arr.shape).encode())
+    h.update(arr.tobytes())
+    return f"{KEY_PREFIX}:{model}:{version}:{h.hexdigest()}"
+
+
+def encode_value(probabilities: Sequence[float]) -> bytes:
+    return orjson.dumps([float(p) for p in probabilities])
+
+
+def decode_value(raw: bytes | str, n_classes: int) -> list[float] | None:
+    """The probabilities stored under a key, or None if the bytes are not ours."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) != n_classes
+        or not all(isinstance(p, int | float) and math.isfinite(p) for p in value)
+    ):
+        return None
+    return [float(p) for p in value]
+
+
+class CacheBackend(Protocol):
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]: ...
+    async def mset(self, items: Sequence[tuple[str, bytes]], ttl_s: int) -> None: ...
+    async def close(self) -> None: ...
+
+
+class RedisCache:
+    """redis.asyncio with one connection pool per router replica."""
+
+    def __init__(self, url: str, *, max_connections: int = 64, socket_timeout_s: float = 1.0):
+        import redis.asyncio as aioredis
+
+        self.client = aioredis.Redis.from_url(
+            url,
+            max_connections=max_connections,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            health_check_interval=0,
+        )
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        return list(await self.client.mget(list(keys)))
+
+    async def mset(self, items: Sequence[tuple[str, bytes]], ttl_s: int) -> None:
+        if len(items) == 1:
+            await self.client.set(items[0][0], items[0][1], ex=ttl_s)
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in items:
+            pipe.set(key, value, ex=ttl_s)
+        await pipe.execute()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class LocalCache:
+    """In-process LRU with TTL, for when no Redis is configured or installed."""
+
+    def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
+        self.max_entries = max_entries
+        self.clock = clock
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        now = self.clock()
+        out: list[bytes | None] = []
+        for key in keys:
+            item = self._data.get(key)
+            if item is None or item[0] <= now:
+                if item is not None:
+                    del self._data[key]
+                out.append(None)
+            else:
+                self._data.move_to_end(key)
+                out.append(item[1])
+        return out
+
+    async def mset(self, items: Sequence[tuple[str, bytes]], ttl_s: int) -> None:
+        expires = self.clock() + ttl_s
+        for key, value in items:
+            self._data[key] = (expires, value)
+            self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    async def close(self) -> None:
+        self._data.clear()
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    bypasses: int = 0
+    errors: int = 0
+    decode_errors: int = 0
+    writes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class CacheLookup:
+    """One probability list (or None for a miss) per key; ``bypassed`` if Redis was skipped."""
+
+    values: list[list[float] | None]
+    bypassed: bool
+
+
+class PredictionCache:
+    """The router's view of the cache: bounded time, bypass on any failure."""
+
+    def __init__(
+        self,
+        backend: CacheBackend | None,
+        *,
+        n_classes: int,
+        ttl_s: int = 3600,
+        timeout_s: float = 0.05,
+        retry_after_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.n_classes = n_classes
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self.breaker = CircuitBreaker(threshold=1, cooldown_s=retry_after_s, clock=clock)
+        self.stats = CacheStats()
+        self._pending: set[asyncio.Task[Any]] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend is not None
+
+    async def get_many(self, keys: Sequence[str]) -> CacheLookup:
+        if self.backend is None or not self.breaker.allow():
+            self.stats.bypasses += len(keys)
+            return CacheLookup([None] * len(keys), bypassed=True)
+        try:
+            raw = await asyncio.wait_for(self.backend.mget(keys), self.timeout_s)
+        except Exception:  # noqa: BLE001 - any Redis trouble is a bypass, never an error
+            self.breaker.record_failure()
+            self.stats.errors += 1
+            self.stats.bypasses += len(keys)
+            return CacheLookup([None] * len(keys), bypassed=True)
+        self.breaker.record_success()
+        values: list[list[float] | None] = []
+        for item in raw:
+            value = None if item is None else decode_value(item, self.n_classes)
+            if item is not None and value is None:
+                self.stats.decode_errors += 1
+            if value is None:
+                self.stats.misses += 1
+            else:
+                self.stats.hits += 1
+            values.append(value)
+        return CacheLookup(values, bypassed=False)
+
+    def set_many_background(self, items: Sequence[tuple[str, Sequence[float]]]) -> None:
+        """Write without making the caller wait; failures only count."""
+        if self.backend is None or not items or not self.breaker.allow():
+            return
+        payload = [(k, encode_value(v)) for k, v in items]
+        task = asyncio.get_running_loop().create_task(self._write(payload))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _write(self, payload: list[tuple[str, bytes]]) -> None:
+        assert self.backend is not None
+        try:
+            await asyncio.wait_for(self.backend.mset(payload, self.ttl_s), self.timeout_s * 4)
+        except Exception:  # noqa: BLE001
+            self.breaker.record_failure()
+            self.stats.errors += 1
+        else:
+            self.stats.writes += len(payload)
+
+    async def close(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        if self.backend is not None:
+            await self.backend.close()

@@ -1,0 +1,160 @@
+"""The router's decisions and their order, with the model call injected.
+
+``RouterCore.predict`` is the request path of ARCHITECTURE.md steps 2 to 7:
+choose an arm, look the inputs up in the cache, ask the arm's breaker, call
+the arm with its timeout, fall back to the baseline on any failure, write the
+cache in the background. The model call is a plain async function
+``call(version, batch, timeout_s)`` that raises ``UpstreamError`` on failure;
+the Ray adapter in ``router/ingress.py`` supplies the real one, unit tests a
+fake one. No Ray import here.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from router.cache import PredictionCache, cache_key
+from router.fallback import CircuitBreaker
+from router.policy import Arm, RouteContext, WeightedPolicy
+from serve.config import AbserveConfig
+from serve.errors import NotFound, ServiceUnavailable, UpstreamError
+
+__all__ = ["ArmStats", "Prediction", "RouterCore"]
+
+ModelCall = Callable[[str, np.ndarray, float], Awaitable[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probabilities: np.ndarray  # (n, n_classes)
+    version: str  # the version that answered
+    arm: str  # the version the policy (or the pin) chose
+    cached: tuple[bool, ...]
+    cache_status: str  # HIT (all rows), MISS, BYPASS
+    fallback: bool
+    fallback_reason: str | None = None
+
+
+@dataclass
+class ArmStats:
+    requests: int = 0  # requests routed to this arm
+    answered: int = 0  # requests this version answered (fallbacks count for the baseline)
+    failures: int = 0  # calls to this arm that failed
+    fallbacks: int = 0  # requests routed here that the baseline answered instead
+    rejected_by_breaker: int = 0
+
+
+@dataclass
+class RouterCore:
+    config: AbserveConfig
+    call: ModelCall
+    cache: PredictionCache
+    clock: Callable[[], float]
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        exp = self.config.experiment
+        self.model = self.config.model
+        self.baseline = exp.baseline
+        self.versions = frozenset(m.version for m in self.config.models)
+        self.arms: tuple[Arm, ...] = tuple(
+            Arm(a.version, a.weight, baseline=a.version == exp.baseline) for a in exp.arms
+        )
+        self.policy = WeightedPolicy(salt=exp.name, rng=self.rng)
+        self.timeouts = {v: exp.arm_timeout_s(v) for v in self.versions}
+        self.breakers = {
+            v: CircuitBreaker(exp.breaker.failure_threshold, exp.breaker.cooldown_s, self.clock)
+            for v in self.versions
+        }
+        self.stats = {v: ArmStats() for v in self.versions}
+
+    def choose(self, user_key: str | None, pinned: str | None) -> str:
+        if pinned is not None:
+            if pinned not in self.versions:
+                raise NotFound(
+                    f"model version {pinned!r} is not deployed; deployed: {sorted(self.versions)}",
+                    field="X-Model-Version",
+                )
+            return pinned
+        return self.policy.choose(RouteContext(user_key=user_key), self.arms).version
+
+    def keys(self, version: str, batch: np.ndarray) -> list[str]:
+        return [cache_key(self.model, version, row) for row in batch]
+
+    async def predict(
+        self, batch: np.ndarray, *, user_key: str | None = None, pinned: str | None = None
+    ) -> Prediction:
+        arm = self.choose(user_key, pinned)
+        self.stats[arm].requests += 1
+        keys: Sequence[str] = ()
+        cached: list[list[float] | None] = [None] * len(batch)
+        bypassed = not self.cache.enabled
+        if self.cache.enabled:
+            keys = self.keys(arm, batch)
+            lookup = await self.cache.get_many(keys)
+            cached, bypassed = lookup.values, lookup.bypassed
+        missing = [i for i, v in enumerate(cached) if v is None]
+        if not missing:
+            self.stats[arm].answered += 1
+            return Prediction(
+                np.asarray(cached, dtype=np.float32), arm, arm, (True,) * len(batch), "HIT", False
+            )
+        rows = batch if len(missing) == len(batch) else batch[missing]
+        try:
+            out = await self._call_guarded(arm, rows)
+        except UpstreamError as exc:
+            self.stats[arm].fallbacks += 1
+            if arm == self.baseline:
+                raise ServiceUnavailable(
+                    f"the baseline {arm} failed ({exc.reason}) and no other arm may answer"
+                ) from None
+            try:
+                out = await self.call(self.baseline, batch, self.timeouts[self.baseline])
+            except UpstreamError as base_exc:
+                self.stats[self.baseline].failures += 1
+                raise ServiceUnavailable(
+                    f"arm {arm} failed ({exc.reason}) and the baseline {self.baseline} "
+                    f"failed too ({base_exc.reason})"
+                ) from None
+            self.stats[self.baseline].answered += 1
+            if self.cache.enabled:
+                self.cache.set_many_background(
+                    list(zip(self.keys(self.baseline, batch), out.tolist(), strict=True))
+                )
+            status = "BYPASS" if bypassed else "MISS"
+            return Prediction(
+                out, self.baseline, arm, (False,) * len(batch), status, True, exc.reason
+            )
+        self.stats[arm].answered += 1
+        if self.cache.enabled:
+            self.cache.set_many_background(
+                [(keys[i], out[j].tolist()) for j, i in enumerate(missing)]
+            )
+        if len(missing) == len(batch):
+            probs = out
+        else:
+            probs = np.empty((len(batch), out.shape[1]), dtype=np.float32)
+            for i, value in enumerate(cached):
+                if value is not None:
+                    probs[i] = value
+            probs[missing] = out
+        flags = tuple(v is not None for v in cached)
+        return Prediction(probs, arm, arm, flags, "BYPASS" if bypassed else "MISS", False)
+
+    async def _call_guarded(self, version: str, rows: np.ndarray) -> np.ndarray:
+        breaker = self.breakers[version]
+        if not breaker.allow():
+            self.stats[version].rejected_by_breaker += 1
+            raise UpstreamError(f"circuit open for {version}", reason="circuit_open")
+        try:
+            out = await self.call(version, rows, self.timeouts[version])
+        except UpstreamError:
+            breaker.record_failure()
+            self.stats[version].failures += 1
+            raise
+        breaker.record_success()
+        return out

@@ -1,0 +1,281 @@
+"""The ingress Ray Serve deployment: HTTP in, RouterCore, handles out. Glue only.
+
+This module turns live state into plain values (headers, body bytes, handle
+results) and Ray's exceptions into ours (one table, ``_translate``); every
+decision is in ``router/core.py``, ``router/request.py`` and their helpers.
+It never imports torch or tensorflow: the router replica stays small.
+"""
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from models.registry import Registry
+from router.cache import LocalCache, PredictionCache, RedisCache
+from router.core import Prediction, RouterCore
+from router.request import check_content_type, parse_batch, parse_json, parse_single
+from router.schemas import BATCH_RESPONSES, OPENAPI_BATCH, OPENAPI_SINGLE, SINGLE_RESPONSES
+from serve.config import AbserveConfig, parse_config
+from serve.errors import AbserveError, InvalidInput, PayloadTooLarge, UpstreamError, to_http
+
+__all__ = ["Router", "app"]
+
+log = logging.getLogger("ray.serve")
+
+app = FastAPI(
+    title="abserve",
+    description="A/B tests and canary rollouts of ML models on Ray Serve.",
+    version="0.1.0",
+)
+
+
+@app.exception_handler(AbserveError)
+async def _abserve_error(_: Request, exc: AbserveError) -> Response:
+    status, body = to_http(exc)
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def _await(response: Any) -> Any:
+    """DeploymentResponse is awaitable but not a coroutine; wait_for wants one."""
+    return await response
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """Ray's and asyncio's exceptions -> ours. InvalidInput passes through as is."""
+    from ray import exceptions as ray_exc
+    from ray.serve import exceptions as serve_exc
+
+    if isinstance(exc, InvalidInput):
+        return exc
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return UpstreamError("the arm timed out", reason="timeout")
+    if isinstance(exc, serve_exc.BackPressureError):
+        return UpstreamError("the arm is backpressured", reason="backpressure")
+    unavailable = (
+        serve_exc.DeploymentUnavailableError,
+        serve_exc.ReplicaUnavailableError,
+        ray_exc.ActorDiedError,
+        ray_exc.ActorUnavailableError,
+        ray_exc.RayActorError,
+    )
+    if isinstance(exc, unavailable):
+        return UpstreamError("the arm is unavailable", reason="unavailable")
+    return UpstreamError(f"the arm failed: {type(exc).__name__}", reason="error")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(app)
+class Router:
+    def __init__(self, config: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
+        self.config: AbserveConfig = parse_config(config)
+        registry = Registry(self.config.registry)
+        self.manifests = {
+            m.version: registry.manifest(self.config.model, m.version) for m in self.config.models
+        }
+        shapes = {tuple(m.input_shape) for m in self.manifests.values()}
+        labels = {tuple(m.class_labels) for m in self.manifests.values()}
+        if len(shapes) != 1 or len(labels) != 1:
+            raise ValueError(
+                "every version of one model must share its input shape and class labels; "
+                f"got shapes {shapes} and labels {labels}"
+            )
+        self.input_shape = shapes.pop()
+        self.labels = labels.pop()
+        self.handles = handles
+        self.http = self.config.http
+        self.cache = PredictionCache(
+            self._cache_backend(),
+            n_classes=len(self.labels),
+            ttl_s=self.config.cache.ttl_s,
+            timeout_s=self.config.cache.timeout_ms / 1000.0,
+            retry_after_s=self.config.cache.retry_after_s,
+        )
+        self.core = RouterCore(self.config, self._call_arm, self.cache, time.monotonic)
+        self._user_header = self.http.user_key_header.lower()
+        self._version_header = self.http.version_header.lower()
+        log.info("router ready: arms %s, cache %s", self.core.arms, self._cache_kind)
+
+    def _cache_backend(self) -> RedisCache | LocalCache | None:
+        cfg = self.config.cache
+        if not cfg.enabled:
+            self._cache_kind = "off"
+            return None
+        url = cfg.redis_url or os.environ.get("ABSERVE_REDIS_URL")
+        if url:
+            self._cache_kind = "redis"
+            return RedisCache(
+                url,
+                max_connections=cfg.max_connections,
+                socket_timeout_s=max(cfg.timeout_ms / 1000.0 * 4, 0.2),
+            )
+        self._cache_kind = "local"
+        log.warning("no Redis URL configured: using an in-process LRU cache per router replica")
+        return LocalCache(cfg.local_max_entries)
+
+    async def _call_arm(self, version: str, batch: np.ndarray, timeout_s: float) -> np.ndarray:
+        response = self.handles[version].predict.remote(batch)
+        try:
+            return await asyncio.wait_for(_await(response), timeout_s)
+        except Exception as exc:  # noqa: BLE001 - translated at this boundary, by table
+            if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+                response.cancel()
+            translated = _translate(exc)
+            if isinstance(translated, UpstreamError) and translated.reason == "error":
+                log.warning("arm %s failed: %s", version, str(exc).splitlines()[-1][:300])
+            raise translated from None
+
+    async def _body(self, request: Request) -> Any:
+        check_content_type(request.headers.get("content-type"))
+        limit = self.http.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise PayloadTooLarge(f"body of {length} bytes exceeds the limit of {limit} bytes")
+        chunks = bytearray()
+        async for chunk in request.stream():
+            chunks += chunk
+            if len(chunks) > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        return parse_json(bytes(chunks))
+
+    def _route_args(self, request: Request) -> tuple[str | None, str | None]:
+        headers = request.headers
+        return headers.get(self._user_header), headers.get(self._version_header)
+
+    def _answer(self, pred: Prediction, request_id: str, row: int) -> dict[str, Any]:
+        probs = pred.probabilities[row]
+        return {
+            "label": self.labels[int(np.argmax(probs))],
+            "probabilities": {
+                label: round(float(p), 6) for label, p in zip(self.labels, probs, strict=True)
+            },
+            "model": self.config.model,
+            "version": pred.version,
+            "arm": pred.arm,
+            "cached": pred.cached[row],
+            "fallback": pred.fallback,
+            "request_id": request_id,
+        }
+
+    def _headers(self, pred: Prediction) -> dict[str, str]:
+        headers = {
+            "X-Model-Version": pred.version,
+            "X-Cache": pred.cache_status,
+            "X-Fallback": "true" if pred.fallback else "false",
+        }
+        if pred.fallback_reason:
+            headers["X-Fallback-Reason"] = pred.fallback_reason
+        return headers
+
+    @staticmethod
+    def _request_id() -> str:
+        """Serve's own request id: the proxy's X-Request-Id header and log lines carry it."""
+        rid = serve.context._get_serve_request_context().request_id
+        return rid or uuid.uuid4().hex
+
+    @app.post("/predict", openapi_extra=OPENAPI_SINGLE, responses=SINGLE_RESPONSES)
+    async def predict(self, request: Request) -> Response:
+        """Predict one input; the experiment picks the arm."""
+        batch = parse_single(await self._body(request), self.input_shape)
+        user_key, pinned = self._route_args(request)
+        pred = await self.core.predict(batch, user_key=user_key, pinned=pinned)
+        rid = self._request_id()
+        body = self._answer(pred, rid, 0)
+        if pred.fallback_reason:
+            body["fallback_reason"] = pred.fallback_reason
+        return _json(body, headers=self._headers(pred))
+
+    @app.post("/predict/batch", openapi_extra=OPENAPI_BATCH, responses=BATCH_RESPONSES)
+    async def predict_batch(self, request: Request) -> Response:
+        """Predict many inputs in one request; one arm answers them all."""
+        batch = parse_batch(
+            await self._body(request), self.input_shape, self.http.max_batch_instances
+        )
+        user_key, pinned = self._route_args(request)
+        pred = await self.core.predict(batch, user_key=user_key, pinned=pinned)
+        rid = self._request_id()
+        body: dict[str, Any] = {
+            "predictions": [self._answer(pred, rid, i) for i in range(len(batch))],
+            "model": self.config.model,
+            "version": pred.version,
+            "arm": pred.arm,
+            "fallback": pred.fallback,
+            "request_id": rid,
+        }
+        if pred.fallback_reason:
+            body["fallback_reason"] = pred.fallback_reason
+        return _json(body, headers=self._headers(pred))
+
+    @app.get("/health")
+    async def health(self) -> Response:
+        """Liveness: the router answers."""
+        return _json({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready(self) -> Response:
+        """Readiness: every arm answers within 2 s."""
+
+        async def probe(version: str) -> bool:
+            try:
+                return bool(await asyncio.wait_for(_await(self.handles[version].ready.remote()), 2))
+            except Exception as exc:  # noqa: BLE001
+                log.warning("readiness probe of %s failed: %r", version, exc)
+                return False
+
+        versions = sorted(self.handles)
+        results = await asyncio.gather(*(probe(v) for v in versions))
+        arms = dict(zip(versions, results, strict=True))
+        ok = all(results)
+        return _json({"ready": ok, "arms": arms}, status=200 if ok else 503)
+
+    @app.get("/models")
+    async def models(self) -> Response:
+        """Deployed versions, their manifests and current weights."""
+        weights = {a.version: a.weight for a in self.core.arms}
+        versions = []
+        for version, manifest in self.manifests.items():
+            entry = manifest.to_dict()
+            entry["weight"] = weights.get(version, 0.0)
+            entry["baseline"] = version == self.core.baseline
+            entry["breaker"] = self.core.breakers[version].state.value
+            versions.append(entry)
+        return _json(
+            {
+                "model": self.config.model,
+                "experiment": self.config.experiment.name,
+                "baseline": self.core.baseline,
+                "input_shape": list(self.input_shape),
+                "class_labels": list(self.labels),
+                "versions": versions,
+            }
+        )
+
+    @app.get("/stats")
+    async def stats(self) -> Response:
+        """This router replica's counters: per arm, and the cache."""
+        return _json(
+            {
+                "replica": serve.get_replica_context().replica_tag,
+                "arms": {v: s.__dict__ for v, s in self.core.stats.items()},
+                "breakers": {v: b.state.value for v, b in self.core.breakers.items()},
+                "cache": {"kind": self._cache_kind, **self.cache.stats.as_dict()},
+            }
+        )

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set-up for a fresh Debian/Ubuntu machine with Python 3.11: OS packages
+# (redis-server), a virtualenv in .venv, and this project with its dev extras.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  if [ ! -f /tmp/.abserve-apt-updated ]; then
+    $SUDO apt-get update -qq && touch /tmp/.abserve-apt-updated
+  fi
+  $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+command -v redis-server >/dev/null || apt_install redis-server
+
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  PY=$(command -v python3.11 || command -v python3)
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv 2>/dev/null || { apt_install python3-venv python3.11-venv || apt_install python3-venv; "$PY" -m venv .venv; }
+fi
+# torch==2.13.0 is pinned in pyproject.toml: on these machines pip takes the CPU
+# build; for CUDA see README ("GPUs").
+.venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import ray, torch, tensorflow, sklearn, redis; print('python deps ok: ray', ray.__version__, '| torch', torch.__version__, '| tensorflow', tensorflow.__version__)" 2>&1 | grep -v "^WARNING\|oneDNN\|cuda\|TF-TRT\|rebuild TensorFlow\|AVX" || true

@@ -1,0 +1,482 @@
+"""The ``abserve`` command: train | register | validate | up | status | predict | down.
+
+``up`` leaves a running application behind and records what it started (Ray
+head PID, redis-server PID, URLs) in ``.abserve/state.json``; ``down`` stops
+exactly those processes, by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from serve.config import AbserveConfig, load_config
+from serve.errors import AbserveError
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "abserve.yaml"
+STATE_DIR = Path(os.environ.get("ABSERVE_STATE_DIR", ".abserve"))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _state_file() -> Path:
+    return STATE_DIR / "state.json"
+
+
+def _read_state() -> dict[str, Any]:
+    try:
+        return dict(json.loads(_state_file().read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_state(state: dict[str, Any]) -> None:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = _state_file().with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(_state_file())
+
+
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_pid(pid: int, timeout_s: float = 30.0) -> None:
+    """SIGTERM, wait, then SIGKILL: one process we started, by PID."""
+    if not _pid_alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        if not _pid_alive(pid):
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def start_redis(port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """A throwaway redis-server on loopback: no persistence, no protected-mode surprises."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("redis-server")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--daemonize", "no", "--logfile", str(log_path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2) as c:
+            c.sendall(b"PING\r\n")
+            if c.recv(16).startswith(b"+PONG"):
+                return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    stop_pid(proc.pid)
+    raise RuntimeError(f"redis-server did not start on port {port}; see {log_path}")
+
+
+def _ray_binary() -> str:
+    here = Path(sys.executable).parent / "ray"
+    return str(here) if here.exists() else (shutil.which("ray") or "ray")
+
+
+def start_ray_head(config: AbserveConfig, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``ray start --head --block`` as a child we can stop by PID (it stops its own children)."""
+    c = config.cluster
+    if not _port_free(c.gcs_port):
+        raise AbserveError(
+            f"port {c.gcs_port} (cluster.gcs_port) is taken: is a Ray cluster already running? "
+            "Run `abserve down`, or deploy onto it with `abserve up --address 127.0.0.1:PORT`."
+        )
+    cmd = [
+        _ray_binary(), "start", "--head", "--block", "--disable-usage-stats",
+        f"--port={c.gcs_port}", "--node-ip-address=127.0.0.1",
+        f"--dashboard-host={c.dashboard_host}", f"--dashboard-port={c.dashboard_port}",
+        "--include-dashboard=true",
+    ]
+    if c.num_cpus:
+        cmd.append(f"--num-cpus={c.num_cpus}")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc, f"127.0.0.1:{c.gcs_port}"
+
+
+def _connect(address: str) -> None:
+    import ray
+
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            return
+        except Exception:  # noqa: BLE001 - the head may still be starting
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def _http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    import httpx
+
+    r = httpx.get(url, timeout=timeout)
+    try:
+        return r.status_code, r.json()
+    except ValueError:
+        return r.status_code, r.text
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models.activity.train import train_all
+
+    train_all(args.registry, seed=args.seed)
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from models.register import register_user_model
+    from models.registry import Registry
+
+    manifest = register_user_model(
+        Registry(args.registry),
+        args.name,
+        args.version,
+        args.framework,
+        args.artifact,
+        input_shape=tuple(int(x) for x in args.input_shape.split(",")),
+        class_labels=tuple(args.labels.split(",")),
+        torch_class=args.torch_class,
+        init_kwargs=json.loads(args.init_kwargs) if args.init_kwargs else None,
+        output=args.output,
+        description=args.description,
+        overwrite=args.overwrite,
+    )
+    print(f"registered {manifest.name}:{manifest.version} ({manifest.framework}) "
+          f"sha256 {manifest.sha256[:12]}... under {args.registry}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from models.registry import Registry
+
+    registry = Registry(config.registry)
+    problems = []
+    for m in config.models:
+        try:
+            registry.verified_artifact(registry.manifest(config.model, m.version))
+        except AbserveError as exc:
+            problems.append(f"models[{m.version}]: {exc.message}")
+    if problems and args.check_registry:
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+        return 1
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    weights = ", ".join(f"{a.version}={a.weight:g}%" for a in config.experiment.arms)
+    print(f"{args.config}: ok ({len(config.models)} versions; {weights}; "
+          f"baseline {config.experiment.baseline})")
+    return 0
+
+
+def _wait_running(app_name: str, timeout_s: float) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        app = serve.status().applications.get(app_name)
+        if app is not None:
+            parts = []
+            for name, dep in sorted(app.deployments.items()):
+                counts = dep.replica_states or {}
+                running = counts.get("RUNNING", 0)
+                total = sum(counts.values())
+                parts.append(f"{name} {running}/{total} {dep.status.value}")
+            line = f"  [{app.status.value}] " + "; ".join(parts)
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if app.status.value == "RUNNING":
+                return
+            if app.status.value in ("DEPLOY_FAILED", "UNHEALTHY"):
+                raise AbserveError(f"application {app_name} {app.status.value}: {app.message}")
+        if time.monotonic() > deadline:
+            raise AbserveError(f"application {app_name} not running after {timeout_s:.0f}s")
+        time.sleep(1)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    state = _read_state()
+    if state.get("ray_pid") and _pid_alive(int(state["ray_pid"])):
+        print(f"a cluster started by abserve is already running (pid {state['ray_pid']}); "
+              "redeploying onto it")
+        args.address = args.address or state.get("ray_address")
+    address = args.address or os.environ.get("RAY_ADDRESS") or config.cluster.address
+    state = {k: v for k, v in state.items() if k in ("ray_pid", "redis_pid", "redis_url")
+             and state.get("ray_address") == address} if address else {}
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+
+    # Redis first: the router reads its URL from the config it is given.
+    redis_url = config.cache.redis_url or state.get("redis_url")
+    if config.cache.enabled and not redis_url:
+        port = args.redis_port or (6390 if _port_free(6390) else free_port())
+        try:
+            proc = start_redis(port, STATE_DIR.resolve() / "redis.log")
+        except FileNotFoundError:
+            print("warning: redis-server is not installed and cache.redis_url is empty: "
+                  "using an in-process LRU cache per router replica", file=sys.stderr)
+        else:
+            redis_url = f"redis://127.0.0.1:{port}/0"
+            state.update(redis_pid=proc.pid, redis_url=redis_url)
+            print(f"started redis-server on 127.0.0.1:{port} (pid {proc.pid})")
+    if redis_url:
+        config = config.model_copy(
+            update={"cache": config.cache.model_copy(update={"redis_url": redis_url})}
+        )
+
+    if address is None:
+        proc, address = start_ray_head(config, STATE_DIR.resolve() / "ray.log")
+        state["ray_pid"] = proc.pid
+        print(f"starting a local Ray cluster at {address} (pid {proc.pid})", flush=True)
+    state["ray_address"] = address
+    _write_state(state)
+
+    from ray import serve
+
+    _connect(address)
+    serve.start(http_options={"host": config.http.host, "port": config.http.port})
+    print(f"deploying {config.app_name}: "
+          + ", ".join(f"{config.model}:{m.version} x{m.num_replicas}" for m in config.models),
+          flush=True)
+    _deploy(config)
+    _wait_running(config.app_name, args.timeout)
+    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
+    url = f"http://{host}:{config.http.port}"
+    deadline = time.monotonic() + args.timeout
+    while True:
+        with contextlib.suppress(Exception):
+            status, body = _http_get(f"{url}/ready")
+            if status == 200:
+                break
+        if time.monotonic() > deadline:
+            raise AbserveError(f"{url}/ready did not answer 200 within {args.timeout}s")
+        time.sleep(1)
+    dashboard = f"http://{config.cluster.dashboard_host}:{config.cluster.dashboard_port}"
+    state.update(url=url, app_name=config.app_name, dashboard=dashboard,
+                 config=str(Path(args.config).resolve()))
+    _write_state(state)
+    print(f"ready: every arm answers\n  endpoint:  {url}/predict   (docs: {url}/docs)\n"
+          f"  dashboard: {dashboard}\n  cache:     {redis_url or 'in-process LRU'}\n"
+          "  stop with: abserve down")
+    return 0
+
+
+def _deploy(config: AbserveConfig) -> None:
+    """Submit the application without blocking, so `up` can show progress."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    serve.run_many(
+        [serve.RunTarget(build_app(config), name=config.app_name, route_prefix="/")],
+        wait_for_applications_running=False,
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = _read_state()
+    url = args.url or state.get("url")
+    if url is None:
+        print("no application recorded in .abserve/state.json; run `abserve up`", file=sys.stderr)
+        return 1
+    try:
+        _, models = _http_get(f"{url}/models")
+        ready_status, ready = _http_get(f"{url}/ready")
+        _, stats = _http_get(f"{url}/stats")
+    except Exception as exc:  # noqa: BLE001
+        print(f"{url} does not answer: {exc}", file=sys.stderr)
+        return 1
+    print(f"{url}  model {models['model']}  experiment {models['experiment']}  "
+          f"ready={ready.get('ready')}")
+    header = f"{'version':<10}{'framework':<12}{'weight':>8}{'ready':>7}{'breaker':>11}"
+    header += f"{'requests':>10}{'fallbacks':>11}{'accuracy':>10}"
+    print(header)
+    for v in models["versions"]:
+        s = stats["arms"].get(v["version"], {})
+        acc = v.get("accuracy")
+        print(f"{v['version']:<10}{v['framework']:<12}{v['weight']:>7g}%"
+              f"{str(ready['arms'].get(v['version'])):>7}{v['breaker']:>11}"
+              f"{s.get('requests', 0):>10}{s.get('fallbacks', 0):>11}"
+              f"{(f'{acc:.3f}' if acc is not None else '-'):>10}")
+    c = stats["cache"]
+    lookups = c["hits"] + c["misses"]
+    rate = f"{c['hits'] / lookups:.1%}" if lookups else "-"
+    print(f"cache ({c['kind']}, router replica {stats['replica']}): hits {c['hits']} "
+          f"misses {c['misses']} bypasses {c['bypasses']} hit rate {rate}")
+    return 0 if ready_status == 200 else 1
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import httpx
+
+    from models.activity.data import sample_window
+
+    state = _read_state()
+    url = args.url or state.get("url") or "http://127.0.0.1:8000"
+    headers = {}
+    if args.user:
+        headers["X-User-Id"] = args.user
+    if args.version:
+        headers["X-Model-Version"] = args.version
+    r = httpx.post(f"{url}/predict", json={"features": sample_window(args.seed)},
+                   headers=headers, timeout=30)
+    print(json.dumps(r.json(), indent=2))
+    print(" ".join(f"{k}: {r.headers.get(k)}" for k in ("X-Model-Version", "X-Cache",
+                                                         "X-Fallback")))
+    return 0 if r.status_code == 200 else 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    state = _read_state()
+    if not state:
+        print("nothing to stop (no .abserve/state.json)")
+        return 0
+    if state.get("ray_address") and not state.get("ray_pid") and state.get("app_name"):
+        # A cluster we did not start: remove only our application from it.
+        with contextlib.suppress(Exception):
+            from ray import serve
+
+            _connect(state["ray_address"])
+            serve.delete(state["app_name"])
+            print(f"deleted application {state['app_name']} from {state['ray_address']}")
+    if state.get("ray_pid"):
+        stop_pid(int(state["ray_pid"]), timeout_s=60)
+        print(f"stopped the Ray cluster (pid {state['ray_pid']})")
+    if state.get("redis_pid"):
+        stop_pid(int(state["redis_pid"]))
+        print(f"stopped redis-server (pid {state['redis_pid']})")
+    _state_file().unlink(missing_ok=True)
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="abserve", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train the demo models v1 (sklearn), v2 (torch), v3 (keras)")
+    t.add_argument("--registry", default="registry")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("register", help="register your own model file as a new version")
+    r.add_argument("name")
+    r.add_argument("version")
+    r.add_argument("--framework", required=True, choices=["sklearn", "torch", "tensorflow"])
+    r.add_argument("--artifact", required=True, help="joblib file, torch state_dict or .keras")
+    r.add_argument("--input-shape", default="50,9", help="per-instance shape, e.g. 50,9")
+    r.add_argument("--labels", default="Still,Walking,Running,Biking,Car,Bus,Train,Subway")
+    r.add_argument("--torch-class", help="pkg.module:Class of the nn.Module (torch only)")
+    r.add_argument("--init-kwargs", help="JSON keyword arguments for the torch class")
+    r.add_argument("--output", default="probabilities", choices=["probabilities", "logits"])
+    r.add_argument("--description", default="")
+    r.add_argument("--registry", default="registry")
+    r.add_argument("--overwrite", action="store_true")
+    r.set_defaults(func=cmd_register)
+
+    v = sub.add_parser("validate", help="check a config file; non-zero exit on error")
+    v.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    v.add_argument("--check-registry", action="store_true",
+                   help="also fail when a version's artifact is missing or tampered with")
+    v.set_defaults(func=cmd_validate)
+
+    u = sub.add_parser("up", help="start (or join) a Ray cluster and deploy the config")
+    u.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    u.add_argument("--address", help="existing Ray cluster (or set RAY_ADDRESS)")
+    u.add_argument("--redis-port", type=int, help="port of the local redis-server to start")
+    u.add_argument("--timeout", type=float, default=300)
+    u.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("status", help="versions, weights, readiness and counters")
+    s.add_argument("--url")
+    s.set_defaults(func=cmd_status)
+
+    pr = sub.add_parser("predict", help="send a sample sensor window to /predict")
+    pr.add_argument("--url")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--user", help="sticky user key (X-User-Id)")
+    pr.add_argument("--version", help="pin a version (X-Model-Version)")
+    pr.set_defaults(func=cmd_predict)
+
+    d = sub.add_parser("down", help="stop what `abserve up` started, by PID")
+    d.set_defaults(func=cmd_down)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except AbserveError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The whole configuration as frozen pydantic models, and ``load_config(path)``.
+
+One YAML file is the single source of truth: replicas, resources, batching,
+weights, timeouts, cache and HTTP limits all live here and reach the Ray
+deployments through ``serve/app.py`` only. No Ray import here: the router and
+the tests validate configs in microseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from serve.errors import ConfigError
+
+__all__ = [
+    "AbserveConfig",
+    "ArmConfig",
+    "BreakerConfig",
+    "CacheConfig",
+    "ClusterConfig",
+    "ExperimentConfig",
+    "HttpConfig",
+    "ModelConfig",
+    "RouterConfig",
+    "load_config",
+    "parse_config",
+]
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_WEIGHT_TOLERANCE = 1e-6
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Frozen):
+    """One model version, deployed as its own Ray Serve deployment."""
+
+    version: Annotated[str, Field(pattern=NAME_RE, description="Registered version, e.g. v1.")]
+    num_replicas: int = Field(1, ge=1, le=1024, description="Replicas of this version.")
+    num_cpus: float = Field(0.25, gt=0, description="CPUs per replica (fractions allowed).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fractions allowed).")
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32", description="Inference precision; fp16 applies on GPU only."
+    )
+    max_batch_size: int = Field(64, ge=1, le=4096, description="Largest dynamic batch.")
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, le=1, description="How long a batch waits to fill before it runs."
+    )
+    max_ongoing_requests: int = Field(
+        256, ge=1, description="Concurrent requests a replica accepts (Ray Serve's knob)."
+    )
+    max_queued_requests: int = Field(
+        1024, ge=-1, description="Requests queued per caller before backpressure; -1 = unbounded."
+    )
+
+
+class ArmConfig(_Frozen):
+    version: str = Field(description="A version listed under models.")
+    weight: float = Field(ge=0, le=100, description="Traffic share in percent.")
+    timeout_ms: float | None = Field(
+        None, gt=0, description="Per-arm timeout; defaults to experiment.timeout_ms."
+    )
+
+
+class BreakerConfig(_Frozen):
+    failure_threshold: int = Field(
+        5, ge=1, description="Consecutive failures that open an arm's circuit."
+    )
+    cooldown_s: float = Field(
+        10.0, gt=0, description="Time an open circuit waits before one probe request."
+    )
+
+
+class ExperimentConfig(_Frozen):
+    name: str = Field("default", pattern=NAME_RE, description="Experiment name (metrics, logs).")
+    baseline: str = Field(description="The version that answers when a candidate fails.")
+    arms: list[ArmConfig] = Field(min_length=1, description="Baseline and candidates with weights.")
+    timeout_ms: float = Field(1000.0, gt=0, description="Default per-arm timeout.")
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _check_arms(self) -> ExperimentConfig:
+        versions = [a.version for a in self.arms]
+        dupes = sorted({v for v in versions if versions.count(v) > 1})
+        if dupes:
+            raise ValueError(f"arms: version(s) {dupes} listed twice; list each arm once")
+        if self.baseline not in versions:
+            raise ValueError(
+                f"baseline: {self.baseline!r} is not among the arms {versions}; "
+                "add it as an arm (weight may be 0)"
+            )
+        total = sum(a.weight for a in self.arms)
+        if abs(total - 100.0) > _WEIGHT_TOLERANCE:
+            raise ValueError(f"arms: weights sum to {total:g}, they must sum to 100")
+        return self
+
+    def arm_timeout_s(self, version: str) -> float:
+        for arm in self.arms:
+            if arm.version == version and arm.timeout_ms is not None:
+                return arm.timeout_ms / 1000.0
+        return self.timeout_ms / 1000.0
+
+
+class CacheConfig(_Frozen):
+    enabled: bool = Field(True, description="Cache predictions keyed by version and input.")
+    redis_url: str | None = Field(
+        None,
+        description="redis://host:port/db. Empty: `abserve up` starts a local redis-server, "
+        "or falls back to an in-process LRU cache when redis-server is not installed.",
+    )
+    ttl_s: int = Field(3600, ge=1, description="Time to live of a cached prediction.")
+    timeout_ms: float = Field(
+        50.0, gt=0, le=10_000, description="Most time one request spends on Redis."
+    )
+    retry_after_s: float = Field(
+        1.0, ge=0, description="After a Redis failure, skip Redis (bypass) for this long."
+    )
+    max_connections: int = Field(64, ge=1, description="Redis connection pool size per router.")
+    local_max_entries: int = Field(10_000, ge=1, description="Size of the in-process LRU cache.")
+
+
+class HttpConfig(_Frozen):
+    host: str = Field("127.0.0.1", description="Address the HTTP proxy binds.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger bodies get 413.")
+    max_batch_instances: int = Field(256, ge=1, description="Most instances per /predict/batch.")
+    user_key_header: str = Field("X-User-Id", description="Header that makes assignment sticky.")
+    version_header: str = Field("X-Model-Version", description="Header that pins a version.")
+
+
+class RouterConfig(_Frozen):
+    num_replicas: int = Field(1, ge=1, description="Router (ingress) replicas.")
+    num_cpus: float = Field(0.25, gt=0, description="CPUs per router replica.")
+    max_ongoing_requests: int = Field(1000, ge=1, description="Concurrent requests per router.")
+
+
+class ClusterConfig(_Frozen):
+    address: str | None = Field(
+        None, description="Existing Ray cluster to deploy onto; empty starts a local one."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a local cluster.")
+    gcs_port: int = Field(
+        6385, ge=1, le=65535, description="GCS port of a local cluster (not Redis' 6379)."
+    )
+    dashboard_host: str = Field("127.0.0.1", description="Ray dashboard bind address.")
+    dashboard_port: int = Field(8265, ge=1, le=65535, description="Ray dashboard port.")
+
+
+class AbserveConfig(_Frozen):
+    app_name: str = Field("abserve", pattern=NAME_RE, description="Ray Serve application name.")
+    model: str = Field("activity", pattern=NAME_RE, description="Registered model name.")
+    registry: str = Field("registry", description="Registry directory (relative to the config).")
+    models: list[ModelConfig] = Field(min_length=1, description="Deployed versions.")
+    experiment: ExperimentConfig
+    cache: CacheConfig = Field(default_factory=CacheConfig)  # type: ignore[arg-type]
+    http: HttpConfig = Field(default_factory=HttpConfig)  # type: ignore[arg-type]
+    router: RouterConfig = Field(default_factory=RouterConfig)  # type: ignore[arg-type]
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)  # type: ignore[arg-type]
+
+    @field_validator("models")
+    @classmethod
+    def _unique_versions(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        versions = [m.version for m in models]
+        dupes = sorted({v for v in versions if versions.count(v) > 1})
+        if dupes:
+            raise ValueError(f"version(s) {dupes} listed twice")
+        return models
+
+    @model_validator(mode="after")
+    def _arms_are_deployed(self) -> AbserveConfig:
+        deployed = {m.version for m in self.models}
+        for i, arm in enumerate(self.experiment.arms):
+            if arm.version not in deployed:
+                raise ValueError(
+                    f"experiment.arms.{i}.version: unknown version {arm.version!r}; "
+                    f"deployed versions are {sorted(deployed)}"
+                )
+        return self
+
+    def model_config_for(self, version: str) -> ModelConfig:
+        for m in self.models:
+            if m.version == version:
+                return m
+        raise KeyError(version)
+
+    def registry_path(self, base: Path | None = None) -> Path:
+        path = Path(self.registry)
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        return path.resolve()
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling"
+        lines.append(f"{loc}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any) -> AbserveConfig:
+    """Validate a mapping; raise ConfigError naming every bad field."""
+    if not isinstance(data, dict):
+        raise ConfigError("config: the top level must be a mapping")
+    try:
+        return AbserveConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+
+
+def load_config(path: str | Path) -> AbserveConfig:
+    """Read and validate a YAML config; the registry path is made absolute."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    config = parse_config(data)
+    registry = config.registry_path(path.parent.resolve())
+    return config.model_copy(update={"registry": str(registry)})
+
+
+def sanitize_name(value: str) -> str:
+    """Deployment-safe name from a version string."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", value)

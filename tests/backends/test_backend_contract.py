@@ -1,0 +1,259 @@
+"""One contract, every framework: each backend loads a registered artifact, answers a
+batch with one probability row per instance, refuses bad input and tampered files."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deployments.backends import Backend, check_batch, load_backend
+from deployments.backends.base import _MODULES
+from models import Manifest, Registry, register_user_model
+from models.activity.data import CHANNELS, CLASS_LABELS, WINDOW, make_windows
+from models.activity.train import train_all
+from serve.errors import ArtifactError, ConfigError, InvalidInput
+
+pytestmark = pytest.mark.backends
+
+FRAMEWORKS = ("sklearn", "torch", "tensorflow")
+N_CLASSES = len(CLASS_LABELS)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    """The three demo versions, trained on a few hundred windows: small and quick."""
+    root = tmp_path_factory.mktemp("registry")
+    train_all(root, seed=1, n_train=400, n_test=200, quiet=True)
+    return Registry(root)
+
+
+@pytest.fixture(scope="module")
+def manifests(registry: Registry) -> dict[str, Manifest]:
+    found = [registry.manifest("activity", v) for v in registry.versions("activity")]
+    return {m.framework: m for m in found}
+
+
+@pytest.fixture(scope="module")
+def backends(registry: Registry, manifests: dict[str, Manifest]) -> dict[str, Backend]:
+    return {fw: load_backend(m, registry.verified_artifact(m)) for fw, m in manifests.items()}
+
+
+@pytest.fixture(scope="module")
+def windows() -> np.ndarray:
+    return make_windows(16, seed=99)[0]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+class TestContract:
+    def test_loads(self, framework: str, backends: dict[str, Backend]) -> None:
+        assert isinstance(backends[framework], Backend)
+
+    @pytest.mark.parametrize("n", [1, 5, 16])
+    def test_one_probability_row_per_input(
+        self, framework: str, backends: dict[str, Backend], windows: np.ndarray, n: int
+    ) -> None:
+        out = backends[framework].predict(windows[:n])
+        assert out.shape == (n, N_CLASSES)
+        assert out.dtype == np.float32
+        assert np.all(out >= 0)
+        np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+    def test_accepts_nested_lists(
+        self, framework: str, backends: dict[str, Backend], windows: np.ndarray
+    ) -> None:
+        out = backends[framework].predict(windows[:2].tolist())  # type: ignore[arg-type]
+        np.testing.assert_allclose(out, backends[framework].predict(windows[:2]), atol=1e-5)
+
+    def test_deterministic(
+        self, framework: str, backends: dict[str, Backend], windows: np.ndarray
+    ) -> None:
+        first = backends[framework].predict(windows)
+        np.testing.assert_array_equal(first, backends[framework].predict(windows))
+
+    def test_batch_rows_are_independent(
+        self, framework: str, backends: dict[str, Backend], windows: np.ndarray
+    ) -> None:
+        batched = backends[framework].predict(windows[:4])
+        single = np.concatenate([backends[framework].predict(windows[i : i + 1]) for i in range(4)])
+        np.testing.assert_allclose(batched, single, atol=1e-4)
+
+    @pytest.mark.parametrize(
+        ("shape", "message"),
+        [
+            ((3, WINDOW, CHANNELS - 1), r"expected shape \(n, 50, 9\), got \(3, 50, 8\)"),
+            ((WINDOW, CHANNELS), r"expected shape \(n, 50, 9\), got \(50, 9\)"),
+            ((2, 1, WINDOW, CHANNELS), r"got \(2, 1, 50, 9\)"),
+            ((0, WINDOW, CHANNELS), "empty batch"),
+        ],
+    )
+    def test_rejects_bad_shapes(
+        self, framework: str, backends: dict[str, Backend], shape: tuple[int, ...], message: str
+    ) -> None:
+        with pytest.raises(InvalidInput, match=message):
+            backends[framework].predict(np.zeros(shape, dtype=np.float32))
+
+    @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+    def test_rejects_non_finite(
+        self, framework: str, backends: dict[str, Backend], windows: np.ndarray, bad: float
+    ) -> None:
+        batch = windows[:3].copy()
+        batch[1, 7, 2] = bad
+        with pytest.raises(InvalidInput, match="NaN or infinite values \\(1 of 3"):
+            backends[framework].predict(batch)
+
+    def test_rejects_non_numeric(self, framework: str, backends: dict[str, Backend]) -> None:
+        with pytest.raises(InvalidInput, match="numeric array"):
+            backends[framework].predict([[["a"] * CHANNELS] * WINDOW])  # type: ignore[arg-type]
+
+    def test_tampered_artifact_refused_before_loading(
+        self,
+        framework: str,
+        registry: Registry,
+        manifests: dict[str, Manifest],
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        manifest = manifests[framework]
+        copy = tmp_path / manifest.artifact
+        shutil.copyfile(registry.verified_artifact(manifest), copy)
+        data = bytearray(copy.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        copy.write_bytes(bytes(data))
+
+        module_name, _, cls_name = _MODULES[framework].partition(":")
+        cls = getattr(importlib.import_module(module_name), cls_name)
+
+        def must_not_deserialize(*args: object, **kwargs: object) -> None:
+            raise AssertionError("a tampered artifact reached the deserializer")
+
+        monkeypatch.setattr(cls, "_load", must_not_deserialize)
+        with pytest.raises(ArtifactError, match="sha256") as info:
+            load_backend(manifest, copy)
+        assert manifest.sha256 in info.value.message
+
+    def test_missing_artifact_refused(
+        self, framework: str, manifests: dict[str, Manifest], tmp_path: Path
+    ) -> None:
+        with pytest.raises(ArtifactError, match="missing"):
+            load_backend(manifests[framework], tmp_path / "absent")
+
+
+def test_check_batch_returns_contiguous_float32(manifests: dict[str, Manifest]) -> None:
+    batch = np.asfortranarray(np.ones((2, WINDOW, CHANNELS), dtype=np.float64))
+    out = check_batch(batch, manifests["torch"])
+    assert out.dtype == np.float32 and out.flags["C_CONTIGUOUS"]
+
+
+def test_unknown_framework_refused(manifests: dict[str, Manifest], registry: Registry) -> None:
+    m = manifests["sklearn"]
+    odd = dataclasses.replace(m, framework="jax")
+    with pytest.raises(ArtifactError, match="unknown framework 'jax'"):
+        load_backend(odd, registry.verified_artifact(m))
+
+
+def test_bad_precision_is_a_config_error(
+    manifests: dict[str, Manifest], registry: Registry
+) -> None:
+    m = manifests["torch"]
+    with pytest.raises(ConfigError, match="precision"):
+        load_backend(m, registry.verified_artifact(m), precision="int4")
+
+
+def test_torch_fp16_on_cpu_falls_back_with_warning(
+    manifests: dict[str, Manifest],
+    registry: Registry,
+    windows: np.ndarray,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    m = manifests["torch"]
+    with caplog.at_level(logging.WARNING):
+        backend = load_backend(m, registry.verified_artifact(m), precision="fp16")
+    assert "fp16" in caplog.text
+    assert backend.precision == "fp32"  # type: ignore[attr-defined]
+    assert backend.predict(windows).shape == (len(windows), N_CLASSES)
+
+
+def test_torch_bf16_on_cpu_close_to_fp32(
+    manifests: dict[str, Manifest],
+    registry: Registry,
+    backends: dict[str, Backend],
+    windows: np.ndarray,
+) -> None:
+    m = manifests["torch"]
+    bf16 = load_backend(m, registry.verified_artifact(m), precision="bf16")
+    out = bf16.predict(windows)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(out - backends["torch"].predict(windows)).max() < 0.1
+
+
+def test_cuda_request_without_gpu_falls_back_to_cpu(
+    manifests: dict[str, Manifest], registry: Registry, windows: np.ndarray
+) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present; the fallback does not apply")
+    m = manifests["torch"]
+    backend = load_backend(m, registry.verified_artifact(m), device="cuda")
+    assert backend.device == "cpu"  # type: ignore[attr-defined]
+    assert backend.predict(windows[:2]).shape == (2, N_CLASSES)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_torch_on_gpu(
+    manifests: dict[str, Manifest],
+    registry: Registry,
+    windows: np.ndarray,
+    backends: dict[str, Backend],
+    precision: str,
+) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    m = manifests["torch"]
+    gpu = load_backend(m, registry.verified_artifact(m), device="cuda", precision=precision)
+    out = gpu.predict(windows)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(out - backends["torch"].predict(windows)).max() < 0.05
+
+
+def test_keras_refuses_other_file_formats(tmp_path: Path, manifests: dict[str, Manifest]) -> None:
+    h5 = tmp_path / "model.h5"
+    h5.write_bytes(b"legacy")
+    reg = Registry(tmp_path / "reg")
+    m = reg.register(
+        "legacy",
+        "v1",
+        "tensorflow",
+        h5,
+        input_shape=(WINDOW, CHANNELS),
+        class_labels=CLASS_LABELS,
+    )
+    with pytest.raises(ArtifactError, match=r"only Keras v3 \.keras files"):
+        load_backend(m, reg.verified_artifact(m))
+
+
+def test_keras_lambda_layers_refused_by_safe_mode(tmp_path: Path) -> None:
+    keras = pytest.importorskip("keras")
+    model = keras.Sequential(
+        [
+            keras.Input((WINDOW, CHANNELS)),
+            keras.layers.Lambda(lambda x: x * 2.0),
+            keras.layers.Flatten(),
+            keras.layers.Dense(N_CLASSES, activation="softmax"),
+        ]
+    )
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    reg = Registry(tmp_path / "reg")
+    m = register_user_model(
+        reg, "evil", "v1", "keras", path, input_shape=(WINDOW, CHANNELS), class_labels=CLASS_LABELS
+    )
+    with pytest.raises(ArtifactError, match="cannot load keras model"):
+        load_backend(m, reg.verified_artifact(m))

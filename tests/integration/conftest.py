@@ -1,0 +1,121 @@
+"""Real components: one local Ray instance per session, a real redis-server on a
+free loopback port (never 6379, Ray's GCS default), real model files.
+
+Like Ray's own ``serve_instance`` fixture, the cluster is shared by the whole
+session; each module deploys its application and deletes it afterwards.
+Every process started here is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from serve.cli import free_port, start_redis, stop_pid
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@dataclass
+class RedisServer:
+    port: int
+    proc: subprocess.Popen[bytes] | None
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc.pid)
+            self.proc = None
+
+    def start(self) -> None:
+        self.proc = start_redis(self.port, self.log)
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed; scripts/setup.sh installs it")
+    port = free_port()
+    assert port != 6379
+    server = RedisServer(port, None, tmp_path_factory.mktemp("redis") / "redis.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The three demo versions, trained for real (smaller sets than `abserve train`)."""
+    from models.activity.train import train_all
+
+    root = tmp_path_factory.mktemp("registry")
+    train_all(root, seed=0, n_train=1500, n_test=500, quiet=True)
+    return str(root)
+
+
+@dataclass
+class ServeInstance:
+    http_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+@pytest.fixture(scope="session")
+def serve_instance() -> Iterator[ServeInstance]:
+    import ray
+    from ray import serve
+
+    ray.init(
+        address="local",  # never join a cluster someone else started
+        num_cpus=4,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}},
+    )
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield ServeInstance(port)
+    serve.shutdown()
+    ray.shutdown()
+
+
+def deploy(config: Any, timeout_s: float = 240) -> None:
+    """Deploy and wait until /ready answers 200 (every arm up)."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    serve.run(build_app(config), name=config.app_name, route_prefix="/")
+    deadline = time.monotonic() + timeout_s
+    url = f"http://127.0.0.1:{config.http.port}/ready"
+    while True:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not ready after {timeout_s}s")
+        time.sleep(0.5)
