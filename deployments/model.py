@@ -56,8 +56,8 @@ class ModelDeployment:
         device = "cuda" if num_gpus > 0 else "cpu"
         started = time.perf_counter()
         self.backend = load_backend(self.manifest, artifact, device=device, precision=precision)
-        self._predict_rows.set_max_batch_size(max_batch_size)
-        self._predict_rows.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._predict_rows.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+        self._predict_rows.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
         self.input_shape = tuple(self.manifest.input_shape)
         self.error_rate = 0.0
         self.delay_s = 0.0

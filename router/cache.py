@@ -93,7 +93,8 @@ class RedisCache:
         )
 
     async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        return list(await self.client.mget(list(keys)))
+        values: list[Any] = await self.client.mget(list(keys))
+        return values
 
     async def mset(self, items: Sequence[tuple[str, bytes]], ttl_s: int) -> None:
         if len(items) == 1:

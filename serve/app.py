@@ -30,7 +30,7 @@ def build_app(config: AbserveConfig) -> Application:
         actor_options: dict[str, Any] = {"num_cpus": m.num_cpus}
         if m.num_gpus:
             actor_options["num_gpus"] = m.num_gpus
-        handles[m.version] = ModelDeployment.options(
+        handles[m.version] = ModelDeployment.options(  # type: ignore[attr-defined]
             name=model_deployment_name(config.model, m.version),
             num_replicas=m.num_replicas,
             ray_actor_options=actor_options,
@@ -45,7 +45,7 @@ def build_app(config: AbserveConfig) -> Application:
             precision=m.precision,
             num_gpus=m.num_gpus,
         )
-    return Router.options(
+    return Router.options(  # type: ignore[attr-defined]
         name=ROUTER_DEPLOYMENT,
         num_replicas=config.router.num_replicas,
         ray_actor_options={"num_cpus": config.router.num_cpus},

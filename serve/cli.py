@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -151,13 +152,38 @@ def start_ray_head(config: AbserveConfig, log_path: Path) -> tuple[subprocess.Po
     return proc, f"127.0.0.1:{c.gcs_port}"
 
 
+def _ray_auth_env() -> None:
+    """`ray start` (2.60) turns on token auth and writes ~/.ray/auth_token; a driver
+    connecting to such a cluster must opt in, before ray is first imported."""
+    if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not _port_open(port):
+        if proc.poll() is not None:
+            raise AbserveError(f"ray start exited with {proc.returncode}; see .abserve/ray.log")
+        if time.monotonic() > deadline:
+            raise AbserveError(f"Ray's GCS did not open port {port} in {timeout_s:.0f}s")
+        time.sleep(0.5)
+    time.sleep(2)  # the head writes its auth token and address file right after
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
 def _connect(address: str) -> None:
+    _ray_auth_env()
     import ray
 
     deadline = time.monotonic() + 90
     while True:
         try:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
             return
         except Exception:  # noqa: BLE001 - the head may still be starting
             if time.monotonic() > deadline:
@@ -241,7 +267,8 @@ def _wait_running(app_name: str, timeout_s: float) -> None:
         if app is not None:
             parts = []
             for name, dep in sorted(app.deployments.items()):
-                counts = dep.replica_states or {}
+                states = dep.replica_states or {}
+                counts = {str(getattr(k, "value", k)): n for k, n in states.items()}
                 running = counts.get("RUNNING", 0)
                 total = sum(counts.values())
                 parts.append(f"{name} {running}/{total} {dep.status.value}")
@@ -292,12 +319,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         proc, address = start_ray_head(config, STATE_DIR.resolve() / "ray.log")
         state["ray_pid"] = proc.pid
         print(f"starting a local Ray cluster at {address} (pid {proc.pid})", flush=True)
+        _wait_for_port(config.cluster.gcs_port, proc, timeout_s=60)
     state["ray_address"] = address
     _write_state(state)
 
+    _connect(address)
     from ray import serve
 
-    _connect(address)
     serve.start(http_options={"host": config.http.host, "port": config.http.port})
     print(f"deploying {config.app_name}: "
           + ", ".join(f"{config.model}:{m.version} x{m.num_replicas}" for m in config.models),
@@ -398,9 +426,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     if state.get("ray_address") and not state.get("ray_pid") and state.get("app_name"):
         # A cluster we did not start: remove only our application from it.
         with contextlib.suppress(Exception):
+            _connect(state["ray_address"])
             from ray import serve
 
-            _connect(state["ray_address"])
             serve.delete(state["app_name"])
             print(f"deleted application {state['app_name']} from {state['ray_address']}")
     if state.get("ray_pid"):
