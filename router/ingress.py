@@ -21,6 +21,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from models.registry import Registry
+from router.batcher import HopBatcher
 from router.cache import LocalCache, PredictionCache, RedisCache
 from router.core import Prediction, RouterCore
 from router.request import check_content_type, parse_batch, parse_json, parse_single
@@ -109,7 +110,12 @@ class Router:
             timeout_s=self.config.cache.timeout_ms / 1000.0,
             retry_after_s=self.config.cache.retry_after_s,
         )
-        self.core = RouterCore(self.config, self._call_arm, self.cache, time.monotonic)
+        self.batcher = HopBatcher(
+            self._call_arm,
+            max_rows=self.config.router.batch_max_rows,
+            wait_s=self.config.router.batch_wait_ms / 1000.0,
+        )
+        self.core = RouterCore(self.config, self.batcher, self.cache, time.monotonic)
         self._user_header = self.http.user_key_header.lower()
         self._version_header = self.http.version_header.lower()
         log.info("router ready: arms %s, cache %s", self.core.arms, self._cache_kind)
@@ -277,5 +283,6 @@ class Router:
                 "arms": {v: s.__dict__ for v, s in self.core.stats.items()},
                 "breakers": {v: b.state.value for v, b in self.core.breakers.items()},
                 "cache": {"kind": self._cache_kind, **self.cache.stats.as_dict()},
+                "hop_batching": {"requests": self.batcher.requests, "calls": self.batcher.calls},
             }
         )

@@ -23,6 +23,7 @@ from typing import Any
 
 from serve.config import AbserveConfig, load_config
 from serve.errors import AbserveError
+from serve.ingress_mode import ray_env
 
 __all__ = ["main"]
 
@@ -144,10 +145,11 @@ def start_ray_head(config: AbserveConfig, log_path: Path) -> tuple[subprocess.Po
     if c.num_cpus:
         cmd.append(f"--num-cpus={c.num_cpus}")
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **ray_env(config.http.ingress)}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, env=env,
         )
     return proc, f"127.0.0.1:{c.gcs_port}"
 
@@ -315,6 +317,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             update={"cache": config.cache.model_copy(update={"redis_url": redis_url})}
         )
 
+    # Serve reads its ingress flags from the environment at import: the driver too.
+    os.environ.update(ray_env(config.http.ingress))
     if address is None:
         proc, address = start_ray_head(config, STATE_DIR.resolve() / "ray.log")
         state["ray_pid"] = proc.pid

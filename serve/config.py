@@ -140,12 +140,24 @@ class HttpConfig(_Frozen):
     max_batch_instances: int = Field(256, ge=1, description="Most instances per /predict/batch.")
     user_key_header: str = Field("X-User-Id", description="Header that makes assignment sticky.")
     version_header: str = Field("X-Model-Version", description="Header that pins a version.")
+    ingress: Literal["throughput", "default"] = Field(
+        "throughput",
+        description="Ray Serve ingress mode set when the Ray cluster starts: 'throughput' = "
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED + HAProxy; 'default' = Serve's Python proxy.",
+    )
 
 
 class RouterConfig(_Frozen):
     num_replicas: int = Field(1, ge=1, description="Router (ingress) replicas.")
     num_cpus: float = Field(0.25, gt=0, description="CPUs per router replica.")
     max_ongoing_requests: int = Field(1000, ge=1, description="Concurrent requests per router.")
+    batch_max_rows: int = Field(
+        64, ge=1, le=4096, description="Rows the router merges into one call to a version."
+    )
+    batch_wait_ms: float = Field(
+        0.0, ge=0, le=100,
+        description="How long the router holds a call to merge more; 0 = the next loop turn.",
+    )
 
 
 class ClusterConfig(_Frozen):

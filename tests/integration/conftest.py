@@ -21,9 +21,14 @@ import httpx
 import pytest
 
 from serve.cli import free_port, start_redis, stop_pid
+from serve.config import HttpConfig
+from serve.ingress_mode import ray_env
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+APP = "itest"
 
 
 @dataclass
@@ -83,6 +88,9 @@ class ServeInstance:
 
 @pytest.fixture(scope="session")
 def serve_instance() -> Iterator[ServeInstance]:
+    # The suite runs in the config's default ingress mode unless told otherwise.
+    mode = os.environ.get("ABSERVE_TEST_INGRESS") or HttpConfig().ingress
+    os.environ.update(ray_env(mode, haproxy_ports=(free_port(), free_port())))  # type: ignore[arg-type]
     import ray
     from ray import serve
 
@@ -99,6 +107,46 @@ def serve_instance() -> Iterator[ServeInstance]:
     yield ServeInstance(port)
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def app(
+    serve_instance: ServeInstance, redis_server: RedisServer, registry_root: str
+) -> Iterator[Any]:
+    """The platform as users run it: v1 sklearn baseline 90 %, v2 torch 10 %, v3 keras 0 %."""
+    from ray import serve
+
+    from serve.config import parse_config
+
+    config = parse_config(
+        {
+            "app_name": APP,
+            "model": "activity",
+            "registry": registry_root,
+            "models": [
+                {"version": "v1", "num_cpus": 0.2},
+                {"version": "v2", "num_cpus": 0.2},
+                {"version": "v3", "num_cpus": 0.2},
+            ],
+            "experiment": {
+                "name": "itest",
+                "baseline": "v1",
+                "arms": [
+                    {"version": "v1", "weight": 90},
+                    {"version": "v2", "weight": 10},
+                    {"version": "v3", "weight": 0},
+                ],
+                "timeout_ms": 5000,
+                "breaker": {"failure_threshold": 3, "cooldown_s": 1},
+            },
+            "cache": {"redis_url": redis_server.url, "ttl_s": 600, "retry_after_s": 0.5},
+            "http": {"port": serve_instance.http_port, "max_batch_instances": 64},
+            "router": {"num_cpus": 0.2},
+        }
+    )
+    deploy(config)
+    yield config
+    serve.delete(APP)
 
 
 def deploy(config: Any, timeout_s: float = 240) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,47 +13,8 @@ import pytest
 
 from models.activity.data import CLASS_LABELS, make_windows
 from router.cache import cache_key
-from serve.config import AbserveConfig, parse_config
-from tests.integration.conftest import RedisServer, ServeInstance, deploy
-
-APP = "itest"
-
-
-@pytest.fixture(scope="module")
-def app(
-    serve_instance: ServeInstance, redis_server: RedisServer, registry_root: str
-) -> Iterator[AbserveConfig]:
-    from ray import serve
-
-    config = parse_config(
-        {
-            "app_name": APP,
-            "model": "activity",
-            "registry": registry_root,
-            "models": [
-                {"version": "v1", "num_cpus": 0.2},
-                {"version": "v2", "num_cpus": 0.2},
-                {"version": "v3", "num_cpus": 0.2},
-            ],
-            "experiment": {
-                "name": "itest",
-                "baseline": "v1",
-                "arms": [
-                    {"version": "v1", "weight": 90},
-                    {"version": "v2", "weight": 10},
-                    {"version": "v3", "weight": 0},
-                ],
-                "timeout_ms": 5000,
-                "breaker": {"failure_threshold": 3, "cooldown_s": 1},
-            },
-            "cache": {"redis_url": redis_server.url, "ttl_s": 600, "retry_after_s": 0.5},
-            "http": {"port": serve_instance.http_port, "max_batch_instances": 64},
-            "router": {"num_cpus": 0.2},
-        }
-    )
-    deploy(config)
-    yield config
-    serve.delete(APP)
+from serve.config import AbserveConfig
+from tests.integration.conftest import APP, RedisServer, ServeInstance
 
 
 @pytest.fixture(scope="module")

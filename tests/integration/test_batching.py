@@ -1,0 +1,78 @@
+"""Dynamic batching, counted: in the model replica and across the router-to-model hop."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from models.activity.data import make_windows
+from serve.app import model_deployment_name
+from tests.integration.conftest import APP, ServeInstance
+
+
+def _handle(version: str) -> Any:
+    from ray import serve
+
+    return serve.get_deployment_handle(model_deployment_name("activity", version), APP)
+
+
+async def _burst(url: str, xs: np.ndarray, version: str) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(xs))
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        return await asyncio.gather(
+            *(client.post("/predict", json={"features": x.tolist()},
+                          headers={"X-Model-Version": version}) for x in xs)
+        )
+
+
+@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
+def test_concurrent_requests_share_model_calls(
+    app: Any, serve_instance: ServeInstance, version: str
+) -> None:
+    n = 48
+    xs, _ = make_windows(n, seed=900 + int(version[1:]))
+    xs = xs + 11.0  # unique inputs nobody else sends: all cache misses
+    handle = _handle(version)
+    before = handle.stats.remote().result()
+    hop_before = httpx.get(f"{serve_instance.url}/stats").json()["hop_batching"]
+    responses = asyncio.run(_burst(serve_instance.url, xs, version))
+    after = handle.stats.remote().result()
+    hop_after = httpx.get(f"{serve_instance.url}/stats").json()["hop_batching"]
+    assert [r.status_code for r in responses] == [200] * n
+    assert all(r.headers["X-Cache"] == "MISS" for r in responses)
+    model_calls = after["calls"] - before["calls"]
+    assert after["rows"] - before["rows"] == n
+    assert 1 <= model_calls < n, f"{n} requests took {model_calls} backend calls"
+    hop_calls = hop_after["calls"] - hop_before["calls"]
+    assert hop_after["requests"] - hop_before["requests"] == n
+    assert hop_calls < n, f"{n} requests took {hop_calls} router-to-model calls"
+    # Each caller got its own answer: the same as that input predicted alone.
+    alone = handle.predict.remote(xs.astype(np.float32)).result()
+    for i, r in enumerate(responses):
+        got = np.asarray(list(r.json()["probabilities"].values()))
+        np.testing.assert_allclose(got, alone[i], atol=1e-4)
+
+
+def test_a_bad_instance_fails_only_its_own_call(app: Any) -> None:
+    from serve.errors import InvalidInput
+
+    handle = _handle("v1")
+    good, _ = make_windows(6, seed=77)
+    bad = np.zeros((1, 50, 8), np.float32)
+    calls = [handle.predict.remote(good[i : i + 1]) for i in range(3)]
+    calls.append(handle.predict.remote(bad))
+    calls += [handle.predict.remote(good[i : i + 1]) for i in range(3, 6)]
+    results: list[Any] = []
+    for c in calls:
+        try:
+            results.append(c.result())
+        except InvalidInput as exc:
+            results.append(exc)
+    assert isinstance(results[3], InvalidInput)
+    assert "expected shape" in str(results[3])
+    for i, r in enumerate(results[:3] + results[4:]):
+        assert isinstance(r, np.ndarray) and r.shape == (1, 8), i
