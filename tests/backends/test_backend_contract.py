@@ -257,3 +257,32 @@ def test_keras_lambda_layers_refused_by_safe_mode(tmp_path: Path) -> None:
     )
     with pytest.raises(ArtifactError, match="cannot load keras model"):
         load_backend(m, reg.verified_artifact(m))
+
+
+def test_health_check_fails_when_the_model_cannot_predict() -> None:
+    """The deployment's check_health (what Serve calls) raises on a broken model."""
+    from deployments.model import ModelDeployment
+
+    cls = ModelDeployment.func_or_class
+
+    class Broken:
+        def predict(self, batch: np.ndarray) -> np.ndarray:
+            raise RuntimeError("weights corrupted in memory")
+
+    class WrongShape:
+        def predict(self, batch: np.ndarray) -> np.ndarray:
+            return np.zeros((len(batch), 3), np.float32)
+
+    class Healthy:
+        def predict(self, batch: np.ndarray) -> np.ndarray:
+            return np.full((len(batch), 8), 1 / 8, np.float32)
+
+    replica = cls.__new__(cls)
+    replica.manifest = type("M", (), {"class_labels": tuple("abcdefgh")})()
+    replica._probe = np.zeros((1, 50, 9), np.float32)
+    replica.backend = Healthy()
+    replica.check_health()
+    for backend in (Broken(), WrongShape()):
+        replica.backend = backend
+        with pytest.raises(Exception):  # noqa: B017 - any failure marks the replica unhealthy
+            replica.check_health()

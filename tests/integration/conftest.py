@@ -74,7 +74,32 @@ def registry_root(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     root = tmp_path_factory.mktemp("registry")
     train_all(root, seed=0, n_train=1500, n_test=500, quiet=True)
+    _register_user_model(root, tmp_path_factory.mktemp("user-model"))
     return str(root)
+
+
+def _register_user_model(root: Path, work: Path) -> None:
+    """A user's own estimator, fitted outside abserve, registered by the CLI as v4."""
+    import sys
+
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from models.activity.data import make_windows
+
+    X, y = make_windows(400, seed=4)
+    # Fitted on flattened windows (450 features): the backend flattens for it.
+    est = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
+    est.fit(X.reshape(len(X), -1), y)
+    artifact = work / "user-logreg.joblib"
+    joblib.dump(est, artifact)
+    subprocess.run(
+        [sys.executable, "-m", "serve.cli", "register", "activity", "v4",
+         "--framework", "sklearn", "--artifact", str(artifact), "--registry", str(root)],
+        check=True, capture_output=True, text=True,
+    )
 
 
 @dataclass
@@ -127,6 +152,7 @@ def app(
                 {"version": "v1", "num_cpus": 0.2},
                 {"version": "v2", "num_cpus": 0.2},
                 {"version": "v3", "num_cpus": 0.2},
+                {"version": "v4", "num_cpus": 0.1},  # the user's own model
             ],
             "experiment": {
                 "name": "itest",
@@ -135,6 +161,7 @@ def app(
                     {"version": "v1", "weight": 90},
                     {"version": "v2", "weight": 10},
                     {"version": "v3", "weight": 0},
+                    {"version": "v4", "weight": 0},
                 ],
                 "timeout_ms": 5000,
                 "breaker": {"failure_threshold": 3, "cooldown_s": 1},

@@ -51,7 +51,8 @@ def many(url: str, payloads: list[Any], headers: list[dict[str, str]] | None = N
 
 def test_one_request_per_framework(app: AbserveConfig, serve_instance: ServeInstance,
                                    windows: np.ndarray) -> None:
-    for version, _framework in (("v1", "sklearn"), ("v2", "torch"), ("v3", "tensorflow")):
+    # v4 is the user's own estimator, registered with `abserve register` (conftest).
+    for version in ("v1", "v2", "v3", "v4"):
         r = post(serve_instance.url, body(windows[0]), {"X-Model-Version": version})
         assert r.status_code == 200, r.text
         data = r.json()
@@ -70,11 +71,12 @@ def test_models_health_ready_docs(app: AbserveConfig, serve_instance: ServeInsta
     url = serve_instance.url
     assert httpx.get(f"{url}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{url}/ready")
-    assert ready.status_code == 200 and ready.json()["arms"] == {"v1": True, "v2": True, "v3": True}
+    assert ready.status_code == 200
+    assert ready.json()["arms"] == {"v1": True, "v2": True, "v3": True, "v4": True}
     models = httpx.get(f"{url}/models").json()
     by_version = {v["version"]: v for v in models["versions"]}
     assert {v: by_version[v]["framework"] for v in by_version} == {
-        "v1": "sklearn", "v2": "torch", "v3": "tensorflow"
+        "v1": "sklearn", "v2": "torch", "v3": "tensorflow", "v4": "sklearn"
     }
     assert by_version["v1"]["weight"] == 90 and by_version["v1"]["baseline"] is True
     assert by_version["v2"]["input_shape"] == [50, 9]
