@@ -20,7 +20,7 @@ import numpy as np
 from router.cache import PredictionCache, cache_key
 from router.fallback import CircuitBreaker
 from router.policy import Arm, RouteContext, WeightedPolicy
-from serve.config import AbserveConfig
+from serve.config import AbserveConfig, ExperimentConfig
 from serve.errors import NotFound, ServiceUnavailable, UpstreamError
 
 __all__ = ["ArmStats", "Prediction", "RouterCore"]
@@ -59,18 +59,32 @@ class RouterCore:
     def __post_init__(self) -> None:
         exp = self.config.experiment
         self.model = self.config.model
-        self.baseline = exp.baseline
         self.versions = frozenset(m.version for m in self.config.models)
-        self.arms: tuple[Arm, ...] = tuple(
-            Arm(a.version, a.weight, baseline=a.version == exp.baseline) for a in exp.arms
-        )
         self.policy = WeightedPolicy(salt=exp.name, rng=self.rng)
-        self.timeouts = {v: exp.arm_timeout_s(v) for v in self.versions}
         self.breakers = {
             v: CircuitBreaker(exp.breaker.failure_threshold, exp.breaker.cooldown_s, self.clock)
             for v in self.versions
         }
         self.stats = {v: ArmStats() for v in self.versions}
+        self.revision = 0
+        self.set_experiment(exp)
+
+    def set_experiment(
+        self, exp: ExperimentConfig, weights: dict[str, float] | None = None, revision: int = 0
+    ) -> None:
+        """Swap in a new experiment (from the controller) in one step.
+
+        ``weights`` overrides the arms' weights (a paused experiment sends all
+        traffic to the baseline without forgetting the stored weights).
+        """
+        arms = tuple(
+            Arm(a.version, a.weight if weights is None else weights[a.version],
+                baseline=a.version == exp.baseline)
+            for a in exp.arms
+        )
+        timeouts = {v: exp.arm_timeout_s(v) for v in self.versions}
+        self.arms, self.baseline, self.timeouts = arms, exp.baseline, timeouts
+        self.revision = revision
 
     def choose(self, user_key: str | None, pinned: str | None) -> str:
         if pinned is not None:

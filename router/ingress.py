@@ -21,9 +21,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from models.registry import Registry
+from router.admin import TOKEN_ENV, AdminAuth, load_admin_token
 from router.batcher import HopBatcher
 from router.cache import LocalCache, PredictionCache, RedisCache
 from router.core import Prediction, RouterCore
+from router.experiment import ExperimentState, effective_weights
 from router.request import check_content_type, parse_batch, parse_json, parse_single
 from router.schemas import BATCH_RESPONSES, OPENAPI_BATCH, OPENAPI_SINGLE, SINGLE_RESPONSES
 from serve.config import AbserveConfig, parse_config
@@ -60,13 +62,19 @@ async def _await(response: Any) -> Any:
     return await response
 
 
+def _unwrap(exc: BaseException) -> BaseException:
+    """Our own error raised in another replica arrives wrapped in a RayTaskError."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, AbserveError) else exc
+
+
 def _translate(exc: BaseException) -> BaseException:
     """Ray's and asyncio's exceptions -> ours. InvalidInput passes through as is."""
     from ray import exceptions as ray_exc
     from ray.serve import exceptions as serve_exc
 
-    if isinstance(exc, InvalidInput):
-        return exc
+    if isinstance(_unwrap(exc), InvalidInput):
+        return _unwrap(exc)
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return UpstreamError("the arm timed out", reason="timeout")
     if isinstance(exc, serve_exc.BackPressureError):
@@ -86,7 +94,12 @@ def _translate(exc: BaseException) -> BaseException:
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
 class Router:
-    def __init__(self, config: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        handles: dict[str, DeploymentHandle],
+        controller: DeploymentHandle,
+    ) -> None:
         self.config: AbserveConfig = parse_config(config)
         registry = Registry(self.config.registry)
         self.manifests = {
@@ -118,7 +131,49 @@ class Router:
         self.core = RouterCore(self.config, self.batcher, self.cache, time.monotonic)
         self._user_header = self.http.user_key_header.lower()
         self._version_header = self.http.version_header.lower()
+        self.controller = controller
+        self.auth = AdminAuth(load_admin_token(self.config.admin))
+        if not self.auth.enabled:
+            log.warning("admin API disabled: set %s or admin.token_file to enable it", TOKEN_ENV)
+        self.paused = False
+        self._synced: asyncio.Future[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
         log.info("router ready: arms %s, cache %s", self.core.arms, self._cache_kind)
+
+    # ------------------------------------------------------------ experiment state
+
+    def _apply_state(self, data: dict[str, Any]) -> None:
+        state = ExperimentState.from_dict(data)
+        if state.revision != self.core.revision:
+            self.core.set_experiment(state.experiment, effective_weights(state), state.revision)
+            self.paused = state.paused
+
+    async def _ensure_synced(self) -> None:
+        """The first request waits for the controller's state once; then a poller follows it."""
+        if self._synced is None:
+            self._synced = asyncio.get_running_loop().create_future()
+            try:
+                data = await asyncio.wait_for(_await(self.controller.get_state.remote()), 10)
+                self._apply_state(data)
+            except Exception as exc:  # noqa: BLE001 - serve with the config's weights meanwhile
+                log.warning("experiment state not loaded yet (%r); using the config's", exc)
+            self._synced.set_result(None)
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        elif not self._synced.done():
+            await asyncio.shield(self._synced)
+
+    async def _poll(self) -> None:
+        interval = self.config.state.poll_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                revision = await asyncio.wait_for(_await(self.controller.revision.remote()), 2)
+                if revision != self.core.revision:
+                    data = await asyncio.wait_for(_await(self.controller.get_state.remote()), 2)
+                    self._apply_state(data)
+                    log.info("experiment revision %d applied", self.core.revision)
+            except Exception as exc:  # noqa: BLE001 - keep serving the last known state
+                log.warning("experiment state poll failed: %r", exc)
 
     def _cache_backend(self) -> RedisCache | LocalCache | None:
         cfg = self.config.cache
@@ -200,6 +255,7 @@ class Router:
     @app.post("/predict", openapi_extra=OPENAPI_SINGLE, responses=SINGLE_RESPONSES)
     async def predict(self, request: Request) -> Response:
         """Predict one input; the experiment picks the arm."""
+        await self._ensure_synced()
         batch = parse_single(await self._body(request), self.input_shape)
         user_key, pinned = self._route_args(request)
         pred = await self.core.predict(batch, user_key=user_key, pinned=pinned)
@@ -212,6 +268,7 @@ class Router:
     @app.post("/predict/batch", openapi_extra=OPENAPI_BATCH, responses=BATCH_RESPONSES)
     async def predict_batch(self, request: Request) -> Response:
         """Predict many inputs in one request; one arm answers them all."""
+        await self._ensure_synced()
         batch = parse_batch(
             await self._body(request), self.input_shape, self.http.max_batch_instances
         )
@@ -255,6 +312,7 @@ class Router:
     @app.get("/models")
     async def models(self) -> Response:
         """Deployed versions, their manifests and current weights."""
+        await self._ensure_synced()
         weights = {a.version: a.weight for a in self.core.arms}
         versions = []
         for version, manifest in self.manifests.items():
@@ -268,11 +326,89 @@ class Router:
                 "model": self.config.model,
                 "experiment": self.config.experiment.name,
                 "baseline": self.core.baseline,
+                "revision": self.core.revision,
+                "paused": self.paused,
                 "input_shape": list(self.input_shape),
                 "class_labels": list(self.labels),
                 "versions": versions,
             }
         )
+
+    # ------------------------------------------------------------ admin
+
+    async def _admin(self, request: Request, op: str, params: dict[str, Any]) -> Response:
+        self.auth.check(request.headers.get("authorization"), request.query_params.keys())
+        who = request.headers.get("x-admin-user", "admin")
+        who = who if 0 < len(who) <= 64 and who.isprintable() else "admin"
+        try:
+            data = await _await(self.controller.apply.remote(op, params, who))
+        except Exception as exc:  # noqa: BLE001 - the controller's own errors keep their status
+            raise _unwrap(exc) from None
+        self._apply_state(data)  # this replica at once; the others within a poll interval
+        return _json(self._experiment_view(data))
+
+    async def _admin_body(self, request: Request) -> dict[str, Any]:
+        self.auth.check(request.headers.get("authorization"), request.query_params.keys())
+        data = await self._body(request)
+        if not isinstance(data, dict):
+            raise InvalidInput("body must be a JSON object")
+        return data
+
+    def _experiment_view(self, data: dict[str, Any]) -> dict[str, Any]:
+        state = ExperimentState.from_dict(data)
+        return {**data, "effective_weights": effective_weights(state)}
+
+    @app.get("/admin/experiment")
+    async def admin_experiment(self, request: Request) -> Response:
+        """The live experiment: arms, weights, baseline, revision, paused."""
+        self.auth.check(request.headers.get("authorization"), request.query_params.keys())
+        data = await _await(self.controller.get_state.remote())
+        return _json(self._experiment_view(data))
+
+    @app.put("/admin/weights")
+    async def admin_weights(self, request: Request) -> Response:
+        """Set weights: {"weights": {"v1": 80, "v2": 20}}; they must still sum to 100."""
+        body = await self._admin_body(request)
+        return await self._admin(request, "set_weights", {"weights": body.get("weights")})
+
+    @app.post("/admin/candidates")
+    async def admin_add_candidate(self, request: Request) -> Response:
+        """Add a deployed version as an arm: {"version": "v3", "weight": 5}."""
+        body = await self._admin_body(request)
+        return await self._admin(request, "add_candidate", body)
+
+    @app.delete("/admin/candidates/{version}")
+    async def admin_remove_arm(self, request: Request, version: str) -> Response:
+        """Remove a candidate arm; its weight returns to the baseline."""
+        return await self._admin(request, "remove_arm", {"version": version})
+
+    @app.post("/admin/promote")
+    async def admin_promote(self, request: Request) -> Response:
+        """The candidate becomes the baseline: {"version": "v2"}."""
+        body = await self._admin_body(request)
+        return await self._admin(request, "promote", body)
+
+    @app.post("/admin/rollback")
+    async def admin_rollback(self, request: Request) -> Response:
+        """A candidate's weight to 0 at once: {"version": "v2"} ({} = every candidate)."""
+        body = await self._admin_body(request)
+        return await self._admin(request, "rollback", body)
+
+    @app.post("/admin/pause")
+    async def admin_pause(self, request: Request) -> Response:
+        """All traffic to the baseline; the weights are kept for resume."""
+        return await self._admin(request, "pause", {})
+
+    @app.post("/admin/resume")
+    async def admin_resume(self, request: Request) -> Response:
+        return await self._admin(request, "resume", {})
+
+    @app.get("/admin/audit")
+    async def admin_audit(self, request: Request, limit: int = 100) -> Response:
+        """The last `limit` changes: time, who, operation, before, after."""
+        self.auth.check(request.headers.get("authorization"), request.query_params.keys())
+        entries = await _await(self.controller.audit.remote(max(1, min(limit, 10_000))))
+        return _json({"entries": entries})
 
     @app.get("/stats")
     async def stats(self) -> Response:
@@ -280,6 +416,8 @@ class Router:
         return _json(
             {
                 "replica": serve.get_replica_context().replica_tag,
+                "pid": os.getpid(),
+                "revision": self.core.revision,
                 "arms": {v: s.__dict__ for v, s in self.core.stats.items()},
                 "breakers": {v: b.state.value for v, b in self.core.breakers.items()},
                 "cache": {"kind": self._cache_kind, **self.cache.stats.as_dict()},

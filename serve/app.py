@@ -12,9 +12,10 @@ from ray.serve import Application
 
 from serve.config import AbserveConfig, sanitize_name
 
-__all__ = ["build_app", "model_deployment_name", "ROUTER_DEPLOYMENT"]
+__all__ = ["CONTROLLER_DEPLOYMENT", "ROUTER_DEPLOYMENT", "build_app", "model_deployment_name"]
 
 ROUTER_DEPLOYMENT = "router"
+CONTROLLER_DEPLOYMENT = "controller"
 
 
 def model_deployment_name(model: str, version: str) -> str:
@@ -23,6 +24,7 @@ def model_deployment_name(model: str, version: str) -> str:
 
 def build_app(config: AbserveConfig) -> Application:
     from deployments.model import ModelDeployment
+    from router.controller import ExperimentController
     from router.ingress import Router
 
     handles: dict[str, Any] = {}
@@ -45,9 +47,15 @@ def build_app(config: AbserveConfig) -> Application:
             precision=m.precision,
             num_gpus=m.num_gpus,
         )
+    config_dict = config.model_dump(mode="json")
+    controller = ExperimentController.options(  # type: ignore[attr-defined]
+        name=CONTROLLER_DEPLOYMENT,
+        # The durable state is a file on the head node's disk (state.dir).
+        ray_actor_options={"num_cpus": 0.05, "resources": {"node:__internal_head__": 0.001}},
+    ).bind(config_dict)
     return Router.options(  # type: ignore[attr-defined]
         name=ROUTER_DEPLOYMENT,
         num_replicas=config.router.num_replicas,
         ray_actor_options={"num_cpus": config.router.num_cpus},
         max_ongoing_requests=config.router.max_ongoing_requests,
-    ).bind(config.model_dump(mode="json"), handles)
+    ).bind(config_dict, handles, controller)

@@ -287,8 +287,25 @@ def _wait_running(app_name: str, timeout_s: float) -> None:
         time.sleep(1)
 
 
+def _extra_models_file(config: AbserveConfig) -> Path:
+    return Path(config.state.dir) / f"{config.app_name}.models.json"
+
+
+def with_extra_models(config: AbserveConfig) -> AbserveConfig:
+    """The config plus the versions added by `abserve deploy-version` (kept in state.dir)."""
+    from serve.config import ModelConfig
+
+    try:
+        extra = json.loads(_extra_models_file(config).read_text())
+    except FileNotFoundError:
+        return config
+    known = {m.version for m in config.models}
+    added = [ModelConfig.model_validate(m) for m in extra if m["version"] not in known]
+    return config.model_copy(update={"models": [*config.models, *added]}) if added else config
+
+
 def cmd_up(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = with_extra_models(load_config(args.config))
     state = _read_state()
     if state.get("ray_pid") and _pid_alive(int(state["ray_pid"])):
         print(f"a cluster started by abserve is already running (pid {state['ray_pid']}); "
@@ -369,6 +386,47 @@ def _deploy(config: AbserveConfig) -> None:
     )
 
 
+def cmd_deploy_version(args: argparse.Namespace) -> int:
+    """Add a registered version to the running application at weight 0."""
+    from models.registry import Registry
+    from serve.config import ModelConfig
+
+    state = _read_state()
+    config_path = args.config or state.get("config")
+    if not config_path or not state.get("ray_address"):
+        raise AbserveError("no running application recorded; run `abserve up` first")
+    config = with_extra_models(load_config(config_path))
+    if args.version in {m.version for m in config.models}:
+        raise AbserveError(f"version {args.version} is already deployed")
+    registry = Registry(config.registry)
+    registry.verified_artifact(registry.manifest(config.model, args.version))
+    entry = ModelConfig.model_validate({
+        "version": args.version, "num_replicas": args.replicas, "num_cpus": args.num_cpus,
+        "num_gpus": args.num_gpus, "max_batch_size": args.max_batch_size,
+    })
+    new = config.model_copy(update={"models": [*config.models, entry]})
+    if state.get("redis_url") and not new.cache.redis_url:
+        new = new.model_copy(
+            update={"cache": new.cache.model_copy(update={"redis_url": state["redis_url"]})}
+        )
+    os.environ.update(ray_env(new.http.ingress))
+    _connect(state["ray_address"])
+    print(f"deploying {config.model}:{args.version} beside the running versions", flush=True)
+    _deploy(new)
+    _wait_running(new.app_name, args.timeout)
+    path = _extra_models_file(config)
+    extra = json.loads(path.read_text()) if path.exists() else []
+    extra.append(entry.model_dump(mode="json"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(extra, indent=1))
+    # Only now, with its replicas ready, does it become an arm (at weight 0).
+    args.url = None
+    _print_experiment(_admin_call(args, "POST", "/admin/candidates",
+                                  {"version": args.version, "weight": 0}))
+    print(f"{args.version} is ready at weight 0; raise it with `abserve traffic`")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     state = _read_state()
     url = args.url or state.get("url")
@@ -422,6 +480,86 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0 if r.status_code == 200 else 1
 
 
+def _admin_token(args: argparse.Namespace, state: dict[str, Any]) -> str:
+    from router.admin import TOKEN_ENV, load_admin_token
+    from serve.config import AdminConfig
+
+    config_path = getattr(args, "config", None) or state.get("config")
+    admin = load_config(config_path).admin if config_path else AdminConfig()
+    token = load_admin_token(admin)
+    if token is None:
+        raise AbserveError(f"no admin token: set {TOKEN_ENV} (or admin.token_file in the config)")
+    return token.decode()
+
+
+def _admin_call(args: argparse.Namespace, method: str, path: str,
+                body: dict[str, Any] | None = None) -> dict[str, Any]:
+    import getpass
+
+    import httpx
+
+    state = _read_state()
+    url = args.url or state.get("url") or "http://127.0.0.1:8000"
+    headers = {"Authorization": f"Bearer {_admin_token(args, state)}",
+               "X-Admin-User": getpass.getuser()}
+    r = httpx.request(method, f"{url}{path}", json=body, headers=headers, timeout=30)
+    data = r.json()
+    if r.status_code != 200:
+        raise AbserveError(f"{r.status_code}: {data.get('error', data)}")
+    return dict(data)
+
+
+def _print_experiment(data: dict[str, Any]) -> None:
+    exp = data["experiment"]
+    paused = "  PAUSED (all traffic to the baseline)" if data.get("paused") else ""
+    print(f"experiment {exp['name']}  revision {data['revision']}  baseline {exp['baseline']}"
+          f"  by {data.get('updated_by')}{paused}")
+    eff = data.get("effective_weights", {})
+    for arm in exp["arms"]:
+        mark = " (baseline)" if arm["version"] == exp["baseline"] else ""
+        effective = eff.get(arm["version"], 0)
+        print(f"  {arm['version']:<10}{arm['weight']:>7g}%  effective {effective:g}%{mark}")
+
+
+def _parse_weights(pairs: list[str]) -> dict[str, float]:
+    weights = {}
+    for pair in pairs:
+        version, sep, value = pair.partition("=")
+        if not sep:
+            raise AbserveError(f"expected VERSION=PERCENT, got {pair!r}")
+        try:
+            weights[version] = float(value)
+        except ValueError:
+            raise AbserveError(f"{pair!r}: {value!r} is not a number") from None
+    return weights
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    op = args.command
+    if op == "experiment":
+        _print_experiment(_admin_call(args, "GET", "/admin/experiment"))
+    elif op == "traffic":
+        _print_experiment(_admin_call(args, "PUT", "/admin/weights",
+                                      {"weights": _parse_weights(args.weights)}))
+    elif op == "add-candidate":
+        _print_experiment(_admin_call(args, "POST", "/admin/candidates",
+                                      {"version": args.version, "weight": args.weight}))
+    elif op == "remove-arm":
+        _print_experiment(_admin_call(args, "DELETE", f"/admin/candidates/{args.version}"))
+    elif op in ("promote", "rollback"):
+        body = {"version": args.version} if args.version else {}
+        _print_experiment(_admin_call(args, "POST", f"/admin/{op}", body))
+    elif op in ("pause", "resume"):
+        _print_experiment(_admin_call(args, "POST", f"/admin/{op}"))
+    elif op == "audit":
+        for e in _admin_call(args, "GET", f"/admin/audit?limit={args.limit}")["entries"]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
+            before = (e.get("before") or {}).get("weights")
+            print(f"{when}  r{e['revision']:<4} {e['who']:<12} {e['operation']:<14} "
+                  f"{before} -> {e['after']['weights']}")
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     state = _read_state()
     if not state:
@@ -443,6 +581,12 @@ def cmd_down(args: argparse.Namespace) -> int:
         print(f"stopped redis-server (pid {state['redis_pid']})")
     _state_file().unlink(missing_ok=True)
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.runner import run_from_args
+
+    return run_from_args(args)
 
 
 # ---------------------------------------------------------------- parser
@@ -498,6 +642,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("down", help="stop what `abserve up` started, by PID")
     d.set_defaults(func=cmd_down)
+
+    dv = sub.add_parser("deploy-version",
+                        help="deploy a registered version into the running app, at weight 0")
+    dv.add_argument("version")
+    dv.add_argument("--config", "-c")
+    dv.add_argument("--replicas", type=int, default=1)
+    dv.add_argument("--num-cpus", type=float, default=0.25)
+    dv.add_argument("--num-gpus", type=float, default=0.0)
+    dv.add_argument("--max-batch-size", type=int, default=64)
+    dv.add_argument("--timeout", type=float, default=300)
+    dv.set_defaults(func=cmd_deploy_version)
+
+    admin_help = {
+        "experiment": "show the live experiment (weights, baseline, revision)",
+        "traffic": "set weights: abserve traffic v1=80 v2=20",
+        "add-candidate": "add a deployed version as an arm",
+        "remove-arm": "remove a candidate; its weight returns to the baseline",
+        "promote": "the candidate becomes the baseline",
+        "rollback": "a candidate's weight to 0 at once (every candidate if none named)",
+        "pause": "send all traffic to the baseline, keeping the weights",
+        "resume": "resume the weights after a pause",
+        "audit": "the audit log: time, who, operation, before, after",
+    }
+    for name, text in admin_help.items():
+        a = sub.add_parser(name, help=f"{text} (admin API; needs ABSERVE_ADMIN_TOKEN)")
+        a.add_argument("--url")
+        a.add_argument("--config", help="config whose admin.token_file to use")
+        if name == "traffic":
+            a.add_argument("weights", nargs="+", metavar="VERSION=PERCENT")
+        elif name in ("add-candidate", "remove-arm", "promote"):
+            a.add_argument("version")
+        elif name == "rollback":
+            a.add_argument("version", nargs="?")
+        if name == "add-candidate":
+            a.add_argument("--weight", type=float, default=0.0)
+        if name == "audit":
+            a.add_argument("--limit", type=int, default=20)
+        a.set_defaults(func=cmd_admin)
+
+    b = sub.add_parser("bench", help="naive server vs plain Ray Serve vs abserve: table, JSON, PNG")
+    b.add_argument("--duration", type=float, default=20, help="seconds per variant")
+    b.add_argument("--connections", type=int, default=32)
+    b.add_argument("--short", action="store_true", help="3 s per variant, 1 s warm-up")
+    b.add_argument("--ingress", choices=["throughput", "default"], default="throughput")
+    b.add_argument("--registry", help="existing registry with activity v1, v2 (default: train)")
+    b.add_argument("--out", default="bench-results")
+    b.add_argument("--variants", default="a,b,c,d,e")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -26,6 +26,7 @@ from serve.errors import ConfigError
 
 __all__ = [
     "AbserveConfig",
+    "AdminConfig",
     "ArmConfig",
     "BreakerConfig",
     "CacheConfig",
@@ -34,6 +35,7 @@ __all__ = [
     "HttpConfig",
     "ModelConfig",
     "RouterConfig",
+    "StateConfig",
     "load_config",
     "parse_config",
 ]
@@ -160,6 +162,25 @@ class RouterConfig(_Frozen):
     )
 
 
+class AdminConfig(_Frozen):
+    token_file: str | None = Field(
+        None,
+        description="File holding the admin bearer token; else the environment variable "
+        "ABSERVE_ADMIN_TOKEN. Neither: the /admin routes are disabled.",
+    )
+
+
+class StateConfig(_Frozen):
+    dir: str = Field(
+        ".abserve/state",
+        description="Directory of the durable experiment state and audit log (relative to the "
+        "config file); on a multi-node cluster, the head node's disk.",
+    )
+    poll_interval_s: float = Field(
+        0.5, gt=0, le=1.5, description="How often routers check for a new revision."
+    )
+
+
 class ClusterConfig(_Frozen):
     address: str | None = Field(
         None, description="Existing Ray cluster to deploy onto; empty starts a local one."
@@ -182,6 +203,8 @@ class AbserveConfig(_Frozen):
     http: HttpConfig = Field(default_factory=HttpConfig)  # type: ignore[arg-type]
     router: RouterConfig = Field(default_factory=RouterConfig)  # type: ignore[arg-type]
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)  # type: ignore[arg-type]
+    admin: AdminConfig = Field(default_factory=AdminConfig)  # type: ignore[arg-type]
+    state: StateConfig = Field(default_factory=StateConfig)  # type: ignore[arg-type]
 
     @field_validator("models")
     @classmethod
@@ -216,7 +239,8 @@ class AbserveConfig(_Frozen):
         return path.resolve()
 
 
-def _format_errors(exc: ValidationError) -> str:
+def format_validation_errors(exc: ValidationError) -> str:
+    """One line per error, each naming its field by dotted path."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -234,7 +258,7 @@ def parse_config(data: Any) -> AbserveConfig:
     try:
         return AbserveConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+        raise ConfigError(format_validation_errors(exc)) from None
 
 
 def load_config(path: str | Path) -> AbserveConfig:
@@ -249,8 +273,15 @@ def load_config(path: str | Path) -> AbserveConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     config = parse_config(data)
-    registry = config.registry_path(path.parent.resolve())
-    return config.model_copy(update={"registry": str(registry)})
+    base = path.parent.resolve()
+    update: dict[str, Any] = {
+        "registry": str(config.registry_path(base)),
+        "state": config.state.model_copy(update={"dir": str((base / config.state.dir).resolve())}),
+    }
+    if config.admin.token_file:
+        token_file = (base / config.admin.token_file).resolve()
+        update["admin"] = config.admin.model_copy(update={"token_file": str(token_file)})
+    return config.model_copy(update=update)
 
 
 def sanitize_name(value: str) -> str:

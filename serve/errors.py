@@ -12,10 +12,12 @@ __all__ = [
     "ArtifactError",
     "BadRequest",
     "ConfigError",
+    "Forbidden",
     "InvalidInput",
     "NotFound",
     "PayloadTooLarge",
     "ServiceUnavailable",
+    "Unauthorized",
     "UnsupportedMediaType",
     "UpstreamError",
     "to_http",
@@ -46,6 +48,18 @@ class InvalidInput(AbserveError):
 
     status_code = 422
     code = "invalid_input"
+
+
+class Unauthorized(AbserveError):
+    """Missing, malformed or wrong admin credentials. Never echoes what was sent."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(AbserveError):
+    status_code = 403
+    code = "forbidden"
 
 
 class NotFound(AbserveError):

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from router.admin import TOKEN_ENV
 from serve.cli import free_port, start_redis, stop_pid
 from serve.config import HttpConfig
 from serve.ingress_mode import ray_env
@@ -29,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 APP = "itest"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
 
 @dataclass
@@ -116,6 +118,7 @@ def serve_instance() -> Iterator[ServeInstance]:
     # The suite runs in the config's default ingress mode unless told otherwise.
     mode = os.environ.get("ABSERVE_TEST_INGRESS") or HttpConfig().ingress
     os.environ.update(ray_env(mode, haproxy_ports=(free_port(), free_port())))  # type: ignore[arg-type]
+    os.environ[TOKEN_ENV] = ADMIN_TOKEN  # router replicas inherit it from the raylet
     import ray
     from ray import serve
 
@@ -135,8 +138,13 @@ def serve_instance() -> Iterator[ServeInstance]:
 
 
 @pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("state"))
+
+
+@pytest.fixture(scope="session")
 def app(
-    serve_instance: ServeInstance, redis_server: RedisServer, registry_root: str
+    serve_instance: ServeInstance, redis_server: RedisServer, registry_root: str, state_dir: str
 ) -> Iterator[Any]:
     """The platform as users run it: v1 sklearn baseline 90 %, v2 torch 10 %, v3 keras 0 %."""
     from ray import serve
@@ -169,6 +177,7 @@ def app(
             "cache": {"redis_url": redis_server.url, "ttl_s": 600, "retry_after_s": 0.5},
             "http": {"port": serve_instance.http_port, "max_batch_instances": 64},
             "router": {"num_cpus": 0.2},
+            "state": {"dir": state_dir},
         }
     )
     deploy(config)
@@ -176,15 +185,15 @@ def app(
     serve.delete(APP)
 
 
-def deploy(config: Any, timeout_s: float = 240) -> None:
+def deploy(config: Any, timeout_s: float = 240, route_prefix: str = "/") -> None:
     """Deploy and wait until /ready answers 200 (every arm up)."""
     from ray import serve
 
     from serve.app import build_app
 
-    serve.run(build_app(config), name=config.app_name, route_prefix="/")
+    serve.run(build_app(config), name=config.app_name, route_prefix=route_prefix)
     deadline = time.monotonic() + timeout_s
-    url = f"http://127.0.0.1:{config.http.port}/ready"
+    url = f"http://127.0.0.1:{config.http.port}{route_prefix.rstrip('/')}/ready"
     while True:
         try:
             if httpx.get(url, timeout=5).status_code == 200:

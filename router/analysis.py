@@ -1,0 +1,471 @@
+"""Per-arm metrics and the statistics of the experiment report. Pure Python, no Ray.
+
+Everything here is a plain value that merges and round-trips through JSON,
+so router replicas can each keep their own counters, the controller can sum
+them, and a report or a canary window survives a restart.
+
+Latency is a log-bucket histogram rather than a list of samples: fixed
+memory per arm however long the experiment runs, and two replicas' histograms
+merge by adding counts (quantiles of a merged sample cannot be derived from
+the replicas' quantiles).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Any
+
+__all__ = [
+    "ArmMetrics",
+    "ArmWindow",
+    "LatencyHistogram",
+    "build_report",
+    "min_sample_size",
+    "two_proportion_ztest",
+    "wilson_interval",
+]
+
+MIN_MS = 0.05
+MAX_MS = 60_000.0
+GROWTH = 1.05
+
+
+def _bucket_count(min_ms: float, max_ms: float, growth: float) -> int:
+    return math.ceil(math.log(max_ms / min_ms) / math.log(growth))
+
+
+@dataclass
+class LatencyHistogram:
+    """Latencies in ms in buckets growing by ``growth`` from ``min_ms`` to ``max_ms``.
+
+    Bucket 0 holds values below ``min_ms``, the last bucket values from
+    ``max_ms`` up; bucket ``i`` in between holds ``[min_ms * g**(i-1),
+    min_ms * g**i)``. A quantile is its bucket's geometric midpoint, clamped
+    to the observed min and max, so its relative error is at most
+    ``sqrt(growth) - 1`` (2.5 % for the default 5 % growth) inside the range.
+    """
+
+    min_ms: float = MIN_MS
+    max_ms: float = MAX_MS
+    growth: float = GROWTH
+    counts: list[int] = field(default_factory=list, repr=False)
+    count: int = 0
+    sum_ms: float = 0.0
+    min_seen: float | None = None
+    max_seen: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (0 < self.min_ms < self.max_ms and self.growth > 1):
+            raise ValueError("histogram: need 0 < min_ms < max_ms and growth > 1")
+        size = _bucket_count(self.min_ms, self.max_ms, self.growth) + 2
+        if not self.counts:
+            self.counts = [0] * size
+        elif len(self.counts) != size:
+            raise ValueError(f"histogram: counts has {len(self.counts)} buckets, expected {size}")
+        self._log_growth = math.log(self.growth)
+
+    @property
+    def n_buckets(self) -> int:
+        return len(self.counts)
+
+    def _index(self, ms: float) -> int:
+        if ms < self.min_ms:
+            return 0
+        if ms >= self.max_ms:
+            return self.n_buckets - 1
+        i = int(math.log(ms / self.min_ms) / self._log_growth) + 1
+        return min(i, self.n_buckets - 2)
+
+    def _bounds(self, i: int) -> tuple[float, float]:
+        if i == 0:
+            return 0.0, self.min_ms
+        if i == self.n_buckets - 1:
+            return self.max_ms, math.inf
+        return self.min_ms * self.growth ** (i - 1), min(self.min_ms * self.growth**i, self.max_ms)
+
+    def record(self, ms: float, n: int = 1) -> None:
+        """Count ``n`` requests that took ``ms``; a negative or NaN latency is a caller bug."""
+        if not ms >= 0:  # also catches NaN
+            raise ValueError(f"latency must be >= 0 ms, got {ms!r}")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        self.counts[self._index(ms)] += n
+        self.count += n
+        self.sum_ms += ms * n
+        self.min_seen = ms if self.min_seen is None else min(self.min_seen, ms)
+        self.max_seen = ms if self.max_seen is None else max(self.max_seen, ms)
+
+    @property
+    def mean_ms(self) -> float | None:
+        return self.sum_ms / self.count if self.count else None
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile (nearest rank) in ms; ``None`` without data, not 0 ms."""
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile must be in [0, 1], got {q}")
+        if self.count == 0:
+            return None
+        i = self._bucket_of_rank(max(1, math.ceil(q * self.count)))
+        lo, hi = self._bounds(i)
+        if i == 0:
+            value = lo if self.min_seen is None else self.min_seen
+        elif i == self.n_buckets - 1:
+            value = hi if self.max_seen is None else self.max_seen
+        else:
+            value = math.sqrt(lo * hi)
+        if self.min_seen is not None:
+            value = max(value, self.min_seen)
+        if self.max_seen is not None:
+            value = min(value, self.max_seen)
+        return value
+
+    def _bucket_of_rank(self, rank: int) -> int:
+        seen = 0
+        for i, c in enumerate(self.counts):
+            seen += c
+            if seen >= rank:
+                return i
+        return self.n_buckets - 1
+
+    def _check_layout(self, other: LatencyHistogram) -> None:
+        if (self.min_ms, self.max_ms, self.growth) != (other.min_ms, other.max_ms, other.growth):
+            raise ValueError("histograms with different bucket layouts cannot be combined")
+
+    def merge(self, other: LatencyHistogram) -> LatencyHistogram:
+        """A new histogram of both samples; neither input changes."""
+        self._check_layout(other)
+        mins = [m for m in (self.min_seen, other.min_seen) if m is not None]
+        maxs = [m for m in (self.max_seen, other.max_seen) if m is not None]
+        return LatencyHistogram(
+            self.min_ms,
+            self.max_ms,
+            self.growth,
+            [a + b for a, b in zip(self.counts, other.counts, strict=True)],
+            self.count + other.count,
+            self.sum_ms + other.sum_ms,
+            min(mins) if mins else None,
+            max(maxs) if maxs else None,
+        )
+
+    def subtract(self, earlier: LatencyHistogram) -> LatencyHistogram:
+        """What was recorded since the snapshot ``earlier`` of this same histogram.
+
+        Lets a caller derive a window from cumulative counters. The exact
+        min/max of the window are unknown; they become the bounds of its
+        outermost non-empty buckets.
+        """
+        self._check_layout(earlier)
+        counts = [a - b for a, b in zip(self.counts, earlier.counts, strict=True)]
+        if any(c < 0 for c in counts):
+            raise ValueError("subtract: 'earlier' is not a snapshot of this histogram")
+        nonempty = [i for i, c in enumerate(counts) if c]
+        min_seen = max_seen = None
+        if nonempty:
+            min_seen = self._bounds(nonempty[0])[0]
+            hi = self._bounds(nonempty[-1])[1]
+            max_seen = hi if math.isfinite(hi) else self.max_seen
+        return LatencyHistogram(
+            self.min_ms,
+            self.max_ms,
+            self.growth,
+            counts,
+            self.count - earlier.count,
+            max(0.0, self.sum_ms - earlier.sum_ms),
+            min_seen,
+            max_seen,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Sparse: only non-empty buckets, keyed by their index as a string (JSON keys)."""
+        return {
+            "min_ms": self.min_ms,
+            "max_ms": self.max_ms,
+            "growth": self.growth,
+            "count": self.count,
+            "sum_ms": self.sum_ms,
+            "min_seen": self.min_seen,
+            "max_seen": self.max_seen,
+            "buckets": {str(i): c for i, c in enumerate(self.counts) if c},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyHistogram:
+        hist = cls(
+            float(data.get("min_ms", MIN_MS)),
+            float(data.get("max_ms", MAX_MS)),
+            float(data.get("growth", GROWTH)),
+        )
+        for key, c in dict(data.get("buckets", {})).items():
+            i = int(key)
+            if not 0 <= i < hist.n_buckets or int(c) < 0:
+                raise ValueError(f"histogram: bad bucket {key!r}: {c!r}")
+            hist.counts[i] = int(c)
+        hist.count = sum(hist.counts)
+        if "count" in data and int(data["count"]) != hist.count:
+            raise ValueError(f"histogram: count {data['count']} != sum of buckets {hist.count}")
+        hist.sum_ms = float(data.get("sum_ms", 0.0))
+        hist.min_seen = None if data.get("min_seen") is None else float(data["min_seen"])
+        hist.max_seen = None if data.get("max_seen") is None else float(data["max_seen"])
+        return hist
+
+
+@dataclass
+class ArmMetrics:
+    """What one arm did in one window (or since the start): counters that add up.
+
+    ``errors`` are client-visible failures of requests routed to this arm;
+    ``fallbacks`` are requests routed here that the baseline answered
+    instead (the arm failed, the client did not notice). Rates are per
+    routed request.
+    """
+
+    requests: int = 0
+    errors: int = 0
+    fallbacks: int = 0
+    answered: int = 0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    feedback_correct: int = 0
+    feedback_total: int = 0
+
+    def record(
+        self, latency_ms: float | None = None, *, error: bool = False, fallback: bool = False
+    ) -> None:
+        """One routed request; ``latency_ms`` is None when it never got an answer."""
+        self.requests += 1
+        self.errors += int(error)
+        self.fallbacks += int(fallback)
+        if not error and not fallback:
+            self.answered += 1
+        if latency_ms is not None:
+            self.latency.record(latency_ms)
+
+    def record_feedback(self, correct: bool, n: int = 1) -> None:
+        self.feedback_total += n
+        self.feedback_correct += n if correct else 0
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    @property
+    def fallback_rate(self) -> float | None:
+        return self.fallbacks / self.requests if self.requests else None
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.feedback_correct / self.feedback_total if self.feedback_total else None
+
+    def merge(self, other: ArmMetrics) -> ArmMetrics:
+        """A new sum of both (two replicas, or two windows); neither input changes."""
+        return ArmMetrics(
+            self.requests + other.requests,
+            self.errors + other.errors,
+            self.fallbacks + other.fallbacks,
+            self.answered + other.answered,
+            self.latency.merge(other.latency),
+            self.feedback_correct + other.feedback_correct,
+            self.feedback_total + other.feedback_total,
+        )
+
+    def subtract(self, earlier: ArmMetrics) -> ArmMetrics:
+        """The window since the snapshot ``earlier`` of these cumulative counters."""
+        out = ArmMetrics(
+            self.requests - earlier.requests,
+            self.errors - earlier.errors,
+            self.fallbacks - earlier.fallbacks,
+            self.answered - earlier.answered,
+            self.latency.subtract(earlier.latency),
+            self.feedback_correct - earlier.feedback_correct,
+            self.feedback_total - earlier.feedback_total,
+        )
+        if (
+            min(
+                out.requests,
+                out.errors,
+                out.fallbacks,
+                out.answered,
+                out.feedback_correct,
+                out.feedback_total,
+            )
+            < 0
+        ):
+            raise ValueError("subtract: 'earlier' is not a snapshot of these metrics")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "fallbacks": self.fallbacks,
+            "answered": self.answered,
+            "latency": self.latency.to_dict(),
+            "feedback_correct": self.feedback_correct,
+            "feedback_total": self.feedback_total,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArmMetrics:
+        latency = data.get("latency")
+        return cls(
+            requests=int(data.get("requests", 0)),
+            errors=int(data.get("errors", 0)),
+            fallbacks=int(data.get("fallbacks", 0)),
+            answered=int(data.get("answered", 0)),
+            latency=LatencyHistogram() if latency is None else LatencyHistogram.from_dict(latency),
+            feedback_correct=int(data.get("feedback_correct", 0)),
+            feedback_total=int(data.get("feedback_total", 0)),
+        )
+
+
+ArmWindow = ArmMetrics  # the same counters; the name says "one step's window" at call sites
+
+
+def _z(confidence: float) -> float:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion.
+
+    Chosen over the normal (Wald) interval because it keeps its coverage
+    near 0 and 1 and with small ``n``, where accuracies of good models live.
+    ``n == 0`` gives the uninformative ``(0, 1)``.
+    """
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+    z = _z(confidence)
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def two_proportion_ztest(s1: int, n1: int, s2: int, n2: int) -> tuple[float, float]:
+    """Two-sided pooled z-test of ``s1/n1 == s2/n2``; returns ``(z, p_value)``.
+
+    ``z > 0`` means the first proportion is the larger. When the pooled
+    proportion is 0 or 1 the two samples are identical: ``(0.0, 1.0)``.
+    """
+    for s, n, name in ((s1, n1, "1"), (s2, n2, "2")):
+        if n <= 0 or not 0 <= s <= n:
+            raise ValueError(f"sample {name}: need n > 0 and 0 <= s <= n, got s={s}, n={n}")
+    pooled = (s1 + s2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return 0.0, 1.0
+    z = (s1 / n1 - s2 / n2) / se
+    return z, math.erfc(abs(z) / math.sqrt(2))
+
+
+def min_sample_size(
+    p_baseline: float, min_detectable_effect: float, alpha: float = 0.05, power: float = 0.8
+) -> int:
+    """Per-arm sample size for the two-sided two-proportion test to detect the effect.
+
+    The standard formula (pooled variance under H0, unpooled under H1)
+    for ``p_baseline`` against ``p_baseline + mde`` (or ``- mde`` when that
+    would pass 1).
+    """
+    if not 0.0 <= p_baseline <= 1.0:
+        raise ValueError(f"p_baseline must be in [0, 1], got {p_baseline}")
+    if not 0.0 < min_detectable_effect < 1.0:
+        raise ValueError(f"min_detectable_effect must be in (0, 1), got {min_detectable_effect}")
+    if not 0.0 < power < 1.0:
+        raise ValueError(f"power must be in (0, 1), got {power}")
+    p1 = p_baseline
+    p2 = p1 + min_detectable_effect
+    if p2 > 1.0:
+        p2 = p1 - min_detectable_effect
+        if p2 < 0.0:
+            raise ValueError("min_detectable_effect is larger than p_baseline allows either way")
+    z_a = _z(1.0 - alpha)
+    z_b = NormalDist().inv_cdf(power)
+    p_bar = (p1 + p2) / 2
+    root = z_a * math.sqrt(2 * p_bar * (1 - p_bar)) + z_b * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))
+    return math.ceil(root * root / (min_detectable_effect**2))
+
+
+def _rate(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def _arm_row(m: ArmMetrics, total_requests: int, weight: float | None) -> dict[str, Any]:
+    lo, hi = wilson_interval(m.feedback_correct, m.feedback_total)
+    return {
+        "requests": m.requests,
+        "traffic_share": _rate(m.requests, total_requests),
+        "weight": weight,
+        "errors": m.errors,
+        "error_rate": m.error_rate,
+        "fallbacks": m.fallbacks,
+        "fallback_rate": m.fallback_rate,
+        "answered": m.answered,
+        "p50_ms": m.latency.quantile(0.5),
+        "p99_ms": m.latency.quantile(0.99),
+        "accuracy": m.accuracy,
+        "accuracy_ci95": [lo, hi] if m.feedback_total else None,
+        "feedback_n": m.feedback_total,
+    }
+
+
+def build_report(
+    arms: Mapping[str, ArmMetrics],
+    baseline: str,
+    *,
+    weights: Mapping[str, float],
+    min_detectable_effect: float = 0.02,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """The experiment report as a JSON-ready dict (no NaN: missing data is ``None``).
+
+    Every arm row has the same keys; the comparison fields (``z``,
+    ``p_value``, ``significant``, ``accuracy_delta``, ``min_sample_size``,
+    ``sample_size_reached``) are ``None`` for the baseline and for a
+    candidate while either side lacks feedback. ``z > 0`` means the
+    candidate is more accurate than the baseline.
+    """
+    if baseline not in arms:
+        raise ValueError(f"baseline {baseline!r} is not among the arms {sorted(arms)}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    total = ArmMetrics()
+    for m in arms.values():
+        total = total.merge(m)
+    base = arms[baseline]
+    mde_n: int | None = None
+    if base.accuracy is not None:
+        mde_n = min_sample_size(base.accuracy, min_detectable_effect, alpha)
+    rows: dict[str, dict[str, Any]] = {}
+    for name, m in arms.items():
+        row = _arm_row(m, total.requests, weights.get(name))
+        row["baseline"] = name == baseline
+        row.update(z=None, p_value=None, significant=None, accuracy_delta=None)
+        row.update(min_sample_size=None, sample_size_reached=None)
+        if name != baseline:
+            row["min_sample_size"] = mde_n
+            if mde_n is not None:
+                row["sample_size_reached"] = min(m.feedback_total, base.feedback_total) >= mde_n
+            if m.feedback_total and base.feedback_total:
+                z, p = two_proportion_ztest(
+                    m.feedback_correct, m.feedback_total, base.feedback_correct, base.feedback_total
+                )
+                row.update(z=z, p_value=p, significant=p < alpha)
+                row["accuracy_delta"] = (m.accuracy or 0.0) - (base.accuracy or 0.0)
+        rows[name] = row
+    totals = _arm_row(total, total.requests, sum(weights.get(n, 0.0) for n in arms))
+    return {
+        "baseline": baseline,
+        "alpha": alpha,
+        "min_detectable_effect": min_detectable_effect,
+        "arms": rows,
+        "totals": totals,
+    }

@@ -1,0 +1,627 @@
+"""Automated canary analysis: a pure state machine over plain values. No Ray.
+
+A plan ramps a candidate through traffic steps (5, 10, 25, 50, 100 %). The
+controller calls ``evaluate`` on a timer with the metrics of the current
+step's window; each call returns the new state and a ``Decision``:
+
+    hold      the window is not done yet (interval not elapsed or too few
+              candidate requests), or a gate failed fewer than N times in a row
+    advance   every gate passed: go to the next step's weight
+    promote   every gate passed on the last (100 %) step
+    rollback  gates failed on N consecutive windows: weight 0, for good
+
+Every verdict (pass or fail) closes the window: ``state.window`` increments
+and ``step_started_at`` moves to ``now``, so N failures need N fresh
+windows, each at least ``interval_s`` long with ``min_requests`` candidate
+requests. The caller starts new counters when ``state.window`` changes
+(``ArmMetrics.subtract`` turns cumulative counters into a window).
+
+A gate whose data is missing (no baseline traffic at 100 %, feedback or
+shadow comparisons below their minimum) is *skipped* and says so in the
+reasons; it neither passes nor fails the window.
+
+``now`` is wall-clock seconds (``time.time()``), not monotonic: the state is
+persisted as JSON and must mean the same thing after a controller restart.
+Verdicts and operator actions go into ``state.history``; plain waits do not
+(they happen on every tick and say nothing new).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
+from typing import Any
+
+from router.analysis import ArmMetrics
+from router.shadow import ShadowStats
+
+__all__ = [
+    "Action",
+    "CanaryPlan",
+    "CanaryState",
+    "CanaryStatus",
+    "Decision",
+    "GateConfig",
+    "GateResult",
+    "Verdict",
+    "abort",
+    "check_gates",
+    "evaluate",
+    "new_state",
+    "pause",
+    "resume",
+    "start",
+]
+
+MAX_HISTORY = 500  # newest entries kept; a flapping canary must not grow the state forever
+
+Metrics = dict[str, float | int | None]
+
+
+class CanaryStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+
+
+class Action(StrEnum):
+    START = "start"
+    PAUSE = "pause"
+    RESUME = "resume"
+    HOLD = "hold"
+    ADVANCE = "advance"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+
+
+class Verdict(StrEnum):
+    WAIT = "wait"  # the window is not complete; gates not evaluated
+    PASS = "pass"
+    FAIL = "fail"
+    MANUAL = "manual"  # an operator action, not a gate verdict
+
+
+def _rate_field(name: str, value: float | None) -> None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}: must be a fraction in [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Thresholds a candidate's step window must meet. ``None`` turns a gate off.
+
+    Rates are fractions (0.01 = 1 %). ``max_error_rate_delta`` and
+    ``max_p99_ratio`` compare with the baseline's window; ``min_accuracy_delta``
+    is the least acceptable ``candidate accuracy - baseline accuracy``
+    (e.g. -0.02 tolerates a two-point drop), checked once both arms have
+    ``min_feedback`` labelled answers in the window.
+    """
+
+    max_error_rate: float | None = 0.01
+    max_error_rate_delta: float | None = None
+    max_fallback_rate: float | None = 0.05
+    max_p99_ratio: float | None = 1.5
+    max_p99_ms: float | None = None
+    min_shadow_agreement: float | None = None
+    min_shadow_samples: int = 100
+    min_accuracy_delta: float | None = None
+    min_feedback: int = 200
+    failures_to_rollback: int = 3
+
+    def __post_init__(self) -> None:
+        _rate_field("gates.max_error_rate", self.max_error_rate)
+        _rate_field("gates.max_error_rate_delta", self.max_error_rate_delta)
+        _rate_field("gates.max_fallback_rate", self.max_fallback_rate)
+        _rate_field("gates.min_shadow_agreement", self.min_shadow_agreement)
+        if self.max_p99_ratio is not None and not self.max_p99_ratio > 0:
+            raise ValueError(f"gates.max_p99_ratio: must be > 0, got {self.max_p99_ratio}")
+        if self.max_p99_ms is not None and not self.max_p99_ms > 0:
+            raise ValueError(f"gates.max_p99_ms: must be > 0 ms, got {self.max_p99_ms}")
+        if self.min_accuracy_delta is not None and not -1.0 <= self.min_accuracy_delta <= 1.0:
+            raise ValueError(
+                f"gates.min_accuracy_delta: must be in [-1, 1] (e.g. -0.02), "
+                f"got {self.min_accuracy_delta}"
+            )
+        if self.min_shadow_samples < 1:
+            raise ValueError(
+                f"gates.min_shadow_samples: must be >= 1, got {self.min_shadow_samples}"
+            )
+        if self.min_feedback < 1:
+            raise ValueError(f"gates.min_feedback: must be >= 1, got {self.min_feedback}")
+        if self.failures_to_rollback < 1:
+            raise ValueError(
+                f"gates.failures_to_rollback: must be >= 1, got {self.failures_to_rollback}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GateConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"gates: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class CanaryPlan:
+    """The ramp of one candidate against one baseline; immutable once started."""
+
+    candidate: str
+    baseline: str
+    steps: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 100.0)
+    interval_s: float = 300.0
+    min_requests: int = 500
+    gates: GateConfig = field(default_factory=GateConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(float(s) for s in self.steps))
+        if not self.candidate:
+            raise ValueError("candidate: must name a version")
+        if not self.baseline:
+            raise ValueError("baseline: must name a version")
+        if self.candidate == self.baseline:
+            raise ValueError(f"candidate: must differ from the baseline ({self.baseline!r})")
+        if not self.steps:
+            raise ValueError("steps: need at least one step, ending at 100")
+        for s in self.steps:
+            if not (math.isfinite(s) and 0.0 < s <= 100.0):
+                raise ValueError(f"steps: each step must be a percent in (0, 100], got {s:g}")
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            raise ValueError(f"steps: must increase strictly, got {list(self.steps)}")
+        if self.steps[-1] != 100.0:
+            raise ValueError(f"steps: the last step must be 100, got {self.steps[-1]:g}")
+        if not (math.isfinite(self.interval_s) and self.interval_s >= 0):
+            raise ValueError(f"interval_s: must be >= 0 seconds, got {self.interval_s}")
+        if self.min_requests < 0:
+            raise ValueError(f"min_requests: must be >= 0, got {self.min_requests}")
+        if not isinstance(self.gates, GateConfig):
+            raise ValueError("gates: must be a GateConfig")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate,
+            "baseline": self.baseline,
+            "steps": list(self.steps),
+            "interval_s": self.interval_s,
+            "min_requests": self.min_requests,
+            "gates": self.gates.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CanaryPlan:
+        return cls(
+            candidate=str(data["candidate"]),
+            baseline=str(data["baseline"]),
+            steps=tuple(float(s) for s in data.get("steps", (5, 10, 25, 50, 100))),
+            interval_s=float(data.get("interval_s", 300.0)),
+            min_requests=int(data.get("min_requests", 500)),
+            gates=GateConfig.from_dict(data.get("gates", {})),
+        )
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    status: str  # "pass", "fail" or "skip"
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision of the controller; verdicts and operator actions are kept in history.
+
+    ``step`` and ``weight`` are those of the window that was judged;
+    ``new_weight`` is the candidate's weight afterwards.
+    """
+
+    time: float
+    action: Action
+    verdict: Verdict
+    step: int
+    weight: float
+    new_weight: float
+    reasons: tuple[str, ...] = ()
+    metrics: Mapping[str, float | int | None] = field(default_factory=dict)
+
+    @property
+    def new_window(self) -> bool:
+        """Must the caller start new window counters?"""
+        return self.verdict in (Verdict.PASS, Verdict.FAIL) or self.action in (
+            Action.START,
+            Action.RESUME,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "action": str(self.action),
+            "verdict": str(self.verdict),
+            "step": self.step,
+            "weight": self.weight,
+            "new_weight": self.new_weight,
+            "reasons": list(self.reasons),
+            "metrics": dict(self.metrics),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Decision:
+        return cls(
+            time=float(data["time"]),
+            action=Action(data["action"]),
+            verdict=Verdict(data["verdict"]),
+            step=int(data["step"]),
+            weight=float(data["weight"]),
+            new_weight=float(data["new_weight"]),
+            reasons=tuple(str(r) for r in data.get("reasons", ())),
+            metrics=dict(data.get("metrics", {})),
+        )
+
+
+@dataclass(frozen=True)
+class CanaryState:
+    """Where a plan stands. Round-trips through JSON (``to_dict``/``from_dict``)."""
+
+    candidate: str
+    baseline: str
+    status: CanaryStatus = CanaryStatus.PENDING
+    step: int = 0
+    weight: float = 0.0  # the candidate's current traffic percent
+    started_at: float | None = None
+    step_started_at: float | None = None  # start of the current window
+    window: int = 0  # increments with every new window
+    consecutive_failures: int = 0
+    updated_at: float | None = None
+    history: tuple[Decision, ...] = ()
+
+    @property
+    def done(self) -> bool:
+        return self.status in (CanaryStatus.PROMOTED, CanaryStatus.ROLLED_BACK)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate,
+            "baseline": self.baseline,
+            "status": str(self.status),
+            "step": self.step,
+            "weight": self.weight,
+            "started_at": self.started_at,
+            "step_started_at": self.step_started_at,
+            "window": self.window,
+            "consecutive_failures": self.consecutive_failures,
+            "updated_at": self.updated_at,
+            "history": [d.to_dict() for d in self.history],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CanaryState:
+        def opt(key: str) -> float | None:
+            return None if data.get(key) is None else float(data[key])
+
+        return cls(
+            candidate=str(data["candidate"]),
+            baseline=str(data["baseline"]),
+            status=CanaryStatus(data.get("status", "pending")),
+            step=int(data.get("step", 0)),
+            weight=float(data.get("weight", 0.0)),
+            started_at=opt("started_at"),
+            step_started_at=opt("step_started_at"),
+            window=int(data.get("window", 0)),
+            consecutive_failures=int(data.get("consecutive_failures", 0)),
+            updated_at=opt("updated_at"),
+            history=tuple(Decision.from_dict(d) for d in data.get("history", ())),
+        )
+
+
+def _record(state: CanaryState, decision: Decision, **changes: Any) -> CanaryState:
+    history = (*state.history, decision)[-MAX_HISTORY:]
+    return replace(state, history=history, updated_at=decision.time, **changes)
+
+
+def _check_plan(plan: CanaryPlan, state: CanaryState) -> None:
+    if (plan.candidate, plan.baseline) != (state.candidate, state.baseline):
+        raise ValueError(
+            f"state is for {state.candidate} vs {state.baseline}, "
+            f"the plan for {plan.candidate} vs {plan.baseline}"
+        )
+    if not 0 <= state.step < len(plan.steps):
+        raise ValueError(f"state step {state.step} is outside the plan's {len(plan.steps)} steps")
+
+
+def new_state(plan: CanaryPlan) -> CanaryState:
+    """A pending canary: no candidate traffic until ``start``."""
+    return CanaryState(plan.candidate, plan.baseline)
+
+
+def start(plan: CanaryPlan, state: CanaryState, now: float) -> CanaryState:
+    _check_plan(plan, state)
+    if state.status is not CanaryStatus.PENDING:
+        raise ValueError(f"cannot start a canary that is {state.status}")
+    weight = plan.steps[0]
+    d = Decision(
+        now,
+        Action.START,
+        Verdict.MANUAL,
+        0,
+        0.0,
+        weight,
+        (f"started: {plan.candidate} at {weight:g}% against {plan.baseline}",),
+    )
+    return _record(
+        state,
+        d,
+        status=CanaryStatus.RUNNING,
+        step=0,
+        weight=weight,
+        started_at=now,
+        step_started_at=now,
+        window=state.window + 1,
+    )
+
+
+def pause(state: CanaryState, now: float, reason: str = "") -> CanaryState:
+    """Stop judging and advancing; the candidate keeps its current weight."""
+    if state.status is not CanaryStatus.RUNNING:
+        raise ValueError(f"cannot pause a canary that is {state.status}")
+    d = Decision(
+        now,
+        Action.PAUSE,
+        Verdict.MANUAL,
+        state.step,
+        state.weight,
+        state.weight,
+        (f"paused{': ' + reason if reason else ''}",),
+    )
+    return _record(state, d, status=CanaryStatus.PAUSED)
+
+
+def resume(state: CanaryState, now: float) -> CanaryState:
+    """Continue at the same step with a fresh window (paused time proves nothing)."""
+    if state.status is not CanaryStatus.PAUSED:
+        raise ValueError(f"cannot resume a canary that is {state.status}")
+    d = Decision(
+        now,
+        Action.RESUME,
+        Verdict.MANUAL,
+        state.step,
+        state.weight,
+        state.weight,
+        (f"resumed at step {state.step + 1} ({state.weight:g}%)",),
+    )
+    return _record(
+        state, d, status=CanaryStatus.RUNNING, step_started_at=now, window=state.window + 1
+    )
+
+
+def abort(state: CanaryState, now: float, reason: str = "") -> CanaryState:
+    """An operator's rollback: weight 0, status rolled_back."""
+    if state.done:
+        raise ValueError(f"cannot abort a canary that is already {state.status}")
+    d = Decision(
+        now,
+        Action.ROLLBACK,
+        Verdict.MANUAL,
+        state.step,
+        state.weight,
+        0.0,
+        (f"rolled back by an operator{': ' + reason if reason else ''}",),
+    )
+    return _record(state, d, status=CanaryStatus.ROLLED_BACK, weight=0.0)
+
+
+def _fmt(x: float | None, spec: str = ".4f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def check_gates(
+    gates: GateConfig,
+    candidate: ArmMetrics,
+    baseline: ArmMetrics,
+    shadow: ShadowStats | None = None,
+) -> tuple[tuple[GateResult, ...], Metrics]:
+    """Judge one window: a result per enabled gate, and the numbers that decided."""
+    c_err, b_err = candidate.error_rate, baseline.error_rate
+    c_p99, b_p99 = candidate.latency.quantile(0.99), baseline.latency.quantile(0.99)
+    c_acc, b_acc = candidate.accuracy, baseline.accuracy
+    p99_ratio = c_p99 / b_p99 if c_p99 is not None and b_p99 else None
+    acc_ready = (
+        candidate.feedback_total >= gates.min_feedback
+        and baseline.feedback_total >= gates.min_feedback
+    )
+    acc_delta = c_acc - b_acc if acc_ready and c_acc is not None and b_acc is not None else None
+    shadow_ready = shadow is not None and shadow.compared >= gates.min_shadow_samples
+    agreement = shadow.agreement_rate if shadow is not None else None
+    metrics: Metrics = {
+        "candidate_requests": candidate.requests,
+        "baseline_requests": baseline.requests,
+        "candidate_error_rate": c_err,
+        "baseline_error_rate": b_err,
+        "candidate_fallback_rate": candidate.fallback_rate,
+        "baseline_fallback_rate": baseline.fallback_rate,
+        "candidate_p99_ms": c_p99,
+        "baseline_p99_ms": b_p99,
+        "p99_ratio": p99_ratio,
+        "shadow_compared": shadow.compared if shadow is not None else None,
+        "shadow_agreement": agreement,
+        "candidate_feedback": candidate.feedback_total,
+        "baseline_feedback": baseline.feedback_total,
+        "candidate_accuracy": c_acc,
+        "baseline_accuracy": b_acc,
+        "accuracy_delta": (c_acc - b_acc) if c_acc is not None and b_acc is not None else None,
+    }
+    results: list[GateResult] = []
+
+    def judge(name: str, ok: bool | None, detail: str) -> None:
+        status = "skip" if ok is None else "pass" if ok else "fail"
+        results.append(GateResult(name, status, f"{name}: {status}, {detail}"))
+
+    if gates.max_error_rate is not None:
+        ok = None if c_err is None else c_err <= gates.max_error_rate
+        judge(
+            "error_rate",
+            ok,
+            f"candidate {_fmt(c_err)} ({candidate.errors}/"
+            f"{candidate.requests}) vs max {gates.max_error_rate:.4f}",
+        )
+    if gates.max_error_rate_delta is not None:
+        delta = c_err - b_err if c_err is not None and b_err is not None else None
+        ok = None if delta is None else delta <= gates.max_error_rate_delta
+        judge(
+            "error_rate_delta",
+            ok,
+            f"candidate {_fmt(c_err)} - baseline {_fmt(b_err)} = "
+            f"{_fmt(delta)} vs max {gates.max_error_rate_delta:.4f}"
+            + (" (no baseline traffic)" if b_err is None else ""),
+        )
+    if gates.max_fallback_rate is not None:
+        fb = candidate.fallback_rate
+        ok = None if fb is None else fb <= gates.max_fallback_rate
+        judge(
+            "fallback_rate",
+            ok,
+            f"candidate {_fmt(fb)} ({candidate.fallbacks}/"
+            f"{candidate.requests}) vs max {gates.max_fallback_rate:.4f}",
+        )
+    if gates.max_p99_ms is not None:
+        ok = None if c_p99 is None else c_p99 <= gates.max_p99_ms
+        judge(
+            "p99_ms", ok, f"candidate p99 {_fmt(c_p99, '.1f')} ms vs max {gates.max_p99_ms:.1f} ms"
+        )
+    if gates.max_p99_ratio is not None:
+        ok = None if p99_ratio is None else p99_ratio <= gates.max_p99_ratio
+        judge(
+            "p99_ratio",
+            ok,
+            f"candidate p99 {_fmt(c_p99, '.1f')} ms / baseline p99 "
+            f"{_fmt(b_p99, '.1f')} ms = {_fmt(p99_ratio, '.2f')} vs max "
+            f"{gates.max_p99_ratio:.2f}",
+        )
+    if gates.min_shadow_agreement is not None:
+        compared = shadow.compared if shadow is not None else 0
+        ok = None
+        if shadow_ready and agreement is not None:
+            ok = agreement >= gates.min_shadow_agreement
+        judge(
+            "shadow_agreement",
+            ok,
+            f"{_fmt(agreement)} over {compared} rows vs min "
+            f"{gates.min_shadow_agreement:.4f} (needs {gates.min_shadow_samples} rows)",
+        )
+    if gates.min_accuracy_delta is not None:
+        ok = None if acc_delta is None else acc_delta >= gates.min_accuracy_delta
+        judge(
+            "accuracy_delta",
+            ok,
+            f"candidate {_fmt(c_acc)} (n={candidate.feedback_total}) - "
+            f"baseline {_fmt(b_acc)} (n={baseline.feedback_total}) = {_fmt(acc_delta)} vs min "
+            f"{gates.min_accuracy_delta:+.4f} (needs n >= {gates.min_feedback} each)",
+        )
+    return tuple(results), metrics
+
+
+def evaluate(
+    plan: CanaryPlan,
+    state: CanaryState,
+    candidate: ArmMetrics,
+    baseline: ArmMetrics,
+    now: float,
+    *,
+    shadow: ShadowStats | None = None,
+) -> tuple[CanaryState, Decision]:
+    """Judge the current step's window and move the plan on; see the module docstring.
+
+    ``candidate``, ``baseline`` and ``shadow`` hold the current window only.
+    """
+    _check_plan(plan, state)
+    step, weight = state.step, state.weight
+    if state.status is not CanaryStatus.RUNNING:
+        return state, Decision(
+            now,
+            Action.HOLD,
+            Verdict.WAIT,
+            step,
+            weight,
+            weight,
+            (f"canary is {state.status}; nothing to evaluate",),
+        )
+    started = state.step_started_at if state.step_started_at is not None else now
+    elapsed = now - started
+    waits: list[str] = []
+    if elapsed < plan.interval_s:
+        waits.append(f"interval: {elapsed:.0f} s of {plan.interval_s:g} s elapsed")
+    if candidate.requests < plan.min_requests:
+        waits.append(f"requests: {candidate.requests} of {plan.min_requests} candidate requests")
+    if waits:
+        wait_metrics: Metrics = {"elapsed_s": elapsed, "candidate_requests": candidate.requests}
+        return state, Decision(
+            now, Action.HOLD, Verdict.WAIT, step, weight, weight, tuple(waits), wait_metrics
+        )
+
+    results, metrics = check_gates(plan.gates, candidate, baseline, shadow)
+    metrics["elapsed_s"] = elapsed
+    reasons = [r.message for r in results]
+    failed = [r.name for r in results if r.status == "fail"]
+    where = f"step {step + 1}/{len(plan.steps)} ({weight:g}%)"
+    window = state.window + 1
+    if failed:
+        n = state.consecutive_failures + 1
+        limit = plan.gates.failures_to_rollback
+        if n >= limit:
+            reasons.append(
+                f"rollback at {where}: {n} consecutive failed windows "
+                f"(limit {limit}); failed: {', '.join(failed)}"
+            )
+            d = Decision(
+                now, Action.ROLLBACK, Verdict.FAIL, step, weight, 0.0, tuple(reasons), metrics
+            )
+            new = _record(
+                state,
+                d,
+                status=CanaryStatus.ROLLED_BACK,
+                weight=0.0,
+                consecutive_failures=n,
+                step_started_at=now,
+                window=window,
+            )
+            return new, d
+        reasons.append(
+            f"hold at {where}: failed window {n} of {limit} before rollback "
+            f"({', '.join(failed)}); a new window starts"
+        )
+        d = Decision(now, Action.HOLD, Verdict.FAIL, step, weight, weight, tuple(reasons), metrics)
+        new = _record(state, d, consecutive_failures=n, step_started_at=now, window=window)
+        return new, d
+    if step == len(plan.steps) - 1:
+        reasons.append(f"promote: every gate passed at {where}")
+        d = Decision(
+            now, Action.PROMOTE, Verdict.PASS, step, weight, 100.0, tuple(reasons), metrics
+        )
+        new = _record(
+            state,
+            d,
+            status=CanaryStatus.PROMOTED,
+            weight=100.0,
+            consecutive_failures=0,
+            step_started_at=now,
+            window=window,
+        )
+        return new, d
+    nxt = plan.steps[step + 1]
+    reasons.append(f"advance: every gate passed at {where}; next {nxt:g}%")
+    d = Decision(now, Action.ADVANCE, Verdict.PASS, step, weight, nxt, tuple(reasons), metrics)
+    new = _record(
+        state,
+        d,
+        step=step + 1,
+        weight=nxt,
+        consecutive_failures=0,
+        step_started_at=now,
+        window=window,
+    )
+    return new, d

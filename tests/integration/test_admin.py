@@ -1,0 +1,228 @@
+"""The admin API against a real deployment: auth, validation, propagation, durability."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from models.activity.data import make_windows
+from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, deploy
+
+APP, PREFIX = "adm", "/adm"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Admin-User": "pytest"}
+
+
+def make_config(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> Any:
+    from serve.config import parse_config
+
+    return parse_config(
+        {
+            "app_name": APP,
+            "registry": registry_root,
+            "models": [{"version": "v1", "num_cpus": 0.1}, {"version": "v2", "num_cpus": 0.1},
+                       {"version": "v4", "num_cpus": 0.1}],
+            "experiment": {
+                "name": "adm",
+                "baseline": "v1",
+                "arms": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}],
+            },
+            "cache": {"enabled": False},  # every answer comes from the arm the router chose
+            "http": {"port": serve_instance.http_port},
+            "router": {"num_cpus": 0.1},
+            "state": {"dir": state_dir, "poll_interval_s": 0.5},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def adm(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> Iterator[str]:
+    from ray import serve
+
+    deploy(make_config(serve_instance, registry_root, state_dir), route_prefix=PREFIX)
+    yield serve_instance.url + PREFIX
+    serve.delete(APP)
+
+
+@pytest.fixture(scope="module")
+def body() -> dict[str, Any]:
+    x, _ = make_windows(1, seed=3)
+    return {"features": x[0].tolist()}
+
+
+def experiment(url: str) -> dict[str, Any]:
+    r = httpx.get(f"{url}/admin/experiment", headers=AUTH)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def set_weights(url: str, weights: dict[str, float]) -> httpx.Response:
+    return httpx.put(f"{url}/admin/weights", json={"weights": weights}, headers=AUTH, timeout=10)
+
+
+ROUTES = [
+    ("GET", "/admin/experiment", None),
+    ("PUT", "/admin/weights", {"weights": {"v1": 0, "v2": 100}}),
+    ("POST", "/admin/candidates", {"version": "v4", "weight": 50}),
+    ("DELETE", "/admin/candidates/v2", None),
+    ("POST", "/admin/promote", {"version": "v2"}),
+    ("POST", "/admin/rollback", {"version": "v2"}),
+    ("POST", "/admin/pause", None),
+    ("POST", "/admin/resume", None),
+    ("GET", "/admin/audit", None),
+]
+BAD_AUTH = {
+    "no token": {},
+    "wrong token": {"Authorization": "Bearer not-the-token-at-all-000000"},
+    "malformed": {"Authorization": f"Token {ADMIN_TOKEN}"},
+    "no scheme": {"Authorization": ADMIN_TOKEN},
+}
+
+
+@pytest.mark.parametrize("method, path, payload", ROUTES, ids=[f"{m} {p}" for m, p, _ in ROUTES])
+def test_every_admin_route_refuses_bad_credentials(adm: str, method: str, path: str,
+                                                  payload: Any) -> None:
+    before = experiment(adm)
+    for name, headers in BAD_AUTH.items():
+        r = httpx.request(method, adm + path, json=payload, headers=headers)
+        assert r.status_code == 401, (name, r.text)
+        assert ADMIN_TOKEN not in r.text
+    r = httpx.request(method, f"{adm}{path}?token={ADMIN_TOKEN}", json=payload)
+    assert r.status_code == 401
+    after = experiment(adm)
+    assert after["revision"] == before["revision"] and after["experiment"] == before["experiment"]
+
+
+@pytest.mark.parametrize(
+    "weights, status",
+    [({"v1": -10, "v2": 110}, 422), ({"v1": 50, "v2": 60}, 422), ({"v1": 90, "v9": 10}, 422),
+     ({"v1": "ninety", "v2": 10}, 422)],
+)
+def test_invalid_changes_are_refused_and_change_nothing(adm: str, weights: dict[str, Any],
+                                                       status: int) -> None:
+    before = experiment(adm)
+    r = set_weights(adm, weights)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]
+    # NaN cannot even be sent as JSON: 400.
+    raw = b'{"weights": {"v1": NaN, "v2": 10}}'
+    r = httpx.put(f"{adm}/admin/weights", content=raw,
+                  headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 400
+    r = httpx.post(f"{adm}/admin/candidates", json={"version": "v7"}, headers=AUTH)
+    assert r.status_code == 422 and "not deployed" in r.json()["error"]
+    after = experiment(adm)
+    assert after["revision"] == before["revision"]
+
+
+async def _load(url: str, body: dict[str, Any], stop_at: float,
+                log: list[tuple[float, int, str | None]]) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        while time.monotonic() < stop_at:
+            t = time.monotonic()
+            r = await client.post(f"{url}/predict", json=body)
+            log.append((t, r.status_code, r.headers.get("X-Model-Version")))
+
+
+def test_weights_changed_under_load_reach_every_request_within_2s(
+    adm: str, body: dict[str, Any]
+) -> None:
+    plan = [(0.0, {"v1": 100, "v2": 0}), (5.0, {"v1": 30, "v2": 70}),
+            (10.0, {"v1": 0, "v2": 100}), (15.0, {"v1": 90, "v2": 10})]
+    log: list[tuple[float, int, str | None]] = []
+    changes: list[float] = []  # when each change had been applied (its response came back)
+    sent: list[float] = []  # when each change was sent: requests before it cannot see it
+
+    async def driver() -> None:
+        start = time.monotonic()
+        loaders = [asyncio.create_task(_load(adm, body, start + 20.0, log)) for _ in range(6)]
+        for at, weights in plan:
+            await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+            sent.append(time.monotonic())
+            r = await asyncio.to_thread(set_weights, adm, weights)
+            assert r.status_code == 200, r.text
+            changes.append(time.monotonic())
+        await asyncio.gather(*loaders)
+
+    asyncio.run(driver())
+    assert log and all(status == 200 for _, status, _ in log), "a request was lost"
+    bounds = [*sent[1:], math.inf]
+    for (_, weights), changed, until in zip(plan, changes, bounds, strict=True):
+        window = [v for t, _, v in log if changed + 2.0 <= t < until]
+        odd = [(round(t - changed, 3), v) for t, _, v in log
+               if changed + 2.0 <= t < until and weights.get(v or "", 0) == 0]
+        assert not odd, (weights, odd)
+        assert len(window) > 20, f"too few requests in the window after {weights}"
+        for version, w in weights.items():
+            n_v = sum(v == version for v in window)
+            if w == 0:
+                assert n_v == 0, f"{version} answered {n_v} requests 2 s after its weight went to 0"
+            p, n = w / 100, len(window)
+            sigma = math.sqrt(p * (1 - p) / n) if 0 < p < 1 else 0.0
+            assert abs(n_v / n - p) <= 3 * sigma + 1e-9, (weights, version, n_v, n)
+
+
+def test_weights_survive_router_restart_and_redeploy(
+    adm: str, serve_instance: ServeInstance, registry_root: str, state_dir: str,
+    body: dict[str, Any],
+) -> None:
+    from ray import serve
+
+    assert set_weights(adm, {"v1": 25, "v2": 75}).status_code == 200
+    revision = experiment(adm)["revision"]
+    pid = httpx.get(f"{adm}/stats").json()["pid"]
+    os.kill(pid, signal.SIGKILL)  # the router replica: Serve replaces it
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            stats = httpx.get(f"{adm}/stats", timeout=5)
+            if stats.status_code == 200 and stats.json()["pid"] != pid:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the router replica did not come back"
+        time.sleep(0.5)
+    models = httpx.get(f"{adm}/models").json()
+    assert models["revision"] == revision
+    assert {v["version"]: v["weight"] for v in models["versions"]} == {"v1": 25, "v2": 75, "v4": 0}
+    # Full stop and start: only the state directory survives, as with abserve down/up.
+    serve.delete(APP)
+    deploy(make_config(serve_instance, registry_root, state_dir), route_prefix=PREFIX)
+    again = experiment(adm)
+    assert again["revision"] == revision
+    assert {a["version"]: a["weight"] for a in again["experiment"]["arms"]} == {"v1": 25, "v2": 75}
+    answers = [httpx.post(f"{adm}/predict", json=body).headers["X-Model-Version"]
+               for _ in range(60)]
+    assert 0.5 < answers.count("v2") / 60 < 0.95
+
+
+def test_candidate_lifecycle_and_audit(adm: str) -> None:
+    assert set_weights(adm, {"v1": 90, "v2": 10}).status_code == 200
+    r = httpx.post(f"{adm}/admin/candidates", json={"version": "v4", "weight": 5}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["effective_weights"] == {"v1": 85, "v2": 10, "v4": 5}
+    r = httpx.post(f"{adm}/admin/rollback", json={"version": "v2"}, headers=AUTH)
+    assert r.json()["effective_weights"]["v2"] == 0
+    r = httpx.post(f"{adm}/admin/pause", headers=AUTH)
+    assert r.json()["paused"] is True and r.json()["effective_weights"]["v1"] == 100
+    r = httpx.post(f"{adm}/admin/resume", headers=AUTH)
+    assert r.json()["effective_weights"] == {"v1": 95, "v2": 0, "v4": 5}
+    r = httpx.post(f"{adm}/admin/promote", json={"version": "v4"}, headers=AUTH)
+    assert r.json()["experiment"]["baseline"] == "v4"
+    r = httpx.delete(f"{adm}/admin/candidates/v2", headers=AUTH)
+    assert r.status_code == 200
+    assert {a["version"] for a in r.json()["experiment"]["arms"]} == {"v1", "v4"}
+    audit = httpx.get(f"{adm}/admin/audit?limit=6", headers=AUTH).json()["entries"]
+    assert [e["operation"] for e in audit] == [
+        "add_candidate", "rollback", "pause", "resume", "promote", "remove_arm"
+    ]
+    assert all(e["who"] == "pytest" and e["before"] and e["after"] for e in audit)
+    assert audit[-1]["after"]["weights"] == {"v1": 0, "v4": 100}
+    np.testing.assert_equal(audit[0]["before"]["weights"], {"v1": 90, "v2": 10})

@@ -1,0 +1,242 @@
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from router.analysis import (
+    ArmMetrics,
+    LatencyHistogram,
+    build_report,
+    min_sample_size,
+    two_proportion_ztest,
+    wilson_interval,
+)
+
+ZTEST_CASES = [
+    (45, 100, 30, 100),
+    (850, 1000, 820, 1000),
+    (510, 600, 4120, 5000),
+    (3, 10, 7, 12),
+    (9_120, 10_000, 9_050, 10_000),
+    (0, 50, 5, 50),
+]
+
+
+@pytest.mark.parametrize(("s1", "n1", "s2", "n2"), ZTEST_CASES)
+def test_ztest_matches_scipy(s1: int, n1: int, s2: int, n2: int) -> None:
+    # Reference 1: the pooled z through scipy's normal distribution.
+    p = (s1 + s2) / (n1 + n2)
+    z_ref = (s1 / n1 - s2 / n2) / math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
+    p_ref = 2 * stats.norm.sf(abs(z_ref))
+    # Reference 2, independent of the z formula: a 2x2 chi-square test without
+    # continuity correction is the same test (chi2 = z**2).
+    chi2, p_chi, _, _ = stats.chi2_contingency([[s1, n1 - s1], [s2, n2 - s2]], correction=False)
+    z, pv = two_proportion_ztest(s1, n1, s2, n2)
+    assert z == pytest.approx(z_ref, rel=1e-12)
+    assert pv == pytest.approx(p_ref, rel=1e-9, abs=1e-300)
+    assert z * z == pytest.approx(chi2, rel=1e-9)
+    assert pv == pytest.approx(p_chi, rel=1e-9, abs=1e-300)
+
+
+def test_ztest_known_value_and_edges() -> None:
+    z, p = two_proportion_ztest(45, 100, 30, 100)
+    assert z == pytest.approx(2.1909, abs=1e-4)
+    assert p == pytest.approx(0.02846, abs=1e-5)
+    assert two_proportion_ztest(30, 100, 45, 100)[0] == pytest.approx(-z)
+    assert two_proportion_ztest(10, 10, 20, 20) == (0.0, 1.0)  # identical, no variance
+    with pytest.raises(ValueError):
+        two_proportion_ztest(1, 0, 1, 10)
+    with pytest.raises(ValueError):
+        two_proportion_ztest(11, 10, 1, 10)
+
+
+@pytest.mark.parametrize(
+    ("k", "n"),
+    [(0, 10), (1, 10), (5, 10), (10, 10), (85, 100), (340, 400), (9_990, 10_000), (3, 7)],
+)
+@pytest.mark.parametrize("confidence", [0.9, 0.95, 0.99])
+def test_wilson_matches_scipy(k: int, n: int, confidence: float) -> None:
+    ref = stats.binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    lo, hi = wilson_interval(k, n, confidence)
+    assert lo == pytest.approx(ref.low, abs=1e-12)
+    assert hi == pytest.approx(ref.high, abs=1e-12)
+
+
+def test_wilson_edges() -> None:
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+    with pytest.raises(ValueError):
+        wilson_interval(1, 4, confidence=1.0)
+
+
+def test_wilson_coverage_simulation() -> None:
+    rng = np.random.default_rng(7)
+    p, n, trials = 0.85, 400, 2000
+    hits = 0
+    for k in rng.binomial(n, p, size=trials):
+        lo, hi = wilson_interval(int(k), n)
+        hits += lo <= p <= hi
+    assert 0.93 <= hits / trials <= 0.97
+
+
+def test_min_sample_size_known_values() -> None:
+    # 0.5 vs 0.6, alpha 0.05 two-sided, power 0.8: the textbook ~388 per arm.
+    assert min_sample_size(0.5, 0.1) == 388
+    n_small, n_big = min_sample_size(0.85, 0.02), min_sample_size(0.85, 0.05)
+    assert n_small > n_big > 0
+    assert min_sample_size(0.85, 0.02, power=0.9) > n_small
+    assert min_sample_size(0.99, 0.02) > 0  # 0.99 + 0.02 > 1: tests 0.97 instead
+    with pytest.raises(ValueError):
+        min_sample_size(0.5, 0.0)
+
+
+def test_min_sample_size_gives_the_stated_power() -> None:
+    """Simulated: at the computed n, the z-test detects the effect ~80 % of the time."""
+    rng = np.random.default_rng(3)
+    p1, mde = 0.5, 0.1
+    n = min_sample_size(p1, mde)
+    a = rng.binomial(n, p1, size=1500)
+    b = rng.binomial(n, p1 + mde, size=1500)
+    power = np.mean(
+        [two_proportion_ztest(int(x), n, int(y), n)[1] < 0.05 for x, y in zip(a, b, strict=True)]
+    )
+    assert 0.76 <= power <= 0.84
+
+
+@pytest.mark.parametrize("q", [0.5, 0.9, 0.99, 0.999])
+def test_histogram_quantiles_match_numpy(q: float) -> None:
+    rng = np.random.default_rng(11)
+    data = rng.lognormal(mean=2.0, sigma=0.8, size=20_000)  # median ~7 ms, long tail
+    h = LatencyHistogram()
+    for x in data:
+        h.record(float(x))
+    ref = float(np.percentile(data, q * 100))
+    got = h.quantile(q)
+    assert got is not None
+    assert abs(got - ref) / ref < 0.05
+
+
+def test_histogram_extremes_merge_and_round_trip() -> None:
+    h = LatencyHistogram()
+    assert h.quantile(0.5) is None and h.count == 0
+    for ms in (0.001, 0.5, 3.0, 3.0, 70_000.0):
+        h.record(ms)
+    assert h.quantile(0.0) == 0.001 and h.quantile(1.0) == 70_000.0
+    with pytest.raises(ValueError):
+        h.record(-1.0)
+    with pytest.raises(ValueError):
+        h.record(float("nan"))
+    assert h.n_buckets < 400  # fixed memory
+
+    a, b = LatencyHistogram(), LatencyHistogram()
+    rnd = random.Random(1)
+    xs = [rnd.expovariate(0.1) for _ in range(2000)]
+    for x in xs[:1000]:
+        a.record(x)
+    for x in xs[1000:]:
+        b.record(x)
+    both = LatencyHistogram()
+    for x in xs:
+        both.record(x)
+    merged = a.merge(b)
+    assert merged.count == 2000 and a.count == 1000  # inputs unchanged
+    assert merged.counts == both.counts
+    for q in (0.5, 0.99):
+        assert merged.quantile(q) == both.quantile(q)
+
+    data = json.loads(json.dumps(merged.to_dict()))
+    assert len(data["buckets"]) < merged.n_buckets  # sparse
+    back = LatencyHistogram.from_dict(data)
+    assert back == merged
+
+    window = both.subtract(a)
+    assert window.counts == b.counts and window.count == 1000
+    with pytest.raises(ValueError):
+        a.subtract(both)
+
+
+def test_arm_metrics_record_merge_subtract_round_trip() -> None:
+    m = ArmMetrics()
+    m.record(5.0)
+    m.record(7.0, fallback=True)
+    m.record(None, error=True)
+    m.record_feedback(True, n=3)
+    m.record_feedback(False)
+    assert (m.requests, m.errors, m.fallbacks, m.answered) == (3, 1, 1, 1)
+    assert m.error_rate == pytest.approx(1 / 3) and m.accuracy == 0.75
+    snapshot = ArmMetrics.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert snapshot == m
+    m.record(9.0)
+    m.record_feedback(True)
+    window = m.subtract(snapshot)
+    assert (window.requests, window.feedback_total, window.latency.count) == (1, 1, 1)
+    assert snapshot.merge(window).to_dict()["requests"] == m.requests
+    assert ArmMetrics().error_rate is None and ArmMetrics().accuracy is None
+
+
+def _arm(requests: int, errors: int, correct: int, total: int, ms: float) -> ArmMetrics:
+    m = ArmMetrics(
+        requests=requests,
+        errors=errors,
+        answered=requests - errors,
+        feedback_correct=correct,
+        feedback_total=total,
+    )
+    m.latency.record(ms, n=requests)
+    return m
+
+
+def test_report_fields() -> None:
+    arms = {
+        "v1": _arm(9000, 9, 7650, 9000, 4.0),
+        "v2": _arm(1000, 2, 880, 1000, 6.0),
+        "v3": ArmMetrics(),
+    }
+    report = build_report(arms, "v1", weights={"v1": 90, "v2": 10, "v3": 0})
+    json.dumps(report, allow_nan=False)  # JSON-ready, no NaN
+    base, cand, empty = report["arms"]["v1"], report["arms"]["v2"], report["arms"]["v3"]
+    keys = {
+        "requests",
+        "traffic_share",
+        "weight",
+        "error_rate",
+        "fallback_rate",
+        "p50_ms",
+        "p99_ms",
+        "accuracy",
+        "accuracy_ci95",
+        "feedback_n",
+        "z",
+        "p_value",
+        "significant",
+        "min_sample_size",
+        "sample_size_reached",
+        "baseline",
+        "accuracy_delta",
+    }
+    assert keys <= set(base) and set(base) == set(cand) == set(empty)
+    assert base["baseline"] and base["z"] is None and base["p_value"] is None
+    assert cand["traffic_share"] == pytest.approx(0.1) and cand["weight"] == 10
+    assert cand["error_rate"] == pytest.approx(0.002)
+    assert cand["p50_ms"] == pytest.approx(6.0, rel=0.03)
+    assert cand["accuracy"] == pytest.approx(0.88)
+    lo, hi = cand["accuracy_ci95"]
+    assert lo < 0.88 < hi
+    z, p = two_proportion_ztest(880, 1000, 7650, 9000)
+    assert cand["z"] == pytest.approx(z) and cand["p_value"] == pytest.approx(p)
+    assert cand["significant"] is (p < 0.05)
+    assert cand["accuracy_delta"] == pytest.approx(0.03)
+    assert cand["min_sample_size"] == min_sample_size(0.85, 0.02)
+    assert cand["min_sample_size"] > 1000 and cand["sample_size_reached"] is False
+    assert empty["requests"] == 0 and empty["error_rate"] is None and empty["p99_ms"] is None
+    assert empty["accuracy_ci95"] is None and empty["z"] is None
+    assert report["totals"]["requests"] == 10_000
+    assert report["totals"]["feedback_n"] == 10_000
+    with pytest.raises(ValueError):
+        build_report(arms, "v9", weights={})

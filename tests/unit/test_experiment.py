@@ -1,0 +1,131 @@
+"""Live experiment operations and admin auth: validated like the config, atomic, audited."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.admin import AdminAuth, load_admin_token
+from router.experiment import ExperimentState, apply_operation, effective_weights
+from router.store import FileStore
+from serve.config import AdminConfig, ExperimentConfig
+from serve.errors import AbserveError, ConfigError, Forbidden, InvalidInput, NotFound, Unauthorized
+
+DEPLOYED = {"v1", "v2", "v3"}
+
+
+def state() -> ExperimentState:
+    arms = [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}]
+    exp = ExperimentConfig.model_validate({"baseline": "v1", "arms": arms})
+    return ExperimentState(exp)
+
+
+def apply(s: ExperimentState, op: str, **params: Any) -> ExperimentState:
+    new, entry = apply_operation(s, op, params, deployed=DEPLOYED, who="tester", clock=lambda: 5.0)
+    assert entry["revision"] == new.revision == s.revision + 1
+    assert entry["before"]["weights"] == s.weights() and entry["after"]["weights"] == new.weights()
+    assert entry["who"] == "tester" and entry["time"] == 5.0
+    return new
+
+
+def test_set_weights() -> None:
+    new = apply(state(), "set_weights", weights={"v1": 50, "v2": 50})
+    assert new.weights() == {"v1": 50, "v2": 50}
+
+
+@pytest.mark.parametrize(
+    "weights, needle",
+    [
+        ({"v1": 95, "v2": 10}, "sum to 105"),
+        ({"v1": 110, "v2": -10}, "negative"),
+        ({"v1": math.nan, "v2": 10}, "finite"),
+        ({"v1": "90", "v2": 10}, "finite number"),
+        ({"v9": 0}, "not an arm"),
+        ({}, "expected an object"),
+    ],
+)
+def test_invalid_weights_refused_and_state_unchanged(weights: dict[str, Any], needle: str) -> None:
+    s = state()
+    with pytest.raises(InvalidInput, match=needle):
+        apply_operation(s, "set_weights", {"weights": weights}, deployed=DEPLOYED, who="t")
+    assert s.weights() == {"v1": 90, "v2": 10} and s.revision == 1
+
+
+def test_add_candidate_takes_from_baseline_and_must_be_deployed() -> None:
+    new = apply(state(), "add_candidate", version="v3", weight=5)
+    assert new.weights() == {"v1": 85, "v2": 10, "v3": 5}
+    with pytest.raises(InvalidInput, match="not deployed"):
+        apply_operation(state(), "add_candidate", {"version": "v7"}, deployed=DEPLOYED, who="t")
+    with pytest.raises(InvalidInput, match="already an arm"):
+        apply_operation(state(), "add_candidate", {"version": "v2"}, deployed=DEPLOYED, who="t")
+
+
+def test_remove_promote_rollback_pause() -> None:
+    s = state()
+    assert apply(s, "remove_arm", version="v2").weights() == {"v1": 100}
+    promoted = apply(s, "promote", version="v2")
+    assert promoted.experiment.baseline == "v2" and promoted.weights() == {"v1": 0, "v2": 100}
+    back = apply(s, "rollback", version="v2")
+    assert back.weights() == {"v1": 100, "v2": 0}
+    paused = apply(s, "pause")
+    assert paused.weights() == {"v1": 90, "v2": 10}
+    assert effective_weights(paused) == {"v1": 100, "v2": 0}
+    assert effective_weights(apply(paused, "resume")) == {"v1": 90, "v2": 10}
+    with pytest.raises(InvalidInput, match="baseline"):
+        apply_operation(s, "remove_arm", {"version": "v1"}, deployed=DEPLOYED, who="t")
+    with pytest.raises(NotFound):
+        apply_operation(s, "promote", {"version": "v5"}, deployed=DEPLOYED, who="t")
+    with pytest.raises(NotFound):
+        apply_operation(s, "explode", {}, deployed=DEPLOYED, who="t")
+
+
+def test_state_round_trip_and_store(tmp_path: Path) -> None:
+    s = apply(state(), "set_weights", weights={"v1": 70, "v2": 30})
+    store = FileStore(tmp_path, "app")
+    assert store.load() is None
+    store.save(s.to_dict(), {"revision": s.revision, "operation": "set_weights"})
+    store.append_audit({"revision": 3, "operation": "pause"})
+    again = FileStore(tmp_path, "app")
+    assert ExperimentState.from_dict(again.load() or {}) == s
+    assert [e["revision"] for e in again.audit()] == [2, 3]
+    assert [e["revision"] for e in again.audit(limit=1)] == [3]
+
+
+TOKEN = "s3cret-token-0123456789"
+
+
+def test_auth_accepts_only_the_bearer_header() -> None:
+    auth = AdminAuth(TOKEN.encode())
+    auth.check(f"Bearer {TOKEN}")
+    auth.check(f"bearer   {TOKEN}")
+    for header in (None, "", "Bearer", f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer a b",
+                   TOKEN, f"Token {TOKEN}"):
+        with pytest.raises(Unauthorized) as info:
+            auth.check(header)
+        assert TOKEN not in info.value.message
+    with pytest.raises(Unauthorized, match="URL"):
+        auth.check(f"Bearer {TOKEN}", query_keys=["token"])
+    assert TOKEN not in repr(auth)
+
+
+def test_disabled_without_token(tmp_path: Path) -> None:
+    assert load_admin_token(AdminConfig(), environ={}) is None
+    with pytest.raises(Forbidden, match="disabled"):
+        AdminAuth(None).check(f"Bearer {TOKEN}")
+    assert load_admin_token(AdminConfig(), environ={"ABSERVE_ADMIN_TOKEN": TOKEN}) == TOKEN.encode()
+    f = tmp_path / "token"
+    f.write_text(TOKEN + "\n")
+    assert load_admin_token(AdminConfig(token_file=str(f)), environ={}) == TOKEN.encode()
+    with pytest.raises(ConfigError, match="shorter"):
+        load_admin_token(AdminConfig(), environ={"ABSERVE_ADMIN_TOKEN": "short"})
+
+
+def test_errors_carry_status() -> None:
+    from serve.errors import to_http
+
+    assert to_http(Unauthorized("x"))[0] == 401
+    assert to_http(Forbidden("x"))[0] == 403
+    assert isinstance(Unauthorized("x"), AbserveError)
