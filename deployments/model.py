@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from typing import Any
@@ -113,7 +114,8 @@ class ModelDeployment:
         self.delay_s = float(delay_s)
 
     def stats(self) -> dict[str, Any]:
-        return {"version": self.manifest.version, "calls": self.calls, "rows": self.rows}
+        return {"version": self.manifest.version, "calls": self.calls, "rows": self.rows,
+                "pid": os.getpid()}
 
     def ready(self) -> bool:
         return True

@@ -412,7 +412,16 @@ class Router:
 
     @app.get("/stats")
     async def stats(self) -> Response:
-        """This router replica's counters: per arm, and the cache."""
+        """This router replica's counters: per arm, the cache, and one replica per version."""
+
+        async def model_stats(version: str) -> dict[str, Any] | None:
+            try:
+                return dict(await asyncio.wait_for(_await(self.handles[version].stats.remote()), 2))
+            except Exception:  # noqa: BLE001 - a down version shows as null
+                return None
+
+        versions = sorted(self.handles)
+        replicas = await asyncio.gather(*(model_stats(v) for v in versions))
         return _json(
             {
                 "replica": serve.get_replica_context().replica_tag,
@@ -422,5 +431,6 @@ class Router:
                 "breakers": {v: b.state.value for v, b in self.core.breakers.items()},
                 "cache": {"kind": self._cache_kind, **self.cache.stats.as_dict()},
                 "hop_batching": {"requests": self.batcher.requests, "calls": self.batcher.calls},
+                "models": dict(zip(versions, replicas, strict=True)),
             }
         )

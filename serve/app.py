@@ -6,6 +6,10 @@ Replicas, resources and batching reach the deployments through
 
 from __future__ import annotations
 
+import hashlib
+import json
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
@@ -20,6 +24,30 @@ CONTROLLER_DEPLOYMENT = "controller"
 
 def model_deployment_name(model: str, version: str) -> str:
     return sanitize_name(f"{model}-{version}")
+
+
+@cache
+def _source_digest() -> str:
+    """A digest of the serving code, so new code restarts replicas and old code does not."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for package in ("deployments", "models", "router", "serve"):
+        for path in sorted((root / package).rglob("*.py")):
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _version(*parts: Any) -> str:
+    """Serve's deployment version: replicas restart only when this changes.
+
+    Without it, every ``serve.run`` from a new driver gets a random code version
+    and restarts every replica (Ray 2.60 ``client.py``); with it, adding a
+    version (``abserve deploy-version``) leaves the running versions alone.
+    ``version`` is accepted by ``.options`` only with ``_internal=True``;
+    tests/integration/test_cli.py fails if a Ray upgrade changes that.
+    """
+    blob = json.dumps([_source_digest(), *parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def build_app(config: AbserveConfig) -> Application:
@@ -38,6 +66,8 @@ def build_app(config: AbserveConfig) -> Application:
             ray_actor_options=actor_options,
             max_ongoing_requests=m.max_ongoing_requests,
             max_queued_requests=m.max_queued_requests,
+            version=_version(config.registry, config.model, m.model_dump(mode="json")),
+            _internal=True,
         ).bind(
             config.registry,
             config.model,

@@ -1,0 +1,109 @@
+"""The CLI as a user runs it: up, predict, traffic, deploy-version, down, and up again.
+
+`abserve up` starts its own Ray head (`ray start --head --block`) and its own
+redis-server on free ports, beside the session's test cluster; `abserve down`
+stops both by PID. The experiment's weights and the version added by
+`deploy-version` must survive the down/up.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from serve.cli import _pid_alive, free_port
+from tests.integration.conftest import ADMIN_TOKEN
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, registry_root: str) -> Iterator[tuple[Any, dict[str, Any]]]:
+    http_port = free_port()
+    config = {
+        "app_name": "clitest",
+        "registry": registry_root,
+        "models": [{"version": "v1", "num_cpus": 0.1}, {"version": "v2", "num_cpus": 0.1}],
+        "experiment": {"baseline": "v1",
+                       "arms": [{"version": "v1", "weight": 100}, {"version": "v2", "weight": 0}]},
+        "http": {"port": http_port},
+        "router": {"num_cpus": 0.1},
+        "state": {"dir": str(tmp_path / "state")},
+        "cluster": {"gcs_port": free_port(), "dashboard_port": free_port(), "num_cpus": 2},
+    }
+    path = tmp_path / "abserve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {
+        **os.environ,
+        "ABSERVE_STATE_DIR": str(tmp_path / ".abserve"),
+        "ABSERVE_ADMIN_TOKEN": ADMIN_TOKEN,
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+    }
+    for key in ("RAY_ADDRESS", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
+        env.pop(key, None)
+
+    def run(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "serve.cli", *args], cwd=tmp_path, env=env,
+            capture_output=True, text=True, timeout=timeout,
+        )
+        return proc
+
+    info = {"url": f"http://127.0.0.1:{http_port}", "config": str(path),
+            "state_file": tmp_path / ".abserve" / "state.json"}
+    yield run, info
+    if info["state_file"].exists():  # a failed test still stops what it started
+        run("down", timeout=120)
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, f"rc {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def test_up_traffic_deploy_version_down_up(cli: tuple[Any, dict[str, Any]]) -> None:
+    run, info = cli
+    url = info["url"]
+    out = _ok(run("up", "--config", info["config"], "--redis-port", str(free_port())))
+    assert "ready: every arm answers" in out and url in out
+    assert "[RUNNING]" in out  # progress lines while deploying
+    state = yaml.safe_load(info["state_file"].read_text())
+    ray_pid, redis_pid = state["ray_pid"], state["redis_pid"]
+
+    out = _ok(run("predict"))
+    assert "X-Model-Version: v1" in out
+    out = _ok(run("traffic", "v1=70", "v2=30"))
+    assert "revision 2" in out
+
+    v1_pid = httpx.get(f"{url}/stats").json()["models"]["v1"]["pid"]
+    out = _ok(run("deploy-version", "v3"))
+    assert "v3 is ready at weight 0" in out
+    stats = httpx.get(f"{url}/stats").json()
+    assert stats["models"]["v1"]["pid"] == v1_pid, "deploy-version restarted v1"
+    assert httpx.get(f"{url}/ready").json()["arms"] == {"v1": True, "v2": True, "v3": True}
+    r = httpx.post(f"{url}/predict", json={"features": [[0.0] * 9] * 50},
+                   headers={"X-Model-Version": "v3"})
+    assert r.status_code == 200 and r.json()["version"] == "v3"
+
+    out = _ok(run("status"))
+    assert "v3" in out and "tensorflow" in out
+    _ok(run("down", timeout=120))
+    assert not _pid_alive(ray_pid) and not _pid_alive(redis_pid)
+    assert not info["state_file"].exists()
+
+    _ok(run("up", "--config", info["config"], "--redis-port", str(free_port())))
+    exp = _ok(run("experiment"))
+    assert "v1" in exp and "70%" in exp and "v2" in exp and "30%" in exp and "v3" in exp
+    assert httpx.get(f"{url}/ready").json()["arms"] == {"v1": True, "v2": True, "v3": True}
+    audit = _ok(run("audit"))
+    assert "set_weights" in audit and "add_candidate" in audit
+    _ok(run("down", timeout=120))
