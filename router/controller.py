@@ -18,7 +18,8 @@ from typing import Any
 
 from ray import serve
 
-from router.experiment import ExperimentState, apply_operation
+from router.experiment import ExperimentState, apply_operation, effective_weights
+from router.ledger import Ledger
 from router.store import FileStore
 from serve.config import AbserveConfig, parse_config
 
@@ -35,6 +36,11 @@ class ExperimentController:
         self.store = FileStore(self.config.state.dir, self.config.app_name)
         self.lock = asyncio.Lock()
         self.state = self._initial_state()
+        self.ledger = Ledger(
+            versions=sorted(self.deployed),
+            ttl_s=self.config.feedback.ttl_s,
+            max_entries=self.config.feedback.max_entries,
+        )
 
     def _initial_state(self) -> ExperimentState:
         saved = self.store.load()
@@ -78,3 +84,19 @@ class ExperimentController:
 
     def audit(self, limit: int = 100) -> list[dict[str, Any]]:
         return self.store.audit(limit)
+
+    # ------------------------------------------------------------ metrics and feedback
+
+    def sync(self, replica: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """A router replica's report in; the revision and the bandit's counts back."""
+        self.ledger.update(replica, payload)
+        return {"revision": self.state.revision, "bandit": self.ledger.bandit_counts()}
+
+    def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
+        return self.ledger.record_feedback(request_id, label)
+
+    def report(self) -> dict[str, Any]:
+        report = self.ledger.report(self.state.experiment.baseline, effective_weights(self.state))
+        report["experiment"] = self.state.experiment.name
+        report["revision"] = self.state.revision
+        return report

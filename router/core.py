@@ -11,15 +11,20 @@ fake one. No Ray import here.
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from router.analysis import ArmMetrics
+from router.bandit import ThompsonPolicy
 from router.cache import PredictionCache, cache_key
 from router.fallback import CircuitBreaker
-from router.policy import Arm, RouteContext, WeightedPolicy
+from router.policy import Arm, Policy, RouteContext, WeightedPolicy
+from router.shadow import ShadowStats
 from serve.config import AbserveConfig, ExperimentConfig
 from serve.errors import NotFound, ServiceUnavailable, UpstreamError
 
@@ -60,12 +65,17 @@ class RouterCore:
         exp = self.config.experiment
         self.model = self.config.model
         self.versions = frozenset(m.version for m in self.config.models)
-        self.policy = WeightedPolicy(salt=exp.name, rng=self.rng)
+        self.weighted = WeightedPolicy(salt=exp.name, rng=self.rng)
+        self.policy: Policy = self.weighted
         self.breakers = {
             v: CircuitBreaker(exp.breaker.failure_threshold, exp.breaker.cooldown_s, self.clock)
             for v in self.versions
         }
         self.stats = {v: ArmStats() for v in self.versions}
+        self.metrics = {v: ArmMetrics() for v in self.versions}  # per arm chosen, for the report
+        self.shadow_stats: dict[str, ShadowStats] = {}
+        self.bandit = ThompsonPolicy(rng=self.rng)
+        self._background: set[asyncio.Task[None]] = set()
         self.revision = 0
         self.set_experiment(exp)
 
@@ -84,7 +94,14 @@ class RouterCore:
         )
         timeouts = {v: exp.arm_timeout_s(v) for v in self.versions}
         self.arms, self.baseline, self.timeouts = arms, exp.baseline, timeouts
+        self.shadows = tuple(exp.shadows)
+        self.bandit.floor = exp.bandit_floor
+        self.policy = self.bandit if exp.policy == "bandit" else self.weighted
         self.revision = revision
+
+    def set_bandit_counts(self, successes: dict[str, int], failures: dict[str, int]) -> None:
+        """Feedback counts from the controller (all routers share one posterior)."""
+        self.bandit.successes, self.bandit.failures = dict(successes), dict(failures)
 
     def choose(self, user_key: str | None, pinned: str | None) -> str:
         if pinned is not None:
@@ -102,7 +119,38 @@ class RouterCore:
     async def predict(
         self, batch: np.ndarray, *, user_key: str | None = None, pinned: str | None = None
     ) -> Prediction:
+        """One request: route, answer (cache, arm, or baseline), measure, shadow."""
         arm = self.choose(user_key, pinned)
+        started = self.clock()
+        try:
+            pred = await self._answer(arm, batch)
+        except ServiceUnavailable:
+            self.metrics[arm].record((self.clock() - started) * 1000.0, error=True)
+            raise
+        self.metrics[arm].record((self.clock() - started) * 1000.0, fallback=pred.fallback)
+        for shadow in self.shadows:
+            if shadow.version != pred.version and self.rng.random() < shadow.share:
+                self._spawn(self._shadow(shadow.version, batch, pred.probabilities))
+        return pred
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _shadow(self, version: str, batch: np.ndarray, primary: np.ndarray) -> None:
+        """A background copy of the request; its result is compared, never returned."""
+        stats = self.shadow_stats.setdefault(version, ShadowStats())
+        started = self.clock()
+        try:
+            out = await self.call(version, batch, self.timeouts[version])
+        except Exception:  # noqa: BLE001 - a shadow's failure is a number, not an error
+            stats.record_error()
+            return
+        stats.record_latency((self.clock() - started) * 1000.0)
+        stats.record(primary, out)
+
+    async def _answer(self, arm: str, batch: np.ndarray) -> Prediction:
         self.stats[arm].requests += 1
         keys: Sequence[str] = ()
         cached: list[list[float] | None] = [None] * len(batch)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -26,6 +26,7 @@ from router.batcher import HopBatcher
 from router.cache import LocalCache, PredictionCache, RedisCache
 from router.core import Prediction, RouterCore
 from router.experiment import ExperimentState, effective_weights
+from router.report_html import render_report_html
 from router.request import check_content_type, parse_batch, parse_json, parse_single
 from router.schemas import BATCH_RESPONSES, OPENAPI_BATCH, OPENAPI_SINGLE, SINGLE_RESPONSES
 from serve.config import AbserveConfig, parse_config
@@ -34,6 +35,7 @@ from serve.errors import AbserveError, InvalidInput, PayloadTooLarge, UpstreamEr
 __all__ = ["Router", "app"]
 
 log = logging.getLogger("ray.serve")
+MAX_PENDING_SERVED = 100_000  # predictions kept for the controller while it is unreachable
 
 app = FastAPI(
     title="abserve",
@@ -138,6 +140,9 @@ class Router:
         self.paused = False
         self._synced: asyncio.Future[None] | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._served: list[tuple[str, str, int]] = []
+        self._replica_id = serve.get_replica_context().replica_tag
+        self._label_index = {label: i for i, label in enumerate(self.labels)}
         log.info("router ready: arms %s, cache %s", self.core.arms, self._cache_kind)
 
     # ------------------------------------------------------------ experiment state
@@ -167,13 +172,44 @@ class Router:
         while True:
             await asyncio.sleep(interval)
             try:
-                revision = await asyncio.wait_for(_await(self.controller.revision.remote()), 2)
-                if revision != self.core.revision:
-                    data = await asyncio.wait_for(_await(self.controller.get_state.remote()), 2)
-                    self._apply_state(data)
-                    log.info("experiment revision %d applied", self.core.revision)
+                await self._sync()
             except Exception as exc:  # noqa: BLE001 - keep serving the last known state
-                log.warning("experiment state poll failed: %r", exc)
+                log.warning("sync with the experiment controller failed: %r", exc)
+
+    async def _sync(self) -> None:
+        """Report metrics and served predictions; pick up a new revision and bandit counts."""
+        served, self._served = self._served, []
+        payload = {
+            "metrics": {v: m.to_dict() for v, m in self.core.metrics.items() if m.requests},
+            "shadows": {v: s.to_dict() for v, s in self.core.shadow_stats.items()},
+            "served": served,
+        }
+        try:
+            reply = await asyncio.wait_for(
+                _await(self.controller.sync.remote(self._replica_id, payload)), 2
+            )
+        except BaseException:
+            self._served = served + self._served  # try again next time
+            del self._served[:-MAX_PENDING_SERVED]
+            raise
+        bandit = reply["bandit"]
+        self.core.set_bandit_counts(bandit["successes"], bandit["failures"])
+        if reply["revision"] != self.core.revision:
+            data = await asyncio.wait_for(_await(self.controller.get_state.remote()), 2)
+            self._apply_state(data)
+            log.info("experiment revision %d applied", self.core.revision)
+
+    def _remember(self, request_id: str, pred: Prediction) -> None:
+        """Keep what was served, so that feedback can be joined to it later."""
+        labels = np.argmax(pred.probabilities, axis=1)
+        if len(labels) == 1:
+            self._served.append((request_id, pred.version, int(labels[0])))
+        else:
+            self._served.extend(
+                (f"{request_id}/{i}", pred.version, int(label)) for i, label in enumerate(labels)
+            )
+        if len(self._served) > MAX_PENDING_SERVED:
+            del self._served[:-MAX_PENDING_SERVED]
 
     def _cache_backend(self) -> RedisCache | LocalCache | None:
         cfg = self.config.cache
@@ -260,6 +296,7 @@ class Router:
         user_key, pinned = self._route_args(request)
         pred = await self.core.predict(batch, user_key=user_key, pinned=pinned)
         rid = self._request_id()
+        self._remember(rid, pred)
         body = self._answer(pred, rid, 0)
         if pred.fallback_reason:
             body["fallback_reason"] = pred.fallback_reason
@@ -275,6 +312,7 @@ class Router:
         user_key, pinned = self._route_args(request)
         pred = await self.core.predict(batch, user_key=user_key, pinned=pinned)
         rid = self._request_id()
+        self._remember(rid, pred)
         body: dict[str, Any] = {
             "predictions": [self._answer(pred, rid, i) for i in range(len(batch))],
             "model": self.config.model,
@@ -333,6 +371,50 @@ class Router:
                 "versions": versions,
             }
         )
+
+    @app.post("/feedback")
+    async def feedback(self, request: Request) -> Response:
+        """Ground truth for a served prediction: {"request_id": ..., "label": ...}.
+
+        For /predict/batch, item i of request R is "R/i". Unknown or expired id: 404;
+        a second feedback for one id is accepted but not counted again.
+        """
+        await self._ensure_synced()
+        data = await self._body(request)
+        if not isinstance(data, dict) or set(data) != {"request_id", "label"}:
+            raise InvalidInput('body must be {"request_id": "...", "label": "..."}')
+        rid, label = data["request_id"], data["label"]
+        if not isinstance(rid, str) or not 0 < len(rid) <= 256:
+            raise InvalidInput("request_id: expected a string", field="request_id")
+        if isinstance(label, str) and label in self._label_index:
+            index = self._label_index[label]
+        elif isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(
+            self.labels
+        ):
+            index = label
+        else:
+            raise InvalidInput(f"label: one of {list(self.labels)} (or its index)", field="label")
+        await self._sync()  # our own recent predictions reach the controller first
+        try:
+            result = await _await(self.controller.record_feedback.remote(rid, index))
+        except Exception as exc:  # noqa: BLE001
+            raise _unwrap(exc) from None
+        return _json(result)
+
+    @app.get("/admin/report")
+    async def admin_report(self, request: Request) -> Response:
+        """The experiment report as JSON: per arm traffic, errors, latency, accuracy, p-values."""
+        self.auth.check(request.headers.get("authorization"), request.query_params.keys())
+        await self._sync()
+        return _json(await _await(self.controller.report.remote()))
+
+    @app.get("/report", response_class=HTMLResponse)
+    async def report_page(self) -> HTMLResponse:
+        """The report as a page with charts (traffic share over time, latency, accuracy)."""
+        await self._ensure_synced()
+        await self._sync()
+        report = await _await(self.controller.report.remote())
+        return HTMLResponse(render_report_html(report))
 
     # ------------------------------------------------------------ admin
 

@@ -32,9 +32,11 @@ __all__ = [
     "CacheConfig",
     "ClusterConfig",
     "ExperimentConfig",
+    "FeedbackConfig",
     "HttpConfig",
     "ModelConfig",
     "RouterConfig",
+    "ShadowConfig",
     "StateConfig",
     "load_config",
     "parse_config",
@@ -87,12 +89,30 @@ class BreakerConfig(_Frozen):
     )
 
 
+class ShadowConfig(_Frozen):
+    version: str = Field(description="A deployed version that also receives a copy of requests.")
+    share: float = Field(ge=0, le=1, description="Share of requests copied to it (0..1).")
+
+
 class ExperimentConfig(_Frozen):
     name: str = Field("default", pattern=NAME_RE, description="Experiment name (metrics, logs).")
     baseline: str = Field(description="The version that answers when a candidate fails.")
     arms: list[ArmConfig] = Field(min_length=1, description="Baseline and candidates with weights.")
     timeout_ms: float = Field(1000.0, gt=0, description="Default per-arm timeout.")
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)  # type: ignore[arg-type]
+    shadows: list[ShadowConfig] = Field(
+        default_factory=list,
+        description="Versions that get a background copy of a share of requests; the client "
+        "only ever sees the primary's answer.",
+    )
+    policy: Literal["weighted", "bandit"] = Field(
+        "weighted",
+        description="weighted: the weights (sticky per user key); bandit: Thompson sampling on "
+        "feedback accuracy among arms with weight > 0.",
+    )
+    bandit_floor: float = Field(
+        0.05, ge=0, le=0.5, description="Bandit: every eligible arm keeps at least this share."
+    )
 
     @model_validator(mode="after")
     def _check_arms(self) -> ExperimentConfig:
@@ -115,6 +135,13 @@ class ExperimentConfig(_Frozen):
             if arm.version == version and arm.timeout_ms is not None:
                 return arm.timeout_ms / 1000.0
         return self.timeout_ms / 1000.0
+
+
+class FeedbackConfig(_Frozen):
+    ttl_s: float = Field(86_400, gt=0, description="How long a prediction accepts feedback.")
+    max_entries: int = Field(
+        1_000_000, ge=1, description="Most predictions remembered for feedback (oldest dropped)."
+    )
 
 
 class CacheConfig(_Frozen):
@@ -205,6 +232,7 @@ class AbserveConfig(_Frozen):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)  # type: ignore[arg-type]
     admin: AdminConfig = Field(default_factory=AdminConfig)  # type: ignore[arg-type]
     state: StateConfig = Field(default_factory=StateConfig)  # type: ignore[arg-type]
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)  # type: ignore[arg-type]
 
     @field_validator("models")
     @classmethod
@@ -218,6 +246,12 @@ class AbserveConfig(_Frozen):
     @model_validator(mode="after")
     def _arms_are_deployed(self) -> AbserveConfig:
         deployed = {m.version for m in self.models}
+        for i, shadow in enumerate(self.experiment.shadows):
+            if shadow.version not in deployed:
+                raise ValueError(
+                    f"experiment.shadows.{i}.version: unknown version {shadow.version!r}; "
+                    f"deployed versions are {sorted(deployed)}"
+                )
         for i, arm in enumerate(self.experiment.arms):
             if arm.version not in deployed:
                 raise ValueError(

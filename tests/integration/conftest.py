@@ -89,7 +89,7 @@ def _register_user_model(root: Path, work: Path) -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from models.activity.data import make_windows
+    from models.activity.data import CLASS_LABELS, make_windows
 
     X, y = make_windows(400, seed=4)
     # Fitted on flattened windows (450 features): the backend flattens for it.
@@ -102,6 +102,16 @@ def _register_user_model(root: Path, work: Path) -> None:
          "--framework", "sklearn", "--artifact", str(artifact), "--registry", str(root)],
         check=True, capture_output=True, text=True,
     )
+    # v9 always answers "Car" (class 4): a shadow whose disagreement is known exactly.
+    from sklearn.dummy import DummyClassifier
+
+    from models import Registry, register_user_model
+
+    constant = DummyClassifier(strategy="constant", constant=4).fit(X.reshape(len(X), -1), y)
+    dummy = work / "constant-car.joblib"
+    joblib.dump(constant, dummy)
+    register_user_model(Registry(root), "activity", "v9", "sklearn", dummy,
+                        input_shape=(50, 9), class_labels=CLASS_LABELS)
 
 
 @dataclass

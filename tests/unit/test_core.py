@@ -12,7 +12,7 @@ import pytest
 
 from router.cache import LocalCache, PredictionCache
 from router.core import RouterCore
-from serve.config import parse_config
+from serve.config import ArmConfig, ShadowConfig, parse_config
 from serve.errors import InvalidInput, NotFound, ServiceUnavailable, UpstreamError
 
 CONFIG = parse_config(
@@ -142,3 +142,50 @@ def test_cache_hit_then_partial_batch() -> None:
         np.testing.assert_allclose(third.probabilities[:, 0], [0.2, 0.2, 0.2])
 
     asyncio.run(go())
+
+
+def test_metrics_per_arm_and_503_counted_as_error() -> None:
+    core, arms, _ = make()
+    run(lambda: core.predict(X))
+    arms.failing["v2"] = "error"
+    run(lambda: core.predict(X))
+    arms.failing["v1"] = "error"
+    with pytest.raises(ServiceUnavailable):
+        run(lambda: core.predict(X))
+    m = core.metrics["v2"]
+    assert (m.requests, m.fallbacks, m.errors, m.answered) == (3, 1, 1, 1)
+    assert m.latency.count == 3
+
+
+def test_shadow_gets_a_copy_and_never_changes_the_answer() -> None:
+    core, arms, _ = make()
+    exp = CONFIG.experiment.model_copy(
+        update={"shadows": [ShadowConfig(version="v1", share=1.0)]}
+    )
+    core.set_experiment(exp)
+
+    async def go() -> Any:
+        pred = await core.predict(X)
+        await asyncio.sleep(0.01)  # the shadow call runs in the background
+        return pred
+
+    pred = run(go)
+    assert pred.version == "v2" and pred.probabilities[0][0] == pytest.approx(0.2)
+    assert ("v1", 1) in arms.calls  # the shadow was called
+    stats = core.shadow_stats["v1"]
+    assert stats.compared == 1 and stats.agreement_rate == 0.0  # 0.2/0.8 vs 0.9/0.1
+    arms.failing["v1"] = "error"
+    pred = run(go)
+    assert pred.version == "v2" and core.shadow_stats["v1"].errors == 1
+
+
+def test_bandit_policy_follows_feedback_counts() -> None:
+    core, _, _ = make()
+    arms_cfg = [{"version": "v1", "weight": 50}, {"version": "v2", "weight": 50}]
+    exp = CONFIG.experiment.model_copy(update={"policy": "bandit", "bandit_floor": 0.05})
+    exp = exp.model_copy(update={"arms": [ArmConfig(**a) for a in arms_cfg]})
+    core.set_experiment(exp)
+    core.set_bandit_counts({"v1": 10, "v2": 900}, {"v1": 990, "v2": 100})
+    chosen = [core.choose(None, None) for _ in range(2000)]
+    share_v2 = chosen.count("v2") / len(chosen)
+    assert share_v2 > 0.85 and chosen.count("v1") / len(chosen) >= 0.03

@@ -1,0 +1,153 @@
+"""The experiment report as one self-contained HTML page (inline SVG, no scripts).
+
+Pure: takes the JSON report (``ExperimentController.report``) and returns a
+string. No external assets, so the page works on an air-gapped cluster.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+__all__ = ["render_report_html"]
+
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+W, H, PAD = 640, 220, 40
+
+
+def _fmt(value: Any, digits: int = 3, pct: bool = False) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value * 100:.1f} %" if pct else f"{value:.{digits}g}"
+    return escape(str(value))
+
+
+def _share_series(history: list[dict[str, Any]], arms: list[str]) -> list[tuple[float, dict]]:
+    """Traffic share per interval, from cumulative request counts."""
+    series = []
+    for prev, cur in zip(history, history[1:], strict=False):
+        deltas = {
+            a: cur["arms"].get(a, {}).get("requests", 0)
+            - prev["arms"].get(a, {}).get("requests", 0)
+            for a in arms
+        }
+        total = sum(deltas.values())
+        if total > 0:
+            series.append((cur["time"], {a: d / total for a, d in deltas.items()}))
+    return series
+
+
+def _line_chart(series: list[tuple[float, dict]], arms: list[str], title: str) -> str:
+    if len(series) < 2:
+        return f"<p><em>{escape(title)}: not enough history yet (one point per 10 s).</em></p>"
+    t0, t1 = series[0][0], series[-1][0]
+    span = max(t1 - t0, 1e-9)
+
+    def xy(t: float, v: float) -> str:
+        return f"{PAD + (t - t0) / span * (W - 2 * PAD):.1f},{H - PAD - v * (H - 2 * PAD):.1f}"
+
+    lines = []
+    for i, arm in enumerate(arms):
+        pts = " ".join(xy(t, shares.get(arm, 0.0)) for t, shares in series)
+        color = COLORS[i % len(COLORS)]
+        lines.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/>')
+        lines.append(f'<text x="{W - PAD + 4}" y="{PAD + 14 * i}" fill="{color}" '
+                     f'font-size="12">{escape(arm)}</text>')
+    axes = (f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#999"/>'
+            f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{H - PAD}" stroke="#999"/>'
+            f'<text x="4" y="{PAD + 4}" font-size="11">100%</text>'
+            f'<text x="12" y="{H - PAD}" font-size="11">0%</text>'
+            f'<text x="{PAD}" y="{H - 10}" font-size="11">last {span / 60:.1f} min</text>')
+    return (f"<h3>{escape(title)}</h3><svg width='{W + 60}' height='{H}' role='img'>"
+            f"{axes}{''.join(lines)}</svg>")
+
+
+def _bar_chart(values: dict[str, tuple[float | None, float | None, float | None]], title: str,
+               unit: str, scale_max: float | None = None) -> str:
+    """Bars with optional error bars: {arm: (value, lo, hi)}."""
+    present = {a: v for a, v in values.items() if v[0] is not None}
+    if not present:
+        return f"<p><em>{escape(title)}: no data yet.</em></p>"
+    top = scale_max or max(max(v[0] or 0, v[2] or 0) for v in present.values()) * 1.15 or 1.0
+    bw = (W - 2 * PAD) / max(len(values), 1)
+    parts = []
+    for i, (arm, (v, lo, hi)) in enumerate(values.items()):
+        x = PAD + i * bw + bw * 0.2
+        color = COLORS[i % len(COLORS)]
+        if v is not None:
+            h = v / top * (H - 2 * PAD)
+            parts.append(f'<rect x="{x:.1f}" y="{H - PAD - h:.1f}" width="{bw * 0.6:.1f}" '
+                         f'height="{h:.1f}" fill="{color}"/>')
+            parts.append(f'<text x="{x:.1f}" y="{H - PAD - h - 4:.1f}" font-size="11">'
+                         f"{v:.3g}{escape(unit)}</text>")
+            if lo is not None and hi is not None:
+                cx = x + bw * 0.3
+                y_lo = H - PAD - lo / top * (H - 2 * PAD)
+                y_hi = H - PAD - hi / top * (H - 2 * PAD)
+                parts.append(f'<line x1="{cx:.1f}" y1="{y_lo:.1f}" x2="{cx:.1f}" '
+                             f'y2="{y_hi:.1f}" stroke="#000"/>')
+        parts.append(f'<text x="{x:.1f}" y="{H - PAD + 14}" font-size="12">{escape(arm)}</text>')
+    return (f"<h3>{escape(title)}</h3><svg width='{W}' height='{H}' role='img'>"
+            f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#999"/>'
+            f"{''.join(parts)}</svg>")
+
+
+def render_report_html(report: dict[str, Any]) -> str:
+    arms = list(report["arms"])
+    rows = []
+    cols = [("requests", "requests", False), ("traffic_share", "share", True),
+            ("weight", "weight %", False), ("error_rate", "errors", True),
+            ("fallback_rate", "fallbacks", True), ("p50_ms", "p50 ms", False),
+            ("p99_ms", "p99 ms", False), ("accuracy", "accuracy", True),
+            ("feedback_n", "feedback n", False), ("p_value", "p-value", False),
+            ("significant", "significant", False), ("sample_size_reached", "n reached", False)]
+    for arm, row in report["arms"].items():
+        ci = row.get("accuracy_ci95")
+        ci_txt = f" [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci and row.get("accuracy") else ""
+        cells = []
+        for key, _, pct in cols:
+            text = _fmt(row.get(key), pct=pct)
+            cells.append(f"<td>{text}{ci_txt if key == 'accuracy' else ''}</td>")
+        name = escape(arm) + (" (baseline)" if row.get("baseline") else "")
+        rows.append(f"<tr><th>{name}</th>{''.join(cells)}</tr>")
+    header = "".join(f"<th>{escape(label)}</th>" for _, label, _ in cols)
+    shadows = "".join(
+        f"<tr><th>{escape(v)}</th><td>{_fmt(s.get('compared'))}</td>"
+        f"<td>{_fmt(s.get('agreement_rate'), pct=True)}</td>"
+        f"<td>{_fmt(s.get('mean_abs_diff'))}</td>"
+        f"<td>{_fmt(s.get('errors'))}</td><td>{_fmt(s.get('p99_ms'))}</td></tr>"
+        for v, s in report.get("shadows", {}).items()
+    )
+    shadow_table = (
+        "<h2>Shadow versions</h2><table><tr><th>version</th><th>compared</th><th>agreement</th>"
+        f"<th>mean |Δp|</th><th>errors</th><th>p99 ms</th></tr>{shadows}</table>"
+        if shadows else ""
+    )
+    Bars = dict[str, tuple[float | None, float | None, float | None]]
+    latency: Bars = {a: (r.get("p99_ms"), None, None) for a, r in report["arms"].items()}
+    accuracy: Bars = {
+        a: (r.get("accuracy"), *(r.get("accuracy_ci95") or (None, None)))
+        if r.get("accuracy") is not None else (None, None, None)
+        for a, r in report["arms"].items()
+    }
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8">
+<title>abserve report: {escape(str(report.get("experiment")))}</title>
+<meta http-equiv="refresh" content="10">
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+th:first-child{{text-align:left}}</style></head><body>
+<h1>Experiment {escape(str(report.get("experiment")))}</h1>
+<p>revision {_fmt(report.get("revision"))} · baseline {escape(str(report["baseline"]))} ·
+α = {_fmt(report.get("alpha"))} ·
+minimum detectable effect {_fmt(report.get("min_detectable_effect"), pct=True)}
+· refreshes every 10 s</p>
+<table><tr><th>arm</th>{header}</tr>{''.join(rows)}</table>
+{shadow_table}
+{_line_chart(_share_series(report.get("history", []), arms), arms, "Traffic share over time")}
+{_bar_chart(latency, "p99 latency per arm", " ms")}
+{_bar_chart(accuracy, "Accuracy per arm (95 % CI)", "", scale_max=1.0)}
+</body></html>"""

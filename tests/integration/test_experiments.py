@@ -1,0 +1,111 @@
+"""Shadow traffic, feedback and the experiment report against a real deployment."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from models.activity.data import CLASS_LABELS, make_windows
+from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, deploy
+
+APP, PREFIX = "exp", "/exp"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+CAR = CLASS_LABELS.index("Car")
+
+
+@pytest.fixture(scope="module")
+def exp(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> Iterator[str]:
+    from ray import serve
+
+    from serve.config import parse_config
+
+    config = parse_config({
+        "app_name": APP,
+        "registry": registry_root,
+        "models": [{"version": v, "num_cpus": 0.1} for v in ("v1", "v2", "v9")],
+        "experiment": {
+            "name": "exp", "baseline": "v1",
+            "arms": [{"version": "v1", "weight": 50}, {"version": "v2", "weight": 50}],
+            "shadows": [{"version": "v9", "share": 1.0}],
+        },
+        "cache": {"enabled": False},
+        "http": {"port": serve_instance.http_port},
+        "router": {"num_cpus": 0.1},
+        "state": {"dir": state_dir},
+    })
+    deploy(config, route_prefix=PREFIX)
+    yield serve_instance.url + PREFIX
+    serve.delete(APP)
+
+
+async def _send(url: str, xs: np.ndarray) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=16)) as client:
+        sem = asyncio.Semaphore(16)
+
+        async def one(x: np.ndarray) -> httpx.Response:
+            async with sem:
+                return await client.post(f"{url}/predict", json={"features": x.tolist()})
+
+        return await asyncio.gather(*(one(x) for x in xs))
+
+
+def test_shadow_agreement_feedback_and_report(exp: str) -> None:
+    xs, ys = make_windows(240, seed=55)
+    responses = asyncio.run(_send(exp, xs))
+    assert [r.status_code for r in responses] == [200] * len(xs)
+    answers = [r.json() for r in responses]
+
+    # The client only ever sees the primary's answer: the same as asking that version directly.
+    shadowed = list(answers)
+    for x, a in list(zip(xs, answers, strict=True))[:20]:
+        pinned = httpx.post(f"{exp}/predict", json={"features": x.tolist()},
+                            headers={"X-Model-Version": a["version"]}).json()
+        assert pinned["probabilities"] == a["probabilities"]
+        assert a["version"] in ("v1", "v2") and a["label"] == pinned["label"]
+        shadowed.append(pinned)
+
+    # v9 always says Car: its agreement is exactly the share of primary answers that are Car.
+    expected_agreement = sum(a["label"] == "Car" for a in shadowed) / len(shadowed)
+    probs = np.asarray([[a["probabilities"][c] for c in CLASS_LABELS] for a in shadowed])
+    onehot = np.zeros_like(probs)
+    onehot[:, CAR] = 1.0
+    expected_mad = float(np.abs(probs - onehot).mean(axis=1).mean())
+
+    # Feedback with the true labels, for every answer; one duplicate; one unknown id.
+    for a, y in zip(answers, ys, strict=True):
+        r = httpx.post(f"{exp}/feedback", json={"request_id": a["request_id"],
+                                                "label": CLASS_LABELS[int(y)]})
+        assert r.status_code == 200 and r.json()["counted"] is True, r.text
+    dup = httpx.post(f"{exp}/feedback", json={"request_id": answers[0]["request_id"],
+                                              "label": int(ys[0])})
+    assert dup.status_code == 200 and dup.json()["status"] == "duplicate"
+    assert httpx.post(f"{exp}/feedback", json={"request_id": "no-such-id",
+                                               "label": "Car"}).status_code == 404
+    assert httpx.post(f"{exp}/feedback", json={"request_id": answers[1]["request_id"],
+                                               "label": "Teleport"}).status_code == 422
+
+    report = httpx.get(f"{exp}/admin/report", headers=AUTH, timeout=30).json()
+    shadow = report["shadows"]["v9"]
+    assert shadow["compared"] == len(shadowed) and shadow["errors"] == 0
+    assert shadow["agreement_rate"] == pytest.approx(expected_agreement, abs=1e-9)
+    assert shadow["mean_abs_diff"] == pytest.approx(expected_mad, abs=1e-5)
+    for version in ("v1", "v2"):
+        row = report["arms"][version]
+        mine = [a for a in answers if a["version"] == version]
+        truth = [CLASS_LABELS[int(y)] for a, y in zip(answers, ys, strict=True)
+                 if a["version"] == version]
+        accuracy = sum(a["label"] == t for a, t in zip(mine, truth, strict=True)) / len(mine)
+        assert row["feedback_n"] == len(mine)
+        assert row["accuracy"] == pytest.approx(accuracy)
+        lo, hi = row["accuracy_ci95"]
+        assert lo <= accuracy <= hi
+        assert row["requests"] >= len(mine) and row["p99_ms"] > 0
+    assert report["arms"]["v2"]["p_value"] is not None
+    assert 0.3 < report["arms"]["v2"]["traffic_share"] < 0.7
+
+    page = httpx.get(f"{exp}/report")
+    assert page.status_code == 200 and "<svg" in page.text and "v9" in page.text
