@@ -18,10 +18,16 @@ from typing import Any
 
 from ray import serve
 
+from router.canary import CanaryPlan, CanaryStatus
 from router.experiment import ExperimentState, apply_operation, effective_weights
 from router.ledger import Ledger
+from router.rollout import Rollout
 from router.store import FileStore
 from serve.config import AbserveConfig, parse_config
+from serve.errors import InvalidInput, NotFound
+
+CANARY_TICK_S = 1.0
+PLAN_KEYS = {"candidate", "baseline", "steps", "interval_s", "min_requests", "gates"}
 
 __all__ = ["ExperimentController"]
 
@@ -36,6 +42,9 @@ class ExperimentController:
         self.store = FileStore(self.config.state.dir, self.config.app_name)
         self.lock = asyncio.Lock()
         self.state = self._initial_state()
+        saved = self.store.load_extra("canary")
+        self.rollout = Rollout.from_dict(saved) if saved else None
+        self._ticker: asyncio.Task[None] | None = None
         self.ledger = Ledger(
             versions=sorted(self.deployed),
             ttl_s=self.config.feedback.ttl_s,
@@ -76,9 +85,12 @@ class ExperimentController:
     async def apply(self, op: str, params: dict[str, Any], who: str) -> dict[str, Any]:
         """Validate and apply one operation atomically; raises InvalidInput/NotFound."""
         async with self.lock:
-            new, entry = apply_operation(self.state, op, params, deployed=self.deployed, who=who)
-            self.store.save(new.to_dict(), entry)  # durable before it is visible
-            self.state = new
+            return self._apply_locked(op, params, who)
+
+    def _apply_locked(self, op: str, params: dict[str, Any], who: str) -> dict[str, Any]:
+        new, entry = apply_operation(self.state, op, params, deployed=self.deployed, who=who)
+        self.store.save(new.to_dict(), entry)  # durable before it is visible
+        self.state = new
         log.info("experiment revision %d: %s by %s", new.revision, op, who)
         return new.to_dict()
 
@@ -87,8 +99,10 @@ class ExperimentController:
 
     # ------------------------------------------------------------ metrics and feedback
 
-    def sync(self, replica: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def sync(self, replica: str, payload: dict[str, Any]) -> dict[str, Any]:
         """A router replica's report in; the revision and the bandit's counts back."""
+        if self._ticker is None:  # the canary clock runs once routers report
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         self.ledger.update(replica, payload)
         return {"revision": self.state.revision, "bandit": self.ledger.bandit_counts()}
 
@@ -100,3 +114,104 @@ class ExperimentController:
         report["experiment"] = self.state.experiment.name
         report["revision"] = self.state.revision
         return report
+
+    # ------------------------------------------------------------ canary
+
+    def _save_rollout(self, decision: dict[str, Any] | None = None) -> None:
+        self.store.save_extra("canary", self.rollout.to_dict() if self.rollout else None)
+        if decision is not None:
+            self.store.append_audit({
+                "time": decision["time"], "who": "canary", "operation": "canary",
+                "params": {"action": decision["action"], "verdict": decision["verdict"]},
+                "revision": self.state.revision, "reasons": decision["reasons"],
+                "metrics": decision["metrics"], "before": None,
+                "after": {"weights": self.state.weights(),
+                          "baseline": self.state.experiment.baseline,
+                          "paused": self.state.paused},
+            })
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(CANARY_TICK_S)
+            try:
+                await self.canary_tick()
+            except Exception:  # noqa: BLE001 - one bad tick must not stop the clock
+                log.exception("canary tick failed")
+
+    async def canary_tick(self, now: float | None = None) -> None:
+        rollout = self.rollout
+        if rollout is None or rollout.state.status is not CanaryStatus.RUNNING:
+            return
+        async with self.lock:
+            decision, op = rollout.tick(
+                self.ledger.merged_metrics(), self.state.weights(), now or time.time(),
+                shadow=self.ledger.merged_shadows().get(rollout.plan.candidate),
+            )
+            if decision.verdict.value == "wait":
+                return
+            if op is not None:
+                try:
+                    self._apply_locked(op[0], op[1], "canary")
+                except Exception as exc:  # noqa: BLE001 - e.g. an operator changed the arms
+                    rollout.abort(time.time())
+                    log.warning("canary aborted: %s", exc)
+            self._save_rollout(decision.to_dict())
+            log.info("canary %s: %s", decision.action.value, "; ".join(decision.reasons))
+
+    async def start_canary(self, plan: dict[str, Any], who: str) -> dict[str, Any]:
+        """Start a plan for a deployed candidate against the current baseline."""
+        async with self.lock:
+            if self.rollout is not None and not self.rollout.state.done:
+                raise InvalidInput(
+                    f"a canary for {self.rollout.plan.candidate} is {self.rollout.state.status}; "
+                    "abort it first"
+                )
+            data = dict(plan)
+            data.setdefault("baseline", self.state.experiment.baseline)
+            unknown = sorted(set(data) - PLAN_KEYS)
+            if unknown:
+                raise InvalidInput(
+                    f"canary plan: unknown key(s) {unknown}; known {sorted(PLAN_KEYS)}"
+                )
+            try:
+                parsed = CanaryPlan.from_dict(data)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise InvalidInput(f"canary plan: {exc}") from None
+            if parsed.baseline != self.state.experiment.baseline:
+                raise InvalidInput("canary plan: baseline must be the experiment's baseline")
+            if parsed.candidate not in self.deployed:
+                raise InvalidInput(f"candidate {parsed.candidate!r} is not deployed")
+            if parsed.candidate not in self.state.weights():
+                self._apply_locked("add_candidate", {"version": parsed.candidate}, who)
+            rollout = Rollout.create(parsed)
+            op, params = rollout.start(self.state.weights(), time.time())
+            self._apply_locked(op, params, who)
+            self.rollout = rollout
+            self._save_rollout(rollout.state.history[-1].to_dict())
+            return self.canary_status()
+
+    async def canary_action(self, action: str, who: str) -> dict[str, Any]:
+        """pause | resume | abort (abort rolls the candidate back to 0 %)."""
+        async with self.lock:
+            if self.rollout is None:
+                raise NotFound("no canary plan")
+            now = time.time()
+            try:
+                if action == "pause":
+                    self.rollout.pause(now)
+                elif action == "resume":
+                    self.rollout.resume(now)
+                elif action == "abort":
+                    op, params = self.rollout.abort(now)
+                    self._apply_locked(op, params, who)
+                else:
+                    raise NotFound(f"unknown canary action {action!r}")
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from None
+            self._save_rollout(self.rollout.state.history[-1].to_dict())
+            return self.canary_status()
+
+    def canary_status(self) -> dict[str, Any]:
+        if self.rollout is None:
+            return {"plan": None, "state": None}
+        return self.rollout.to_dict()

@@ -420,10 +420,8 @@ class Router:
 
     async def _admin(self, request: Request, op: str, params: dict[str, Any]) -> Response:
         self.auth.check(request.headers.get("authorization"), request.query_params.keys())
-        who = request.headers.get("x-admin-user", "admin")
-        who = who if 0 < len(who) <= 64 and who.isprintable() else "admin"
         try:
-            data = await _await(self.controller.apply.remote(op, params, who))
+            data = await _await(self.controller.apply.remote(op, params, self._who(request)))
         except Exception as exc:  # noqa: BLE001 - the controller's own errors keep their status
             raise _unwrap(exc) from None
         self._apply_state(data)  # this replica at once; the others within a poll interval
@@ -484,6 +482,37 @@ class Router:
     @app.post("/admin/resume")
     async def admin_resume(self, request: Request) -> Response:
         return await self._admin(request, "resume", {})
+
+    @app.post("/admin/canary")
+    async def admin_canary_start(self, request: Request) -> Response:
+        """Start a canary plan: {"candidate": "v2", "steps": [5, 10, 25, 50, 100],
+        "interval_s": 300, "min_requests": 500, "gates": {...}}."""
+        body = await self._admin_body(request)
+        return await self._canary_call(request, "start_canary", body)
+
+    @app.get("/admin/canary")
+    async def admin_canary(self, request: Request) -> Response:
+        """The canary plan, its state and every decision with its reasons and numbers."""
+        self.auth.check(request.headers.get("authorization"), request.query_params.keys())
+        return _json(await _await(self.controller.canary_status.remote()))
+
+    @app.post("/admin/canary/{action}")
+    async def admin_canary_action(self, request: Request, action: str) -> Response:
+        """pause | resume | abort (abort sends the candidate to 0 % at once)."""
+        return await self._canary_call(request, "canary_action", action)
+
+    async def _canary_call(self, request: Request, method: str, arg: Any) -> Response:
+        self.auth.check(request.headers.get("authorization"), request.query_params.keys())
+        try:
+            data = await _await(getattr(self.controller, method).remote(arg, self._who(request)))
+        except Exception as exc:  # noqa: BLE001
+            raise _unwrap(exc) from None
+        return _json(data)
+
+    @staticmethod
+    def _who(request: Request) -> str:
+        who = request.headers.get("x-admin-user", "admin")
+        return who if 0 < len(who) <= 64 and who.isprintable() else "admin"
 
     @app.get("/admin/audit")
     async def admin_audit(self, request: Request, limit: int = 100) -> Response:

@@ -21,6 +21,7 @@ class FileStore:
     def __init__(self, directory: str | Path, name: str) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
         self.state_path = self.dir / f"{name}.state.json"
         self.audit_path = self.dir / f"{name}.audit.jsonl"
 
@@ -54,3 +55,26 @@ class FileStore:
         except FileNotFoundError:
             return []
         return [json.loads(line) for line in lines if line.strip()]
+
+    def _extra_path(self, kind: str) -> Path:
+        return self.dir / f"{self.name}.{kind}.json"
+
+    def load_extra(self, kind: str) -> dict[str, Any] | None:
+        """Another JSON document of this application (e.g. the canary plan)."""
+        try:
+            data = json.loads(self._extra_path(kind).read_text())
+        except FileNotFoundError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def save_extra(self, kind: str, data: dict[str, Any] | None) -> None:
+        path = self._extra_path(kind)
+        if data is None:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)

@@ -560,6 +560,74 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_canary(data: dict[str, Any]) -> None:
+    plan, state = data.get("plan"), data.get("state")
+    if not plan or not state:
+        print("no canary plan")
+        return
+    steps = ", ".join(f"{s:g}" for s in plan["steps"])
+    print(f"canary {plan['candidate']} vs {plan['baseline']}: {state['status']}, "
+          f"step {state['step'] + 1}/{len(plan['steps'])} at {state['weight']:g}%  "
+          f"(steps {steps}; every {plan['interval_s']:g}s, >= {plan['min_requests']} requests)")
+    for d in state.get("history", [])[-10:]:
+        when = time.strftime("%H:%M:%S", time.localtime(d["time"]))
+        print(f"  {when} {d['action']:<9} {d['verdict']:<7} {d['weight']:g}% -> "
+              f"{d['new_weight']:g}%  {'; '.join(d['reasons'])}")
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    if args.action == "start":
+        if not args.candidate:
+            raise AbserveError("canary start needs the candidate version")
+        plan: dict[str, Any] = {"candidate": args.candidate, "interval_s": args.interval,
+                                "min_requests": args.min_requests,
+                                "steps": [float(s) for s in args.steps.split(",")]}
+        if args.gates:
+            plan["gates"] = json.loads(args.gates)
+        _print_canary(_admin_call(args, "POST", "/admin/canary", plan))
+    elif args.action == "status":
+        _print_canary(_admin_call(args, "GET", "/admin/canary"))
+    else:
+        _print_canary(_admin_call(args, "POST", f"/admin/canary/{args.action}"))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    report = _admin_call(args, "GET", "/admin/report")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"experiment {report.get('experiment')}  revision {report.get('revision')}  "
+          f"baseline {report['baseline']}  alpha {report['alpha']}")
+    head = (f"{'arm':<8}{'requests':>9}{'share':>8}{'weight':>8}{'errors':>8}{'fallbk':>8}"
+            f"{'p50ms':>8}{'p99ms':>8}{'accuracy':>10}{'95% CI':>16}{'n':>6}{'p-value':>9}"
+            f"{'n ok':>6}")
+    print(head)
+
+    def pct(x: Any) -> str:
+        return "-" if x is None else f"{x * 100:.1f}%"
+
+    def num(x: Any, spec: str = ".1f") -> str:
+        return "-" if x is None else format(x, spec)
+
+    for arm, r in report["arms"].items():
+        ci = r.get("accuracy_ci95")
+        ci_txt = f"[{ci[0] * 100:.1f},{ci[1] * 100:.1f}]" if ci and r.get("accuracy") else "-"
+        reached = "-" if r.get("sample_size_reached") is None else str(r["sample_size_reached"])
+        print(f"{arm + ('*' if r.get('baseline') else ''):<8}{r['requests']:>9}"
+              f"{pct(r.get('traffic_share')):>8}{num(r.get('weight'), 'g'):>8}"
+              f"{pct(r.get('error_rate')):>8}{pct(r.get('fallback_rate')):>8}"
+              f"{num(r.get('p50_ms')):>8}{num(r.get('p99_ms')):>8}{pct(r.get('accuracy')):>10}"
+              f"{ci_txt:>16}{r.get('feedback_n', 0):>6}{num(r.get('p_value'), '.4f'):>9}"
+              f"{reached:>6}")
+    for version, s in report.get("shadows", {}).items():
+        print(f"shadow {version}: compared {s['compared']}, agreement {pct(s['agreement_rate'])},"
+              f" mean |dp| {num(s['mean_abs_diff'], '.4f')}, errors {s['errors']}, "
+              f"p99 {num(s['p99_ms'])} ms")
+    print("* baseline; p-value: two-proportion z-test of accuracy against the baseline")
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     state = _read_state()
     if not state:
@@ -665,6 +733,25 @@ def build_parser() -> argparse.ArgumentParser:
         "resume": "resume the weights after a pause",
         "audit": "the audit log: time, who, operation, before, after",
     }
+    c = sub.add_parser("canary", help="automated canary analysis: start | status | pause | "
+                                      "resume | abort (admin API)")
+    c.add_argument("action", choices=["start", "status", "pause", "resume", "abort"])
+    c.add_argument("candidate", nargs="?")
+    c.add_argument("--steps", default="5,10,25,50,100")
+    c.add_argument("--interval", type=float, default=300.0, help="seconds per step, at least")
+    c.add_argument("--min-requests", type=int, default=500, help="candidate requests per step")
+    c.add_argument("--gates", help='JSON, e.g. \'{"max_fallback_rate": 0.02}\'')
+    c.add_argument("--url")
+    c.add_argument("--config")
+    c.set_defaults(func=cmd_canary)
+
+    rp = sub.add_parser("report", help="the experiment report: per-arm traffic, errors, latency, "
+                                       "accuracy with 95% CI, significance (admin API)")
+    rp.add_argument("--json", action="store_true")
+    rp.add_argument("--url")
+    rp.add_argument("--config")
+    rp.set_defaults(func=cmd_report)
+
     for name, text in admin_help.items():
         a = sub.add_parser(name, help=f"{text} (admin API; needs ABSERVE_ADMIN_TOKEN)")
         a.add_argument("--url")

@@ -1,0 +1,124 @@
+"""Automated canary analysis in the cluster: a healthy candidate is promoted, a candidate
+failing 20 % of its calls is rolled back, and no client sees an error either way."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from models.activity.data import make_windows
+from serve.app import model_deployment_name
+from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, deploy
+
+APP, PREFIX = "can", "/can"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Admin-User": "pytest"}
+
+
+@pytest.fixture(scope="module")
+def can(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> Iterator[str]:
+    from ray import serve
+
+    from serve.config import parse_config
+
+    config = parse_config({
+        "app_name": APP,
+        "registry": registry_root,
+        "models": [{"version": v, "num_cpus": 0.1} for v in ("v1", "v2", "v4")],
+        "experiment": {"name": "can", "baseline": "v1",
+                       "arms": [{"version": "v1", "weight": 100}],
+                       "breaker": {"failure_threshold": 50, "cooldown_s": 1}},
+        "cache": {"enabled": False},
+        "http": {"port": serve_instance.http_port},
+        "router": {"num_cpus": 0.1},
+        "state": {"dir": state_dir},
+    })
+    deploy(config, route_prefix=PREFIX)
+    yield serve_instance.url + PREFIX
+    serve.delete(APP)
+
+
+async def _drive(url: str, until: Any, timeout_s: float) -> tuple[list[int], dict[str, Any]]:
+    """Load at a steady pace until ``until(status)`` holds; return statuses and the canary."""
+    xs, _ = make_windows(64, seed=8)
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def worker(k: int) -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            i = k
+            while not stop.is_set():
+                r = await client.post(f"{url}/predict", json={"features": xs[i % 64].tolist()})
+                statuses.append(r.status_code)
+                i += 4
+
+    workers = [asyncio.create_task(worker(k)) for k in range(4)]
+    deadline = time.monotonic() + timeout_s
+    status: dict[str, Any] = {}
+    async with httpx.AsyncClient(timeout=10) as admin:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            status = (await admin.get(f"{url}/admin/canary", headers=AUTH)).json()
+            if until(status["state"]["status"]):
+                break
+    stop.set()
+    await asyncio.gather(*workers)
+    return statuses, status
+
+
+def start(url: str, candidate: str, **gates: Any) -> dict[str, Any]:
+    plan = {"candidate": candidate, "steps": [20, 50, 100], "interval_s": 2,
+            "min_requests": 25, "gates": {"max_p99_ratio": None, "max_p99_ms": 2000, **gates}}
+    r = httpx.post(f"{url}/admin/canary", json=plan, headers=AUTH, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_plan_validation(can: str) -> None:
+    bad = {"candidate": "v2", "steps": [50, 20]}
+    r = httpx.post(f"{can}/admin/canary", json=bad, headers=AUTH)
+    assert r.status_code == 422 and "steps" in r.json()["error"]
+    r = httpx.post(f"{can}/admin/canary", json={"candidate": "v7"}, headers=AUTH)
+    assert r.status_code == 422
+    assert httpx.post(f"{can}/admin/canary", json={"candidate": "v2"}).status_code == 401
+
+
+def test_healthy_candidate_is_promoted(can: str) -> None:
+    started = start(can, "v2")
+    assert started["state"]["status"] == "running" and started["state"]["weight"] == 20
+    statuses, status = asyncio.run(_drive(can, lambda s: s != "running", timeout_s=90))
+    assert status["state"]["status"] == "promoted", status["state"]["history"][-3:]
+    assert statuses and set(statuses) == {200}
+    actions = [d["action"] for d in status["state"]["history"]]
+    assert actions == ["start", "advance", "advance", "promote"]
+    exp = httpx.get(f"{can}/admin/experiment", headers=AUTH).json()
+    assert exp["experiment"]["baseline"] == "v2" and exp["effective_weights"]["v2"] == 100
+    audit = httpx.get(f"{can}/admin/audit?limit=50", headers=AUTH).json()["entries"]
+    assert any(e["who"] == "canary" and e["operation"] == "promote" for e in audit)
+
+
+def test_candidate_failing_20_percent_is_rolled_back(can: str) -> None:
+    from ray import serve
+
+    handle = serve.get_deployment_handle(model_deployment_name("activity", "v4"), APP)
+    handle.set_fault.remote(error_rate=0.2).result()
+    try:
+        start(can, "v4", failures_to_rollback=2)
+        t0 = time.monotonic()
+        statuses, status = asyncio.run(_drive(can, lambda s: s != "running", timeout_s=90))
+        elapsed = time.monotonic() - t0
+    finally:
+        handle.set_fault.remote(error_rate=0.0).result()
+    state = status["state"]
+    assert state["status"] == "rolled_back", state["history"][-3:]
+    assert set(statuses) == {200}, "a client saw the candidate's failure"
+    verdicts = [d["verdict"] for d in state["history"] if d["action"] != "start"]
+    assert verdicts[-2:] == ["fail", "fail"]  # two failed windows in a row, then rollback
+    assert any("fallback" in r for r in state["history"][-1]["reasons"])
+    assert elapsed < 30
+    exp = httpx.get(f"{can}/admin/experiment", headers=AUTH).json()
+    assert exp["effective_weights"]["v4"] == 0 and exp["experiment"]["baseline"] == "v2"
