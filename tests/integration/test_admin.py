@@ -78,6 +78,10 @@ ROUTES = [
     ("POST", "/admin/pause", None),
     ("POST", "/admin/resume", None),
     ("GET", "/admin/audit", None),
+    ("GET", "/admin/report", None),
+    ("POST", "/admin/canary", {"candidate": "v2"}),
+    ("GET", "/admin/canary", None),
+    ("POST", "/admin/canary/abort", None),
 ]
 BAD_AUTH = {
     "no token": {},
