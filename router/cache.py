@@ -184,23 +184,34 @@ class PredictionCache:
         self.breaker = CircuitBreaker(threshold=1, cooldown_s=retry_after_s, clock=clock)
         self.stats = CacheStats()
         self._pending: set[asyncio.Task[Any]] = set()
+        # Look-ups and writes of concurrent requests are merged: one MGET and one
+        # pipeline per event-loop turn instead of one round trip per request.
+        self._gets: list[tuple[Sequence[str], asyncio.Future[list[Any] | None]]] = []
+        self._writes: list[tuple[str, bytes]] = []
+        self.round_trips = 0
 
     @property
     def enabled(self) -> bool:
         return self.backend is not None
 
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
     async def get_many(self, keys: Sequence[str]) -> CacheLookup:
         if self.backend is None or not self.breaker.allow():
             self.stats.bypasses += len(keys)
             return CacheLookup([None] * len(keys), bypassed=True)
-        try:
-            raw = await asyncio.wait_for(self.backend.mget(keys), self.timeout_s)
-        except Exception:  # noqa: BLE001 - any Redis trouble is a bypass, never an error
-            self.breaker.record_failure()
-            self.stats.errors += 1
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Any] | None] = loop.create_future()
+        if not self._gets:
+            loop.call_soon(self._flush_gets)
+        self._gets.append((keys, fut))
+        raw = await fut
+        if raw is None:  # Redis failed or was too slow: the model answers
             self.stats.bypasses += len(keys)
             return CacheLookup([None] * len(keys), bypassed=True)
-        self.breaker.record_success()
         values: list[list[float] | None] = []
         for item in raw:
             value = None if item is None else decode_value(item, self.n_classes)
@@ -213,14 +224,43 @@ class PredictionCache:
             values.append(value)
         return CacheLookup(values, bypassed=False)
 
+    def _flush_gets(self) -> None:
+        gets, self._gets = self._gets, []
+        if gets:
+            self._spawn(self._mget(gets))
+
+    async def _mget(
+        self, gets: list[tuple[Sequence[str], asyncio.Future[list[Any] | None]]]
+    ) -> None:
+        assert self.backend is not None
+        keys = [k for ks, _ in gets for k in ks]
+        self.round_trips += 1
+        try:
+            raw: list[Any] | None = await asyncio.wait_for(self.backend.mget(keys), self.timeout_s)
+        except Exception:  # noqa: BLE001 - any Redis trouble is a bypass, never an error
+            self.breaker.record_failure()
+            self.stats.errors += 1
+            raw = None
+        else:
+            self.breaker.record_success()
+        start = 0
+        for ks, fut in gets:
+            if not fut.done():
+                fut.set_result(None if raw is None else raw[start : start + len(ks)])
+            start += len(ks)
+
     def set_many_background(self, items: Sequence[tuple[str, Sequence[float]]]) -> None:
         """Write without making the caller wait; failures only count."""
         if self.backend is None or not items or not self.breaker.allow():
             return
-        payload = [(k, encode_value(v)) for k, v in items]
-        task = asyncio.get_running_loop().create_task(self._write(payload))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        if not self._writes:
+            asyncio.get_running_loop().call_soon(self._flush_writes)
+        self._writes.extend((k, encode_value(v)) for k, v in items)
+
+    def _flush_writes(self) -> None:
+        payload, self._writes = self._writes, []
+        if payload:
+            self._spawn(self._write(payload))
 
     async def _write(self, payload: list[tuple[str, bytes]]) -> None:
         assert self.backend is not None

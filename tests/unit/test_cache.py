@@ -123,3 +123,36 @@ def test_hits_misses_and_decode_errors_are_counted() -> None:
 
     asyncio.run(go())
     assert cache.stats.hits == 2 and cache.stats.misses == 2 and cache.stats.decode_errors == 1
+
+
+class CountingCache(LocalCache):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mgets: list[int] = []
+        self.msets: list[int] = []
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        self.mgets.append(len(keys))
+        return await super().mget(keys)
+
+    async def mset(self, items: Sequence[tuple[str, bytes]], ttl_s: int) -> None:
+        self.msets.append(len(items))
+        await super().mset(items, ttl_s)
+
+
+def test_concurrent_lookups_and_writes_share_one_round_trip() -> None:
+    backend = CountingCache()
+    cache = PredictionCache(backend, n_classes=2)
+
+    async def go() -> None:
+        cache.set_many_background([("a", [0.5, 0.5])])
+        cache.set_many_background([("b", [0.1, 0.9]), ("c", [1.0, 0.0])])
+        await asyncio.sleep(0.01)
+        results = await asyncio.gather(
+            cache.get_many(["a"]), cache.get_many(["b", "x"]), cache.get_many(["c"])
+        )
+        assert [r.values for r in results] == [[[0.5, 0.5]], [[0.1, 0.9], None], [[1.0, 0.0]]]
+
+    asyncio.run(go())
+    assert backend.msets == [3] and backend.mgets == [4]
+    assert cache.round_trips == 1
