@@ -44,13 +44,13 @@ __all__ = [
 KEY_PREFIX = "abserve"
 
 
-def cache_key(model: str, version: str, instance: np.ndarray) -> str:
+def cache_key(model: str, version: str, instance: np.ndarray, prefix: str = KEY_PREFIX) -> str:
     """Key of one input instance for one model version."""
     arr = np.ascontiguousarray(instance, dtype=np.float32) + np.float32(0.0)  # -0.0 -> 0.0
     h = hashlib.blake2b(digest_size=16)
     h.update(repr(arr.shape).encode())
     h.update(arr.tobytes())
-    return f"{KEY_PREFIX}:{model}:{version}:{h.hexdigest()}"
+    return f"{prefix}:{model}:{version}:{h.hexdigest()}"
 
 
 def encode_value(probabilities: Sequence[float]) -> bytes:

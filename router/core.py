@@ -114,7 +114,8 @@ class RouterCore:
         return self.policy.choose(RouteContext(user_key=user_key), self.arms).version
 
     def keys(self, version: str, batch: np.ndarray) -> list[str]:
-        return [cache_key(self.model, version, row) for row in batch]
+        prefix = self.config.cache.key_prefix
+        return [cache_key(self.model, version, row, prefix) for row in batch]
 
     async def predict(
         self, batch: np.ndarray, *, user_key: str | None = None, pinned: str | None = None

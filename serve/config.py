@@ -152,6 +152,10 @@ class CacheConfig(_Frozen):
         "or falls back to an in-process LRU cache when redis-server is not installed.",
     )
     ttl_s: int = Field(3600, ge=1, description="Time to live of a cached prediction.")
+    key_prefix: str = Field(
+        "abserve", pattern=r"^[A-Za-z0-9._:-]{1,64}$",
+        description="Prefix of every cache key, to share one Redis between applications.",
+    )
     timeout_ms: float = Field(
         50.0, gt=0, le=10_000, description="Most time one request spends on Redis."
     )
