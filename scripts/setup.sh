@@ -16,6 +16,7 @@ apt_install() {
 }
 
 command -v redis-server >/dev/null || apt_install redis-server
+command -v wrk >/dev/null || apt_install wrk  # load generator of `abserve bench`
 
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then

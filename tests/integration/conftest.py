@@ -129,6 +129,9 @@ def serve_instance() -> Iterator[ServeInstance]:
     mode = os.environ.get("ABSERVE_TEST_INGRESS") or HttpConfig().ingress
     os.environ.update(ray_env(mode, haproxy_ports=(free_port(), free_port())))  # type: ignore[arg-type]
     os.environ[TOKEN_ENV] = ADMIN_TOKEN  # router replicas inherit it from the raylet
+    # Deleting an app waits out direct ingress' drain period (30 s by default): tests
+    # delete and redeploy apps, and have no clients to drain.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     import ray
     from ray import serve
 

@@ -1,0 +1,725 @@
+"""``abserve bench``: the naive server, plain Ray Serve and this platform, measured alike.
+
+One run, one machine, one model (the registered v1 artifact), one set of
+request bodies, one load generator (wrk + ``wrk/predict.lua``), in this order:
+
+- (a)  the naive per-request FastAPI + uvicorn server (a subprocess);
+- (b)  plain Ray Serve: one batched deployment, its own ingress; also at
+       concurrency 1 (``b1``), the reference for (e);
+- (c)  the platform's full path, cache miss (every body unique), 90/10 A/B
+       split between v1 (sklearn) and v2 (torch), fallback armed; plus an
+       open-loop row (``c-open``) at half of (c)'s throughput, for latency;
+- (d)  the full path, cache hit (a few repeated bodies);
+- (e)  the full path at concurrency 1.
+
+Ray is started once (``address="local"``) in the chosen ingress mode and
+shared by (b)-(e); (b)'s application is deleted before the platform is
+deployed. Every process the bench starts (uvicorn, redis-server, the Ray
+instance and the HAProxy it spawns) is stopped in ``finally`` blocks, by PID.
+The targets are checked and reported, never asserted: a missed target is a
+finding, so only a failure of the harness itself makes the exit status
+non-zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.loadgen import LoadResult, open_loop, run_wrk, unique_bodies, write_bodies
+
+__all__ = ["VARIANTS", "BenchOptions", "VariantResult", "main", "run", "run_from_args"]
+
+log = logging.getLogger("abserve.bench")
+
+VARIANTS: dict[str, str] = {
+    "a": "naive FastAPI + uvicorn, per-request predict (v1)",
+    "b": "plain Ray Serve, one batched deployment (v1)",
+    "b1": "plain Ray Serve at concurrency 1 (reference for e)",
+    "c": "abserve full path, cache miss, 90/10 v1/v2, fallback armed",
+    "c-open": "abserve full path, cache miss, open-loop fixed rate",
+    "d": "abserve full path, cache hit (repeated inputs)",
+    "e": "abserve full path at concurrency 1, cache miss",
+}
+SELECTABLE = ("a", "b", "c", "d", "e")
+MODEL = "activity"
+APP = "abserve-bench"
+MODEL_NUM_CPUS = 0.25  # the platform's default per model replica; (b) gets the same
+WRK_PREFIXES = ("wrk",)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    duration_s: float = 20.0
+    warmup_s: float = 2.0
+    connections: int = 32
+    threads: int = 2
+    ingress: str = "throughput"
+    registry: str | None = None
+    out: Path = Path("bench-results")
+    variants: tuple[str, ...] = SELECTABLE
+    short: bool = False
+    open_loop_fraction: float = 0.5
+
+
+@dataclass
+class VariantResult:
+    name: str
+    description: str
+    load: LoadResult
+    cpu_pct: float
+    cpu_by_process: dict[str, float]
+    rss_mb: dict[str, float]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            **self.load.to_dict(),
+            "cpu_pct": self.cpu_pct,
+            "cpu_by_process": self.cpu_by_process,
+            "rss_mb": self.rss_mb,
+            "notes": self.notes,
+        }
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _psutil() -> Any:
+    """psutil ships inside Ray (``ray/thirdparty_files``), on the path once ray is imported."""
+    import importlib
+
+    importlib.import_module("ray")
+    return importlib.import_module("psutil")
+
+
+class ProcessGroup:
+    """Labelled server processes: CPU seconds between two points, peak RSS between them."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        psutil = _psutil()
+        self._procs: dict[str, list[Any]] = {}
+        for label, pids in groups.items():
+            procs = []
+            for pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    procs.append(psutil.Process(pid))
+            self._procs[label] = procs
+        self._peak: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def pids(self) -> dict[str, list[int]]:
+        return {label: [p.pid for p in procs] for label, procs in self._procs.items()}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        psutil = _psutil()
+        out: dict[str, float] = {}
+        for label, procs in self._procs.items():
+            total = 0.0
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    t = p.cpu_times()
+                    total += t.user + t.system
+            out[label] = total
+        return out
+
+    def rss_mb(self) -> dict[str, float]:
+        psutil = _psutil()
+        out: dict[str, float] = {}
+        for label, procs in self._procs.items():
+            total = 0
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    total += p.memory_info().rss
+            out[label] = total / 2**20
+        return out
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            for label, mb in self.rss_mb().items():
+                self._peak[label] = max(self._peak.get(label, 0.0), mb)
+
+    def __enter__(self) -> ProcessGroup:
+        self._peak = self.rss_mb()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for label, mb in self.rss_mb().items():
+            self._peak[label] = max(self._peak.get(label, 0.0), mb)
+
+    @property
+    def peak_rss_mb(self) -> dict[str, float]:
+        return {k: round(v, 1) for k, v in self._peak.items()}
+
+
+def _host_busy_s() -> float:
+    """CPU seconds the host spent busy, all cores (steal, time the hypervisor took, excluded)."""
+    t = _psutil().cpu_times()
+    not_busy = ("idle", "iowait", "steal", "guest", "guest_nice")  # guest is inside user
+    return float(sum(t) - sum(getattr(t, f, 0.0) for f in not_busy))
+
+
+def _all_cpu() -> dict[int, tuple[str, float]]:
+    """Every process's (name, CPU seconds): to name whatever else loaded the host."""
+    psutil = _psutil()
+    out: dict[int, tuple[str, float]] = {}
+    for p in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        t = p.info.get("cpu_times")
+        if t is None:
+            continue
+        # The program's name only, never its arguments (they may carry anything).
+        argv = list(p.info.get("cmdline") or [])
+        if len(argv) > 1 and os.path.basename(argv[0]).startswith("python"):
+            argv = argv[1:]  # name the script, not the interpreter
+        prog = os.path.basename(argv[0].split(" ")[0]) if argv else p.info.get("name")
+        out[p.pid] = (str(prog or "?")[:60], t.user + t.system)
+    return out
+
+
+def _others(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+            mine: set[int], wall: float, top: int = 3) -> list[dict[str, Any]]:
+    deltas: list[dict[str, Any]] = []
+    for pid, (name, cpu) in after.items():
+        if pid in mine or pid == os.getpid():
+            continue
+        used = cpu - before.get(pid, (name, 0.0))[1]
+        if used > 0.02 * wall:
+            deltas.append({"pid": pid, "cmd": name, "cpu_pct": round(100.0 * used / wall, 1)})
+    return sorted(deltas, key=lambda d: -float(d["cpu_pct"]))[:top]
+
+
+def serve_process_groups(
+    app: str, extra: dict[str, list[int]] | None = None
+) -> dict[str, list[int]]:
+    """PIDs of ``app``'s replicas (one label per deployment) and of the HTTP ingress.
+
+    Read from the GCS actor table (the state API needs the dashboard, which
+    the bench does not start). ``proxy`` is Serve's proxy actor(s) plus their
+    children: the HAProxy process in throughput mode.
+    """
+    import ray._private.state as ray_state
+
+    psutil = _psutil()
+    groups: dict[str, list[int]] = {}
+    proxy: list[int] = []
+    for actor in ray_state.actors().values():
+        if actor.get("State") != "ALIVE" or not actor.get("Pid"):
+            continue
+        cls = str(actor.get("ActorClassName", ""))
+        pid = int(actor["Pid"])
+        if cls.startswith(f"ServeReplica:{app}:"):
+            groups.setdefault(cls.split(":", 2)[2], []).append(pid)
+        elif cls in ("ProxyActor", "HAProxyManager"):
+            proxy.append(pid)
+            with contextlib.suppress(psutil.Error):
+                proxy.extend(c.pid for c in psutil.Process(pid).children(recursive=True))
+    if proxy:
+        groups["proxy"] = sorted(set(proxy))
+    groups.update(extra or {})
+    return groups
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _wait_http(url: str, timeout_s: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url, timeout=5)
+            if r.status_code == 200:
+                return
+            last = r.status_code
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready within {timeout_s:.0f}s (last: {last!r})")
+
+
+def _wait_predict(url: str, body: bytes, timeout_s: float) -> None:
+    """Until one real prediction answers 200: the app is routable and its model loaded."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.post(url, content=body, headers={"content-type": "application/json"},
+                           timeout=10)
+            if r.status_code == 200:
+                return
+            last = f"{r.status_code} {r.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.3)
+    raise RuntimeError(f"POST {url} did not answer 200 within {timeout_s:.0f}s (last: {last!r})")
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    import httpx
+
+    try:
+        r = httpx.get(url, timeout=5)
+        return dict(r.json()) if r.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+class HandleLoop:
+    """One event loop in a thread for every DeploymentHandle call the bench makes.
+
+    Throughput mode runs a handle's router on the caller's event loop, so a
+    plain synchronous driver cannot use handles; and handles must be shut down
+    on the loop that made them, hence ``serve.shutdown_async()`` runs here too.
+    """
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Any, timeout_s: float = 30) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def stats(self, app: str, deployment: str) -> dict[str, Any]:
+        """A deployment's ``stats()`` (backend calls and rows); {} if it has none."""
+        from ray import serve
+
+        async def call() -> dict[str, Any]:
+            handle = serve.get_deployment_handle(deployment, app_name=app)
+            return dict(await handle.stats.remote())
+
+        try:
+            return dict(self.call(call(), 10))
+        except Exception as exc:  # noqa: BLE001 - stats are a nice-to-have in the report
+            log.warning("stats of %s/%s unavailable: %s", app, deployment, exc)
+            return {}
+
+    def shutdown_serve(self) -> None:
+        from ray import serve
+
+        self.call(serve.shutdown_async(), 120)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+def _batch_note(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    calls = after.get("calls", 0) - before.get("calls", 0)
+    rows = after.get("rows", 0) - before.get("rows", 0)
+    return {"backend_calls": calls, "rows": rows,
+            "mean_batch_rows": round(rows / calls, 2) if calls else None}
+
+
+def _router_note(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Cache hit rate and arm split over the measured run, from the router's /stats."""
+    note: dict[str, Any] = {}
+    cb, ca = before.get("cache", {}), after.get("cache", {})
+    hits = ca.get("hits", 0) - cb.get("hits", 0)
+    misses = ca.get("misses", 0) - cb.get("misses", 0)
+    bypasses = ca.get("bypasses", 0) - cb.get("bypasses", 0)
+    if hits + misses + bypasses:
+        note["cache"] = {"hits": hits, "misses": misses, "bypasses": bypasses,
+                         "hit_rate": round(hits / (hits + misses + bypasses), 4)}
+    arms: dict[str, Any] = {}
+    for version, s in after.get("arms", {}).items():
+        b = before.get("arms", {}).get(version, {})
+        arms[version] = {k: s[k] - b.get(k, 0) for k in s if isinstance(s[k], int | float)}
+    if arms:
+        note["arms"] = arms
+    return note
+
+
+@contextlib.contextmanager
+def _naive_server(registry: str, port: int, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    from serve.cli import stop_pid
+
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.naive_server", "--registry", registry,
+             "--port", str(port)],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", 120)
+        yield proc
+    finally:
+        stop_pid(proc.pid, timeout_s=15)
+
+
+def _isolate_ray_ports() -> None:
+    """Fixed default ports of Serve's throughput mode, moved to free ones.
+
+    HAProxy's stats (8404) and metrics (9101) ports, the fallback proxy (8500,
+    9500) and the direct-ingress port ranges (30000+, 40000+) would collide
+    with another Serve instance on this machine (a test session, `abserve up`).
+    A value already in the environment wins.
+    """
+    from serve.cli import free_port
+
+    for var in ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+                "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+        os.environ.setdefault(var, str(free_port()))
+    # Deleting an ingress app waits out a 30 s drain for clients still connected
+    # directly; the bench deletes (b) and shuts down only after its load stopped.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
+    for proto in ("HTTP", "GRPC"):
+        base = free_port()
+        base = min(base, 65535 - 200)
+        os.environ.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MIN_{proto}_PORT", str(base))
+        os.environ.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MAX_{proto}_PORT", str(base + 100))
+
+
+def _registry(opts: BenchOptions, workdir: Path) -> str:
+    from models.registry import Registry
+
+    if opts.registry:
+        reg = Registry(opts.registry)
+        missing = [v for v in ("v1", "v2") if v not in reg.versions(MODEL)]
+        if missing:
+            raise RuntimeError(f"registry {opts.registry} lacks {MODEL} {missing}; "
+                               "run `abserve train --registry DIR` first")
+        return str(Path(opts.registry).resolve())
+    from models.activity.train import train_all
+
+    root = workdir / "registry"
+    print(f"training {MODEL} v1 (sklearn) and v2 (torch) into {root} ...", flush=True)
+    train_all(root, n_train=1500, n_test=300, quiet=True, versions=("v1", "v2"))
+    return str(root)
+
+
+def platform_config(registry: str, redis_url: str, port: int) -> Any:
+    """(c)-(e): v1 baseline 90 %, v2 10 %, Redis cache, default breaker and timeouts."""
+    from serve.config import parse_config
+
+    return parse_config({
+        "app_name": APP,
+        "model": MODEL,
+        "registry": registry,
+        "models": [{"version": "v1", "num_cpus": MODEL_NUM_CPUS},
+                   {"version": "v2", "num_cpus": MODEL_NUM_CPUS}],
+        "experiment": {"name": "bench", "baseline": "v1",
+                       "arms": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}]},
+        "cache": {"enabled": True, "redis_url": redis_url},
+        "http": {"host": "127.0.0.1", "port": port},
+    })
+
+
+# ---------------------------------------------------------------- the run
+
+
+class Bench:
+    def __init__(self, opts: BenchOptions, workdir: Path) -> None:
+        self.opts = opts
+        self.workdir = workdir
+        self.results: dict[str, VariantResult] = {}
+        self.salt = 0
+        self.unique_file = write_bodies(workdir / "bodies-unique.txt", unique=True)
+        # (d)'s few repeated inputs: the warm-up caches each of them under both arms.
+        self.repeat_file = write_bodies(workdir / "bodies-repeat.txt", n=16, unique=False)
+        self.probe_body = self.repeat_file.read_text().splitlines()[0].encode()
+        self.handles: HandleLoop | None = None
+
+    def _stats(self, app: str, deployment: str) -> dict[str, Any]:
+        return self.handles.stats(app, deployment) if self.handles else {}
+
+    def _next_salt(self) -> int:
+        self.salt += 1
+        return self.salt
+
+    def _wrk(self, url: str, *, unique: bool, connections: int, duration_s: float) -> LoadResult:
+        return run_wrk(
+            url, self.unique_file if unique else self.repeat_file, unique=unique,
+            salt=self._next_salt(), connections=connections,
+            threads=self.opts.threads if connections > 1 else 1, duration_s=duration_s,
+        )
+
+    def measure(
+        self,
+        name: str,
+        groups: Callable[[], dict[str, list[int]]],
+        load: Callable[[float], LoadResult],
+        *,
+        warmup: bool = True,
+        notes: Callable[[], dict[str, Any]] | None = None,
+        after: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> VariantResult:
+        print(f"[{name}] {VARIANTS[name]}", flush=True)
+        if warmup and self.opts.warmup_s > 0:
+            load(self.opts.warmup_s)
+        procs = ProcessGroup(groups())
+        before = notes() if notes else {}
+        with procs:
+            all0 = _all_cpu()
+            host0 = _host_busy_s()
+            cpu0 = procs.cpu_seconds()
+            t0 = time.monotonic()
+            result = load(self.opts.duration_s)
+            wall = time.monotonic() - t0
+            cpu1 = procs.cpu_seconds()
+            host1 = _host_busy_s()
+            all1 = _all_cpu()
+        cpu = {k: round(100.0 * (cpu1[k] - cpu0.get(k, 0.0)) / wall, 1) for k in cpu1}
+        res = VariantResult(
+            name=name,
+            description=VARIANTS[name],
+            load=result,
+            cpu_pct=round(sum(cpu.values()), 1),
+            cpu_by_process=cpu,
+            rss_mb=procs.peak_rss_mb,
+            notes=after(before) if after else {},
+        )
+        res.notes["pids"] = procs.pids()
+        # All busy CPU on the host; far above server + load generator means other load.
+        res.notes["host_cpu_pct"] = round(100.0 * (host1 - host0) / wall, 1)
+        mine = {pid for pids in procs.pids().values() for pid in pids}
+        res.notes["other_processes"] = [
+            o for o in _others(all0, all1, mine, wall) if not o["cmd"].startswith(WRK_PREFIXES)
+        ]
+        self.results[name] = res
+        print(f"    {result.rps:8.1f} req/s  p50 {result.p50_ms:6.2f} ms  "
+              f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  cpu {res.cpu_pct:.0f}%",
+              flush=True)
+        return res
+
+    # -- (a)
+
+    def run_naive(self, registry: str) -> None:
+        from serve.cli import free_port
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/predict"
+        with _naive_server(registry, port, self.workdir / "naive.log") as proc:
+            psutil = _psutil()
+            pids = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+            self.measure(
+                "a", lambda: {"naive-uvicorn": pids},
+                lambda d: self._wrk(url, unique=True, connections=self.opts.connections,
+                                    duration_s=d),
+            )
+
+    # -- (b)
+
+    def run_plain(self, registry: str, http_port: int) -> None:
+        from ray import serve
+
+        from benchmarks.plain_serve import PLAIN_APP, PLAIN_DEPLOYMENT, plain_app
+
+        url = f"http://127.0.0.1:{http_port}/predict"
+        serve.run(plain_app(registry, MODEL_NUM_CPUS), name=PLAIN_APP, route_prefix="/")
+        try:
+            _wait_predict(url, self.probe_body, 120)
+            stats = lambda: self._stats(PLAIN_APP, PLAIN_DEPLOYMENT)  # noqa: E731
+            batch = lambda b: _batch_note(b, stats())  # noqa: E731
+            groups = lambda: serve_process_groups(PLAIN_APP)  # noqa: E731
+            self.measure(
+                "b", groups,
+                lambda d: self._wrk(url, unique=True, connections=self.opts.connections,
+                                    duration_s=d),
+                notes=stats, after=batch,
+            )
+            self.measure(
+                "b1", groups,
+                lambda d: self._wrk(url, unique=True, connections=1, duration_s=d),
+                notes=stats, after=batch,
+            )
+        finally:
+            serve.delete(PLAIN_APP)
+
+    # -- (c), (d), (e)
+
+    def run_platform(self, registry: str, http_port: int, redis_url: str,
+                     redis_pid: int) -> None:
+        from ray import serve
+
+        from serve.app import ROUTER_DEPLOYMENT, build_app, model_deployment_name
+
+        config = platform_config(registry, redis_url, http_port)
+        base = f"http://127.0.0.1:{http_port}"
+        url = f"{base}/predict"
+        serve.run(build_app(config), name=APP, route_prefix="/")
+        _wait_http(f"{base}/ready", 180)
+        _wait_predict(url, self.probe_body, 60)
+        models = {v: model_deployment_name(MODEL, v) for v in ("v1", "v2")}
+        groups = lambda: serve_process_groups(APP, {"redis": [redis_pid]})  # noqa: E731
+
+        def notes() -> dict[str, Any]:
+            return {"router": _get_json(f"{base}/stats"),
+                    **{v: self._stats(APP, d) for v, d in models.items()}}
+
+        def after(before: dict[str, Any]) -> dict[str, Any]:
+            now = notes()
+            out = _router_note(before.get("router", {}), now.get("router", {}))
+            out["batching"] = {v: _batch_note(before.get(v, {}), now.get(v, {})) for v in models}
+            out["router_deployment"] = ROUTER_DEPLOYMENT
+            return out
+
+        selected = set(self.opts.variants)
+        conns = self.opts.connections
+        if "c" in selected:
+            c = self.measure(
+                "c", groups,
+                lambda d: self._wrk(url, unique=True, connections=conns, duration_s=d),
+                notes=notes, after=after,
+            )
+            rate = max(1.0, round(c.load.rps * self.opts.open_loop_fraction))
+            self.measure(
+                "c-open", groups,
+                lambda d: open_loop(
+                    url, unique_bodies(self.unique_file, int(rate * d) + 1, self._next_salt()),
+                    rate=rate, duration_s=d,
+                ),
+                warmup=False, notes=notes, after=after,
+            )
+        if "d" in selected:
+            self.measure(
+                "d", groups,
+                lambda d: self._wrk(url, unique=False, connections=conns, duration_s=d),
+                notes=notes, after=after,
+            )
+        if "e" in selected:
+            self.measure(
+                "e", groups,
+                lambda d: self._wrk(url, unique=True, connections=1, duration_s=d),
+                notes=notes, after=after,
+            )
+
+
+def run(opts: BenchOptions) -> dict[str, Any]:
+    """Run the selected variants; write bench.md, bench.json, bench.png; return the report."""
+    from benchmarks import report
+    from serve.cli import free_port, start_redis, stop_pid
+    from serve.ingress_mode import ray_env
+
+    unknown = sorted(set(opts.variants) - set(SELECTABLE))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {','.join(SELECTABLE)}")
+    opts.out.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="abserve-bench-") as tmp:
+        workdir = Path(tmp)
+        bench = Bench(opts, workdir)
+        registry = _registry(opts, workdir)
+        needs_ray = bool(set(opts.variants) & {"b", "c", "d", "e"})
+        needs_platform = bool(set(opts.variants) & {"c", "d", "e"})
+
+        os.environ.update(ray_env(opts.ingress))  # type: ignore[arg-type]
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if opts.ingress == "throughput":
+            _isolate_ray_ports()
+        redis_proc: subprocess.Popen[bytes] | None = None
+        ray_up = False
+        try:
+            http_port = free_port()
+            if needs_ray:
+                import ray
+                from ray import serve
+
+                ray.init(address="local", num_cpus=cores * 2, include_dashboard=False,
+                         logging_level=logging.ERROR, log_to_driver=False)
+                ray_up = True
+                bench.handles = HandleLoop()
+                serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+            if "a" in opts.variants:
+                bench.run_naive(registry)
+            if "b" in opts.variants:
+                bench.run_plain(registry, http_port)
+            if needs_platform:
+                redis_port = free_port()
+                redis_proc = start_redis(redis_port, workdir / "redis.log")
+                bench.run_platform(registry, http_port, f"redis://127.0.0.1:{redis_port}/0",
+                                   redis_proc.pid)
+        finally:
+            if ray_up:
+                import ray
+
+                haproxy_pids = _haproxy_pids()  # HAProxy restarts on reloads: look now
+                try:
+                    if bench.handles is not None:
+                        bench.handles.shutdown_serve()
+                        bench.handles.close()
+                except Exception as exc:  # noqa: BLE001 - ray.shutdown() below stops it all
+                    log.warning("serve shutdown failed: %s", exc)
+                ray.shutdown()
+                for pid in haproxy_pids:  # spawned by Serve's proxy actor on our behalf
+                    stop_pid(pid, timeout_s=5)
+            if redis_proc is not None:
+                stop_pid(redis_proc.pid)
+    machine = report.machine_info(opts, cores)
+    data = report.build(bench.results, opts, machine, wall_s=time.time() - started)
+    report.write_all(data, opts.out)
+    return data
+
+
+def _haproxy_pids() -> list[int]:
+    with contextlib.suppress(Exception):
+        psutil = _psutil()
+        return [p.pid for p in psutil.Process().children(recursive=True)
+                if p.name() == "haproxy"]
+    return []
+
+
+def options_from_args(args: Any) -> BenchOptions:
+    short = bool(getattr(args, "short", False))
+    variants = tuple(v.strip() for v in str(args.variants).split(",") if v.strip())
+    return BenchOptions(
+        duration_s=3.0 if short else float(args.duration),
+        warmup_s=1.0 if short else 2.0,
+        connections=int(args.connections),
+        ingress=str(args.ingress),
+        registry=args.registry,
+        out=Path(args.out),
+        variants=variants,
+        short=short,
+    )
+
+
+def run_from_args(args: Any) -> int:
+    """The CLI's entry: print the markdown table; exit 0 even when a target is missed."""
+    from benchmarks import report
+
+    opts = options_from_args(args)
+    data = run(opts)
+    print()
+    print(report.markdown(data))
+    print(f"wrote {opts.out / 'bench.md'}, {opts.out / 'bench.json'}, {opts.out / 'bench.png'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from serve.cli import main as cli_main
+
+    return cli_main(["bench", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
