@@ -26,6 +26,17 @@ from router.batcher import HopBatcher
 from router.cache import LocalCache, PredictionCache, RedisCache
 from router.core import Prediction, RouterCore
 from router.experiment import ExperimentState, effective_weights
+from router.oip import (
+    NOT_READY_STATUS,
+    check_model,
+    decode_body,
+    error_body,
+    infer_response,
+    model_metadata,
+    parse_infer_request,
+    server_metadata,
+    version_metadata,
+)
 from router.report_html import render_report_html
 from router.request import check_content_type, parse_batch, parse_json, parse_single
 from router.schemas import BATCH_RESPONSES, OPENAPI_BATCH, OPENAPI_SINGLE, SINGLE_RESPONSES
@@ -240,8 +251,8 @@ class Router:
                 log.warning("arm %s failed: %s", version, str(exc).splitlines()[-1][:300])
             raise translated from None
 
-    async def _body(self, request: Request) -> Any:
-        check_content_type(request.headers.get("content-type"))
+    async def _read(self, request: Request) -> bytes:
+        """The raw body, refused as soon as it passes http.max_body_bytes."""
         limit = self.http.max_body_bytes
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -251,7 +262,11 @@ class Router:
             chunks += chunk
             if len(chunks) > limit:
                 raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-        return parse_json(bytes(chunks))
+        return bytes(chunks)
+
+    async def _body(self, request: Request) -> Any:
+        check_content_type(request.headers.get("content-type"))
+        return parse_json(await self._read(request))
 
     def _route_args(self, request: Request) -> tuple[str | None, str | None]:
         headers = request.headers
@@ -330,9 +345,8 @@ class Router:
         """Liveness: the router answers."""
         return _json({"status": "ok"})
 
-    @app.get("/ready")
-    async def ready(self) -> Response:
-        """Readiness: every arm answers within 2 s."""
+    async def _arms_ready(self, versions: list[str] | None = None) -> dict[str, bool]:
+        """Each version (default: every deployed one) answers a readiness call within 2 s."""
 
         async def probe(version: str) -> bool:
             try:
@@ -341,10 +355,15 @@ class Router:
                 log.warning("readiness probe of %s failed: %r", version, exc)
                 return False
 
-        versions = sorted(self.handles)
+        versions = sorted(self.handles) if versions is None else versions
         results = await asyncio.gather(*(probe(v) for v in versions))
-        arms = dict(zip(versions, results, strict=True))
-        ok = all(results)
+        return dict(zip(versions, results, strict=True))
+
+    @app.get("/ready")
+    async def ready(self) -> Response:
+        """Readiness: every arm answers within 2 s."""
+        arms = await self._arms_ready()
+        ok = all(arms.values())
         return _json({"ready": ok, "arms": arms}, status=200 if ok else 503)
 
     @app.get("/models")
@@ -415,6 +434,104 @@ class Router:
         await self._sync()
         report = await _await(self.controller.report.remote())
         return HTMLResponse(render_report_html(report))
+
+    # ------------------------------------------------------------ Open Inference Protocol
+    # KServe V2 REST (router/oip.py): errors are {"error": ...} alone, bad input is 400.
+
+    @app.get("/v2")
+    async def oip_server_metadata(self) -> Response:
+        return _json(server_metadata(app.version))
+
+    @app.get("/v2/health/live")
+    async def oip_live(self) -> Response:
+        return _json({"live": True})
+
+    @app.get("/v2/health/ready")
+    async def oip_ready(self) -> Response:
+        """Ready when every deployed version answers (the protocol: 200, else 4xx)."""
+        ok = all((await self._arms_ready()).values())
+        return _json({"ready": ok}, status=200 if ok else NOT_READY_STATUS)
+
+    @app.get("/v2/models/{name}")
+    async def oip_model_metadata(self, name: str) -> Response:
+        return self._oip_metadata(name, None)
+
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def oip_version_metadata(self, name: str, version: str) -> Response:
+        return self._oip_metadata(name, version)
+
+    @app.get("/v2/models/{name}/ready")
+    async def oip_model_ready(self, name: str) -> Response:
+        return await self._oip_model_ready(name, None)
+
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def oip_version_ready(self, name: str, version: str) -> Response:
+        return await self._oip_model_ready(name, version)
+
+    @app.post("/v2/models/{name}/infer")
+    async def oip_infer(self, request: Request, name: str) -> Response:
+        """The experiment picks the arm, as for /predict (sticky on the user key header)."""
+        return await self._oip_infer(request, name, None)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def oip_infer_version(self, request: Request, name: str, version: str) -> Response:
+        """Pins the version, as X-Model-Version does; a failure still falls back."""
+        return await self._oip_infer(request, name, version)
+
+    def _oip_metadata(self, name: str, version: str | None) -> Response:
+        try:
+            check_model(name, version, self.config.model, self.core.versions)
+        except AbserveError as exc:
+            return _json(error_body(exc), status=exc.status_code)
+        if version is None:
+            return _json(model_metadata(name, self.manifests))
+        return _json(version_metadata(name, self.manifests[version]))
+
+    async def _oip_model_ready(self, name: str, version: str | None) -> Response:
+        """The unversioned model is ready when every version is (any may be routed to)."""
+        try:
+            check_model(name, version, self.config.model, self.core.versions)
+        except AbserveError as exc:
+            return _json(error_body(exc), status=exc.status_code)
+        arms = await self._arms_ready(None if version is None else [version])
+        ok = all(arms.values())
+        return _json({"name": name, "ready": ok}, status=200 if ok else NOT_READY_STATUS)
+
+    async def _oip_infer(self, request: Request, name: str, version: str | None) -> Response:
+        try:
+            check_model(name, version, self.config.model, self.core.versions)
+            await self._ensure_synced()
+            data, binary = decode_body(
+                await self._read(request), request.headers.get("inference-header-content-length")
+            )
+            req = parse_infer_request(
+                data, self.input_shape, self.http.max_batch_instances, binary
+            )
+            user_key = request.headers.get(self._user_header)
+            pred = await self.core.predict(req.batch, user_key=user_key, pinned=version)
+        except AbserveError as exc:
+            return _json(error_body(exc), status=exc.status_code)
+        rid = self._request_id()
+        self._remember(rid, pred)
+        parameters: dict[str, Any] = {
+            "arm": pred.arm,
+            "cached": all(pred.cached),
+            "cache": pred.cache_status,
+            "fallback": pred.fallback,
+            "request_id": rid,
+        }
+        if pred.fallback_reason:
+            parameters["fallback_reason"] = pred.fallback_reason
+        body = infer_response(
+            self.config.model,
+            pred.version,
+            req.id,
+            pred.probabilities,
+            self.labels,
+            req.requested_outputs,
+            parameters,
+        )
+        return _json(body, headers=self._headers(pred))
 
     # ------------------------------------------------------------ admin
 

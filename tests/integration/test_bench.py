@@ -26,7 +26,10 @@ def test_bench_short_end_to_end(tmp_path: Path) -> None:
         pytest.fail("wrk is not installed; scripts/setup.sh installs it")
     out = tmp_path / "bench"
     abserve = Path(sys.executable).parent / "abserve"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_USAGE_STATS_ENABLED": "0"}
+    # Not this session's Serve settings: the session's HAProxy holds those ports.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_SERVE_", "RAY_ADDRESS"))}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.run(
         [str(abserve), "bench", "--short", "--out", str(out)],
         cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
