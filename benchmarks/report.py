@@ -130,6 +130,12 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     else:
         out.append(_target("(e) p50 <= (b) p50 at concurrency 1 + 2 ms", None,
                            "needs variants b and e"))
+    es = by.get("e-shadow")
+    if e and es:
+        gap = es["p50_ms"] - e["p50_ms"]
+        out.append(_target("shadow at 100 %: p50 within 1 ms of shadow off", gap <= 1.0,
+                           f"e-shadow p50 {es['p50_ms']:.2f} ms vs e {e['p50_ms']:.2f} ms "
+                           f"({gap:+.2f} ms)"))
     bad = [f"{r['name']}: {r['errors']} ({_error_text(r)})" for r in rows if r["errors"]]
     total = sum(r["requests"] for r in rows)
     out.append(_target("zero errors in every run", not bad if rows else None,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,7 @@ VARIANTS: dict[str, str] = {
     "c-open": "abserve full path, cache miss, open-loop fixed rate",
     "d": "abserve full path, cache hit (repeated inputs)",
     "e": "abserve full path at concurrency 1, cache miss",
+    "e-shadow": "as (e), with every request also shadowed to v2 (shadow share 100 %)",
 }
 SELECTABLE = ("a", "b", "c", "d", "e")
 MODEL = "activity"
@@ -416,7 +418,17 @@ def _registry(opts: BenchOptions, workdir: Path) -> str:
     return str(root)
 
 
-def platform_config(registry: str, redis_url: str, port: int) -> Any:
+def _set_shadows(base: str, shadows: list[dict[str, Any]]) -> None:
+    import httpx
+
+    token = os.environ["ABSERVE_ADMIN_TOKEN"]
+    r = httpx.put(f"{base}/admin/shadows", json={"shadows": shadows},
+                  headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    r.raise_for_status()
+    time.sleep(1.5)  # every router replica picks the change up within one poll
+
+
+def platform_config(registry: str, redis_url: str, port: int, state_dir: str) -> Any:
     """(c)-(e): v1 baseline 90 %, v2 10 %, Redis cache, default breaker and timeouts."""
     from serve.config import parse_config
 
@@ -430,6 +442,7 @@ def platform_config(registry: str, redis_url: str, port: int) -> Any:
                        "arms": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}]},
         "cache": {"enabled": True, "redis_url": redis_url},
         "http": {"host": "127.0.0.1", "port": port},
+        "state": {"dir": state_dir},  # a fresh experiment every run
     })
 
 
@@ -562,7 +575,7 @@ class Bench:
 
         from serve.app import ROUTER_DEPLOYMENT, build_app, model_deployment_name
 
-        config = platform_config(registry, redis_url, http_port)
+        config = platform_config(registry, redis_url, http_port, str(self.workdir / "state"))
         base = f"http://127.0.0.1:{http_port}"
         url = f"{base}/predict"
         serve.run(build_app(config), name=APP, route_prefix="/")
@@ -611,6 +624,17 @@ class Bench:
                 lambda d: self._wrk(url, unique=True, connections=1, duration_s=d),
                 notes=notes, after=after,
             )
+            # Shadow every request to v2 (the primary is v1 for 90 % of them) and measure
+            # the same path again: the client must not wait for the shadow.
+            _set_shadows(base, [{"version": "v2", "share": 1.0}])
+            try:
+                self.measure(
+                    "e-shadow", groups,
+                    lambda d: self._wrk(url, unique=True, connections=1, duration_s=d),
+                    notes=notes, after=after,
+                )
+            finally:
+                _set_shadows(base, [])
 
 
 def run(opts: BenchOptions) -> dict[str, Any]:
@@ -633,6 +657,8 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         needs_platform = bool(set(opts.variants) & {"c", "d", "e"})
 
         os.environ.update(ray_env(opts.ingress))  # type: ignore[arg-type]
+        # The (e-shadow) variant turns shadowing on through the admin API.
+        os.environ.setdefault("ABSERVE_ADMIN_TOKEN", secrets.token_urlsafe(24))
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if opts.ingress == "throughput":
             _isolate_ray_ports()

@@ -193,6 +193,21 @@ def op_rollback(
     return _rebuild(exp, deployed, arms=arms)
 
 
+def op_set_shadows(
+    exp: ExperimentConfig, deployed: Collection[str], shadows: Any = None
+) -> ExperimentConfig:
+    """Replace the shadow list: [{"version": "v3", "share": 0.2}, ...] ([] turns shadows off)."""
+    if not isinstance(shadows, list):
+        raise InvalidInput("shadows: expected a list of {version, share}", field="shadows")
+    for i, s in enumerate(shadows):
+        if not isinstance(s, dict) or s.get("version") not in deployed:
+            raise InvalidInput(
+                f"shadows.{i}: version must be one of the deployed {sorted(deployed)}",
+                field="shadows",
+            )
+    return _rebuild(exp, deployed, shadows=shadows)
+
+
 Operation = Callable[..., ExperimentConfig]
 
 OPERATIONS: dict[str, Operation] = {
@@ -201,6 +216,7 @@ OPERATIONS: dict[str, Operation] = {
     "remove_arm": op_remove_arm,
     "promote": op_promote,
     "rollback": op_rollback,
+    "set_shadows": op_set_shadows,
 }
 FLAG_OPERATIONS = {"pause": True, "resume": False}
 

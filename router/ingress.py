@@ -568,6 +568,12 @@ class Router:
         body = await self._admin_body(request)
         return await self._admin(request, "set_weights", {"weights": body.get("weights")})
 
+    @app.put("/admin/shadows")
+    async def admin_shadows(self, request: Request) -> Response:
+        """Set the shadow versions: {"shadows": [{"version": "v3", "share": 0.2}]}."""
+        body = await self._admin_body(request)
+        return await self._admin(request, "set_shadows", {"shadows": body.get("shadows")})
+
     @app.post("/admin/candidates")
     async def admin_add_candidate(self, request: Request) -> Response:
         """Add a deployed version as an arm: {"version": "v3", "weight": 5}."""

@@ -515,6 +515,8 @@ def _print_experiment(data: dict[str, Any]) -> None:
     print(f"experiment {exp['name']}  revision {data['revision']}  baseline {exp['baseline']}"
           f"  by {data.get('updated_by')}{paused}")
     eff = data.get("effective_weights", {})
+    for s in exp.get("shadows", []):
+        print(f"  shadow {s['version']}: {s['share'] * 100:g}% of requests copied")
     for arm in exp["arms"]:
         mark = " (baseline)" if arm["version"] == exp["baseline"] else ""
         effective = eff.get(arm["version"], 0)
@@ -541,6 +543,10 @@ def cmd_admin(args: argparse.Namespace) -> int:
     elif op == "traffic":
         _print_experiment(_admin_call(args, "PUT", "/admin/weights",
                                       {"weights": _parse_weights(args.weights)}))
+    elif op == "shadow":
+        shares = _parse_weights(args.shares)  # VERSION=SHARE, share in 0..1
+        shadows = [{"version": v, "share": s} for v, s in shares.items()]
+        _print_experiment(_admin_call(args, "PUT", "/admin/shadows", {"shadows": shadows}))
     elif op == "add-candidate":
         _print_experiment(_admin_call(args, "POST", "/admin/candidates",
                                       {"version": args.version, "weight": args.weight}))
@@ -725,6 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_help = {
         "experiment": "show the live experiment (weights, baseline, revision)",
         "traffic": "set weights: abserve traffic v1=80 v2=20",
+        "shadow": "set shadow versions: abserve shadow v3=0.2 (no arguments: shadows off)",
         "add-candidate": "add a deployed version as an arm",
         "remove-arm": "remove a candidate; its weight returns to the baseline",
         "promote": "the candidate becomes the baseline",
@@ -758,6 +765,8 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--config", help="config whose admin.token_file to use")
         if name == "traffic":
             a.add_argument("weights", nargs="+", metavar="VERSION=PERCENT")
+        elif name == "shadow":
+            a.add_argument("shares", nargs="*", metavar="VERSION=SHARE")
         elif name in ("add-candidate", "remove-arm", "promote"):
             a.add_argument("version")
         elif name == "rollback":

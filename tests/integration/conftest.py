@@ -216,3 +216,32 @@ def deploy(config: Any, timeout_s: float = 240, route_prefix: str = "/") -> None
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} not ready after {timeout_s}s")
         time.sleep(0.5)
+
+
+def small_app(
+    serve_instance: ServeInstance, registry_root: str, state_dir: str, name: str,
+    versions: tuple[str, ...], experiment: dict[str, Any], **extra: Any,
+) -> Any:
+    """The config of a small app beside the session's: tiny replicas, cache off by default."""
+    from serve.config import parse_config
+
+    return parse_config({
+        "app_name": name,
+        "registry": registry_root,
+        "models": [{"version": v, "num_cpus": 0.1} for v in versions],
+        "experiment": {"name": name, **experiment},
+        "cache": {"enabled": False},  # every answer comes from the arm the router chose
+        "http": {"port": serve_instance.http_port},
+        "router": {"num_cpus": 0.1},
+        "state": {"dir": state_dir},
+        **extra,
+    })
+
+
+def serve_app(config: Any, serve_instance: ServeInstance, prefix: str) -> Iterator[str]:
+    """Deploy at ``prefix``, yield its base URL, delete it afterwards (for module fixtures)."""
+    from ray import serve
+
+    deploy(config, route_prefix=prefix)
+    yield serve_instance.url + prefix
+    serve.delete(config.app_name)

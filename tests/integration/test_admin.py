@@ -15,41 +15,23 @@ import numpy as np
 import pytest
 
 from models.activity.data import make_windows
-from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, deploy
+from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, deploy, serve_app, small_app
 
 APP, PREFIX = "adm", "/adm"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Admin-User": "pytest"}
 
 
 def make_config(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> Any:
-    from serve.config import parse_config
-
-    return parse_config(
-        {
-            "app_name": APP,
-            "registry": registry_root,
-            "models": [{"version": "v1", "num_cpus": 0.1}, {"version": "v2", "num_cpus": 0.1},
-                       {"version": "v4", "num_cpus": 0.1}],
-            "experiment": {
-                "name": "adm",
-                "baseline": "v1",
-                "arms": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}],
-            },
-            "cache": {"enabled": False},  # every answer comes from the arm the router chose
-            "http": {"port": serve_instance.http_port},
-            "router": {"num_cpus": 0.1},
-            "state": {"dir": state_dir, "poll_interval_s": 0.5},
-        }
-    )
+    return small_app(serve_instance, registry_root, state_dir, APP, ("v1", "v2", "v4"), {
+        "baseline": "v1",
+        "arms": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}],
+    })
 
 
 @pytest.fixture(scope="module")
 def adm(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> Iterator[str]:
-    from ray import serve
-
-    deploy(make_config(serve_instance, registry_root, state_dir), route_prefix=PREFIX)
-    yield serve_instance.url + PREFIX
-    serve.delete(APP)
+    config = make_config(serve_instance, registry_root, state_dir)
+    yield from serve_app(config, serve_instance, PREFIX)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-VARIANTS = {"a", "b", "b1", "c", "c-open", "d", "e"}
+VARIANTS = {"a", "b", "b1", "c", "c-open", "d", "e", "e-shadow"}
 
 
 def test_bench_short_end_to_end(tmp_path: Path) -> None:
@@ -59,7 +59,8 @@ def test_bench_short_end_to_end(tmp_path: Path) -> None:
     assert rows["c"]["notes"]["cache"]["hits"] == 0, rows["c"]["notes"]
     assert rows["d"]["notes"]["cache"]["hits"] > 0, rows["d"]["notes"]
     statuses = {t["target"]: t["status"] for t in data["targets"]}
-    assert len(statuses) == 7 and set(statuses.values()) <= {"PASS", "FAIL"}
+    assert len(statuses) == 8 and set(statuses.values()) <= {"PASS", "FAIL"}
+    assert "shadow at 100 %: p50 within 1 ms of shadow off" in statuses
 
     png = (out / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

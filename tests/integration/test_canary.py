@@ -13,7 +13,7 @@ import pytest
 
 from models.activity.data import make_windows
 from serve.app import model_deployment_name
-from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, deploy
+from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, serve_app, small_app
 
 APP, PREFIX = "can", "/can"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Admin-User": "pytest"}
@@ -21,26 +21,11 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Admin-User": "pytest"}
 
 @pytest.fixture(scope="module")
 def can(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> Iterator[str]:
-    from ray import serve
-
-    from serve.config import parse_config
-
-    config = parse_config({
-        "app_name": APP,
-        "registry": registry_root,
-        "models": [{"version": v, "num_cpus": 0.1} for v in ("v1", "v2", "v4")],
-        "experiment": {"name": "can", "baseline": "v1",
-                       "arms": [{"version": "v1", "weight": 100}],
-                       "breaker": {"failure_threshold": 50, "cooldown_s": 1}},
-        "cache": {"enabled": False},
-        "http": {"port": serve_instance.http_port},
-        "router": {"num_cpus": 0.1},
-        "state": {"dir": state_dir},
+    config = small_app(serve_instance, registry_root, state_dir, APP, ("v1", "v2", "v4"), {
+        "baseline": "v1", "arms": [{"version": "v1", "weight": 100}],
+        "breaker": {"failure_threshold": 50, "cooldown_s": 1},
     })
-    deploy(config, route_prefix=PREFIX)
-    yield serve_instance.url + PREFIX
-    serve.delete(APP)
-
+    yield from serve_app(config, serve_instance, PREFIX)
 
 async def _drive(url: str, until: Any, timeout_s: float) -> tuple[list[int], dict[str, Any]]:
     """Load at a steady pace until ``until(status)`` holds; return statuses and the canary."""

@@ -59,6 +59,7 @@ def cli(tmp_path: Path, registry_root: str) -> Iterator[tuple[Any, dict[str, Any
         return proc
 
     info = {"url": f"http://127.0.0.1:{http_port}", "config": str(path),
+            "address": f"127.0.0.1:{config['cluster']['gcs_port']}",
             "state_file": tmp_path / ".abserve" / "state.json"}
     yield run, info
     if info["state_file"].exists():  # a failed test still stops what it started
@@ -101,6 +102,11 @@ def test_up_traffic_deploy_version_down_up(cli: tuple[Any, dict[str, Any]]) -> N
     assert not info["state_file"].exists()
 
     _ok(run("up", "--config", info["config"], "--redis-port", str(free_port())))
+    head_pid = yaml.safe_load(info["state_file"].read_text())["ray_pid"]
+    # `up --address` deploys onto the running cluster instead of starting one.
+    out = _ok(run("up", "--config", info["config"], "--address", info["address"]))
+    assert "starting a local Ray cluster" not in out and "ready: every arm answers" in out
+    assert yaml.safe_load(info["state_file"].read_text())["ray_pid"] == head_pid
     exp = _ok(run("experiment"))
     assert "v1" in exp and "70%" in exp and "v2" in exp and "30%" in exp and "v3" in exp
     assert httpx.get(f"{url}/ready").json()["arms"] == {"v1": True, "v2": True, "v3": True}

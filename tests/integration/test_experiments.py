@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from models.activity.data import CLASS_LABELS, make_windows
-from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, deploy
+from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, serve_app, small_app
 
 APP, PREFIX = "exp", "/exp"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -19,28 +19,12 @@ CAR = CLASS_LABELS.index("Car")
 
 @pytest.fixture(scope="module")
 def exp(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> Iterator[str]:
-    from ray import serve
-
-    from serve.config import parse_config
-
-    config = parse_config({
-        "app_name": APP,
-        "registry": registry_root,
-        "models": [{"version": v, "num_cpus": 0.1} for v in ("v1", "v2", "v9")],
-        "experiment": {
-            "name": "exp", "baseline": "v1",
-            "arms": [{"version": "v1", "weight": 50}, {"version": "v2", "weight": 50}],
-            "shadows": [{"version": "v9", "share": 1.0}],
-        },
-        "cache": {"enabled": False},
-        "http": {"port": serve_instance.http_port},
-        "router": {"num_cpus": 0.1},
-        "state": {"dir": state_dir},
+    config = small_app(serve_instance, registry_root, state_dir, APP, ("v1", "v2", "v9"), {
+        "baseline": "v1",
+        "arms": [{"version": "v1", "weight": 50}, {"version": "v2", "weight": 50}],
+        "shadows": [{"version": "v9", "share": 1.0}],
     })
-    deploy(config, route_prefix=PREFIX)
-    yield serve_instance.url + PREFIX
-    serve.delete(APP)
-
+    yield from serve_app(config, serve_instance, PREFIX)
 
 async def _send(url: str, xs: np.ndarray) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=16)) as client:

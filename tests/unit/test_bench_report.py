@@ -92,3 +92,10 @@ def test_unique_bodies_are_distinct_float32_inputs(tmp_path: Path) -> None:
     arrays = {np.asarray(json.loads(b)["features"], dtype=np.float32).tobytes() for b in bodies}
     assert len(arrays) == 3000
     assert all(np.asarray(json.loads(b)["features"]).shape == (50, 9) for b in bodies[:8])
+
+
+def test_shadow_target_compares_e_shadow_with_e() -> None:
+    target = "shadow at 100 %: p50 within 1 ms of shadow off"
+    assert _status(_results(**{"e-shadow": _row("e-shadow", 69, 12.4, 21)}))[target] == "PASS"
+    assert _status(_results(**{"e-shadow": _row("e-shadow", 60, 12.6, 25)}))[target] == "FAIL"
+    assert target not in _status(_results())

@@ -129,3 +129,14 @@ def test_errors_carry_status() -> None:
     assert to_http(Unauthorized("x"))[0] == 401
     assert to_http(Forbidden("x"))[0] == 403
     assert isinstance(Unauthorized("x"), AbserveError)
+
+
+def test_set_shadows_validated_like_the_config() -> None:
+    new = apply(state(), "set_shadows", shadows=[{"version": "v3", "share": 0.25}])
+    assert [(s.version, s.share) for s in new.experiment.shadows] == [("v3", 0.25)]
+    assert apply(new, "set_shadows", shadows=[]).experiment.shadows == []
+    for bad, needle in (([{"version": "v9", "share": 0.1}], "deployed"),
+                        ([{"version": "v3", "share": 1.5}], "share"),
+                        ("v3", "list")):
+        with pytest.raises(InvalidInput, match=needle):
+            apply_operation(state(), "set_shadows", {"shadows": bad}, deployed=DEPLOYED, who="t")

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -223,26 +220,3 @@ def test_sample_window_is_json_ready() -> None:
     assert len(w) == WINDOW and all(len(r) == CHANNELS for r in w)
     assert json.loads(json.dumps(w)) == w
     assert sample_window(seed=1) == w
-
-
-def test_registry_and_backends_import_without_frameworks() -> None:
-    code = (
-        "import sys\n"
-        "for m in ('ray', 'torch', 'tensorflow', 'keras', 'sklearn', 'joblib'):\n"
-        "    sys.modules[m] = None\n"
-        "import models, models.registry, models.register, models.activity.data\n"
-        "import models.activity.features, models.activity.train, deployments.backends\n"
-        "from models.activity.data import make_windows\n"
-        "make_windows(8, 0)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
