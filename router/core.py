@@ -31,6 +31,7 @@ from serve.errors import NotFound, ServiceUnavailable, UpstreamError
 __all__ = ["ArmStats", "Prediction", "RouterCore"]
 
 ModelCall = Callable[[str, np.ndarray, float], Awaitable[np.ndarray]]
+SHADOW_DELAY_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,11 @@ class RouterCore:
         self.metrics[arm].record((self.clock() - started) * 1000.0, fallback=pred.fallback)
         for shadow in self.shadows:
             if shadow.version != pred.version and self.rng.random() < shadow.share:
-                self._spawn(self._shadow(shadow.version, batch, pred.probabilities))
+                # Started a moment later, so the client's answer is written out first.
+                asyncio.get_running_loop().call_later(
+                    SHADOW_DELAY_S, self._spawn,
+                    self._shadow(shadow.version, batch, pred.probabilities),
+                )
         return pred
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
