@@ -18,8 +18,8 @@ __all__ = ["build", "chart", "machine_info", "markdown", "targets", "write_all"]
 
 ROUTER_RSS_LIMIT_MB = 400.0
 BACKGROUND_WARN_PCT = 30.0
-ORDER = ("a", "b", "b1", "c", "c-open", "d", "e")
-CONCURRENCY_1 = ("b1", "e")
+ORDER = ("a", "b", "b1", "c", "c-open", "d", "e", "e-shadow")
+CONCURRENCY_1 = ("b1", "e", "e-shadow")
 
 
 def _cpu_model() -> str:
@@ -218,7 +218,7 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "CPU % is the server side's CPU time over the run (100 = one core): replicas, Serve's "
         "proxy and HAProxy, and redis-server for (c)-(e); the load generator runs on the same "
-        "cores and is not included. × (b) of b1 and e is against b1 (concurrency 1).",
+        "cores and is not included. × (b) of b1, e and e-shadow is against b1 (concurrency 1).",
         "",
         "| target | result | numbers |",
         "|---|---|---|",

@@ -48,7 +48,8 @@ def test_shadow_agreement_feedback_and_report(exp: str) -> None:
     for x, a in list(zip(xs, answers, strict=True))[:20]:
         pinned = httpx.post(f"{exp}/predict", json={"features": x.tolist()},
                             headers={"X-Model-Version": a["version"]}).json()
-        assert pinned["probabilities"] == a["probabilities"]
+        # Equal up to float noise: torch's CPU kernels differ slightly with the batch size.
+        assert pinned["probabilities"] == pytest.approx(a["probabilities"], abs=1e-5)
         assert a["version"] in ("v1", "v2") and a["label"] == pinned["label"]
         shadowed.append(pinned)
 
