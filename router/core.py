@@ -61,6 +61,8 @@ class RouterCore:
     cache: PredictionCache
     clock: Callable[[], float]
     rng: random.Random = field(default_factory=random.Random)
+    # Shadow copies may take a slower, more patient path (bigger merged calls).
+    shadow_call: ModelCall | None = None
 
     def __post_init__(self) -> None:
         exp = self.config.experiment
@@ -149,7 +151,7 @@ class RouterCore:
         stats = self.shadow_stats.setdefault(version, ShadowStats())
         started = self.clock()
         try:
-            out = await self.call(version, batch, self.timeouts[version])
+            out = await (self.shadow_call or self.call)(version, batch, self.timeouts[version])
         except Exception:  # noqa: BLE001 - a shadow's failure is a number, not an error
             stats.record_error()
             return

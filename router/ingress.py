@@ -46,6 +46,7 @@ from serve.errors import AbserveError, InvalidInput, PayloadTooLarge, UpstreamEr
 __all__ = ["Router", "app"]
 
 log = logging.getLogger("ray.serve")
+SHADOW_WAIT_S = 0.05
 MAX_PENDING_SERVED = 100_000  # predictions kept for the controller while it is unreachable
 
 app = FastAPI(
@@ -141,7 +142,14 @@ class Router:
             max_rows=self.config.router.batch_max_rows,
             wait_s=self.config.router.batch_wait_ms / 1000.0,
         )
-        self.core = RouterCore(self.config, self.batcher, self.cache, time.monotonic)
+        # Shadow copies wait up to 50 ms to be merged: fewer, larger calls cost the
+        # router and the shadow's replica less CPU, and nobody waits for them.
+        self.shadow_batcher = HopBatcher(
+            self._call_arm, max_rows=self.config.router.batch_max_rows, wait_s=SHADOW_WAIT_S
+        )
+        self.core = RouterCore(
+            self.config, self.batcher, self.cache, time.monotonic, shadow_call=self.shadow_batcher
+        )
         self._user_header = self.http.user_key_header.lower()
         self._version_header = self.http.version_header.lower()
         self.controller = controller
