@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -212,6 +213,5 @@ class ExperimentController:
             return self.canary_status()
 
     def canary_status(self) -> dict[str, Any]:
-        if self.rollout is None:
-            return {"plan": None, "state": None}
-        return self.rollout.to_dict()
+        status = {"plan": None, "state": None} if self.rollout is None else self.rollout.to_dict()
+        return {**status, "controller_pid": os.getpid()}

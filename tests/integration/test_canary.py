@@ -4,6 +4,8 @@ failing 20 % of its calls is rolled back, and no client sees an error either way
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -107,3 +109,28 @@ def test_candidate_failing_20_percent_is_rolled_back(can: str) -> None:
     assert elapsed < 30
     exp = httpx.get(f"{can}/admin/experiment", headers=AUTH).json()
     assert exp["effective_weights"]["v4"] == 0 and exp["experiment"]["baseline"] == "v2"
+
+
+def test_plan_survives_a_controller_restart(can: str) -> None:
+    r = httpx.post(f"{can}/admin/canary", json={"candidate": "v4", "steps": [10, 100],
+                                                "interval_s": 3600}, headers=AUTH, timeout=30)
+    assert r.status_code == 200, r.text
+    before = r.json()
+    os.kill(before["controller_pid"], signal.SIGKILL)  # Serve starts a new controller replica
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            now = httpx.get(f"{can}/admin/canary", headers=AUTH, timeout=5)
+            if now.status_code == 200 and now.json()["controller_pid"] != before["controller_pid"]:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the controller did not come back"
+        time.sleep(0.5)
+    after = now.json()
+    assert after["plan"] == before["plan"] and after["state"] == before["state"]
+    assert after["state"]["status"] == "running" and after["state"]["weight"] == 10
+    exp = httpx.get(f"{can}/admin/experiment", headers=AUTH).json()
+    assert exp["effective_weights"]["v4"] == 10
+    r = httpx.post(f"{can}/admin/canary/abort", headers=AUTH, timeout=30)
+    assert r.json()["state"]["status"] == "rolled_back"
