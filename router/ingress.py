@@ -422,16 +422,12 @@ class Router:
         else:
             raise InvalidInput(f"label: one of {list(self.labels)} (or its index)", field="label")
         await self._sync()  # our own recent predictions reach the controller first
-        try:
-            result = await _await(self.controller.record_feedback.remote(rid, index))
-        except Exception as exc:  # noqa: BLE001
-            raise _unwrap(exc) from None
-        return _json(result)
+        return _json(await self._ask_controller("record_feedback", rid, index))
 
     @app.get("/admin/report")
     async def admin_report(self, request: Request) -> Response:
         """The experiment report as JSON: per arm traffic, errors, latency, accuracy, p-values."""
-        self.auth.check(request.headers.get("authorization"), request.query_params.keys())
+        self._authorize(request)
         await self._sync()
         return _json(await _await(self.controller.report.remote()))
 
@@ -543,17 +539,25 @@ class Router:
 
     # ------------------------------------------------------------ admin
 
-    async def _admin(self, request: Request, op: str, params: dict[str, Any]) -> Response:
+    def _authorize(self, request: Request) -> None:
+        """Every admin route: the bearer header only, never credentials in the URL."""
         self.auth.check(request.headers.get("authorization"), request.query_params.keys())
+
+    async def _ask_controller(self, method: str, *args: Any) -> Any:
+        """Call the controller; its own errors (InvalidInput, NotFound) keep their status."""
         try:
-            data = await _await(self.controller.apply.remote(op, params, self._who(request)))
-        except Exception as exc:  # noqa: BLE001 - the controller's own errors keep their status
+            return await _await(getattr(self.controller, method).remote(*args))
+        except Exception as exc:  # noqa: BLE001
             raise _unwrap(exc) from None
+
+    async def _admin(self, request: Request, op: str, params: dict[str, Any]) -> Response:
+        self._authorize(request)
+        data = await self._ask_controller("apply", op, params, self._who(request))
         self._apply_state(data)  # this replica at once; the others within a poll interval
         return _json(self._experiment_view(data))
 
     async def _admin_body(self, request: Request) -> dict[str, Any]:
-        self.auth.check(request.headers.get("authorization"), request.query_params.keys())
+        self._authorize(request)
         data = await self._body(request)
         if not isinstance(data, dict):
             raise InvalidInput("body must be a JSON object")
@@ -566,7 +570,7 @@ class Router:
     @app.get("/admin/experiment")
     async def admin_experiment(self, request: Request) -> Response:
         """The live experiment: arms, weights, baseline, revision, paused."""
-        self.auth.check(request.headers.get("authorization"), request.query_params.keys())
+        self._authorize(request)
         data = await _await(self.controller.get_state.remote())
         return _json(self._experiment_view(data))
 
@@ -624,7 +628,7 @@ class Router:
     @app.get("/admin/canary")
     async def admin_canary(self, request: Request) -> Response:
         """The canary plan, its state and every decision with its reasons and numbers."""
-        self.auth.check(request.headers.get("authorization"), request.query_params.keys())
+        self._authorize(request)
         return _json(await _await(self.controller.canary_status.remote()))
 
     @app.post("/admin/canary/{action}")
@@ -633,11 +637,8 @@ class Router:
         return await self._canary_call(request, "canary_action", action)
 
     async def _canary_call(self, request: Request, method: str, arg: Any) -> Response:
-        self.auth.check(request.headers.get("authorization"), request.query_params.keys())
-        try:
-            data = await _await(getattr(self.controller, method).remote(arg, self._who(request)))
-        except Exception as exc:  # noqa: BLE001
-            raise _unwrap(exc) from None
+        self._authorize(request)
+        data = await self._ask_controller(method, arg, self._who(request))
         return _json(data)
 
     @staticmethod
@@ -648,7 +649,7 @@ class Router:
     @app.get("/admin/audit")
     async def admin_audit(self, request: Request, limit: int = 100) -> Response:
         """The last `limit` changes: time, who, operation, before, after."""
-        self.auth.check(request.headers.get("authorization"), request.query_params.keys())
+        self._authorize(request)
         entries = await _await(self.controller.audit.remote(max(1, min(limit, 10_000))))
         return _json({"entries": entries})
 
