@@ -30,6 +30,12 @@ from serve.errors import NotFound, ServiceUnavailable, UpstreamError
 
 __all__ = ["ArmStats", "Prediction", "RouterCore"]
 
+
+def _retrieve(fut: asyncio.Future[np.ndarray]) -> None:
+    """A flight's failure may have no waiter left; mark it seen (no asyncio warning)."""
+    if not fut.cancelled():
+        fut.exception()
+
 ModelCall = Callable[[str, np.ndarray, float], Awaitable[np.ndarray]]
 SHADOW_DELAY_S = 0.002
 
@@ -79,6 +85,9 @@ class RouterCore:
         self.shadow_stats: dict[str, ShadowStats] = {}
         self.bandit = ThompsonPolicy(rng=self.rng)
         self._background: set[asyncio.Task[None]] = set()
+        # Single flight: cache key -> the future of that row's in-flight model call.
+        self._flights: dict[str, asyncio.Future[np.ndarray]] = {}
+        self.flight_joins = 0  # rows that shared another request's in-flight call
         self.revision = 0
         self.set_experiment(exp)
 
@@ -175,7 +184,10 @@ class RouterCore:
             )
         rows = batch if len(missing) == len(batch) else batch[missing]
         try:
-            out = await self._call_guarded(arm, rows)
+            if self.cache.enabled:
+                out = await self._single_flight(arm, [keys[i] for i in missing], rows)
+            else:
+                out = await self._call_guarded(arm, rows)
         except UpstreamError as exc:
             self.stats[arm].fallbacks += 1
             if arm == self.baseline:
@@ -199,11 +211,7 @@ class RouterCore:
             return Prediction(
                 out, self.baseline, arm, (False,) * len(batch), status, True, exc.reason
             )
-        self.stats[arm].answered += 1
-        if self.cache.enabled:
-            self.cache.set_many_background(
-                [(keys[i], out[j].tolist()) for j, i in enumerate(missing)]
-            )
+        self.stats[arm].answered += 1  # the flight wrote the cache
         if len(missing) == len(batch):
             probs = out
         else:
@@ -214,6 +222,75 @@ class RouterCore:
             probs[missing] = out
         flags = tuple(v is not None for v in cached)
         return Prediction(probs, arm, arm, flags, "BYPASS" if bypassed else "MISS", False)
+
+    async def _single_flight(self, version: str, keys: list[str], rows: np.ndarray) -> np.ndarray:
+        """Rows whose key is already being computed wait for that call; the rest make one.
+
+        Concurrent misses for one (version, input) -- the key names both -- cost
+        one model call per router replica. The shared call runs in its own task:
+        a waiter that is cancelled stops waiting, the call goes on for the
+        others. Its failure reaches every waiter, and each falls back as alone.
+        """
+        loop = asyncio.get_running_loop()
+        waits: list[asyncio.Future[np.ndarray]] = []
+        new: dict[str, int] = {}  # key -> its row, for keys this request computes
+        for i, key in enumerate(keys):
+            fut = self._flights.get(key)
+            if fut is None:
+                fut = loop.create_future()
+                fut.add_done_callback(_retrieve)
+                self._flights[key] = fut
+                new[key] = i
+            elif key not in new:
+                self.flight_joins += 1
+            waits.append(fut)
+        if new:
+            own = rows if len(new) == len(rows) else rows[list(new.values())]
+            self._spawn(self._fly(version, list(new), [self._flights[k] for k in new], own))
+        if len(waits) == 1:
+            return (await asyncio.shield(waits[0]))[None]
+        return np.stack([await asyncio.shield(f) for f in waits])
+
+    async def _fly(
+        self,
+        version: str,
+        keys: list[str],
+        futs: list[asyncio.Future[np.ndarray]],
+        rows: np.ndarray,
+    ) -> None:
+        """One shared model call: answer every waiter of ``keys``, then write the cache."""
+        try:
+            out = await self._call_guarded(version, rows)
+        except Exception as exc:  # noqa: BLE001 - every waiter gets it and decides alone
+            self._land(keys, futs, exc=exc)
+            return
+        except BaseException:  # cancelled (shutdown): the waiters are cancelled too
+            self._land(keys, futs, cancel=True)
+            raise
+        self._land(keys, futs, out=out)
+        self.cache.set_many_background(list(zip(keys, out.tolist(), strict=True)))
+
+    def _land(
+        self,
+        keys: list[str],
+        futs: list[asyncio.Future[np.ndarray]],
+        *,
+        out: np.ndarray | None = None,
+        exc: Exception | None = None,
+        cancel: bool = False,
+    ) -> None:
+        for j, (key, fut) in enumerate(zip(keys, futs, strict=True)):
+            if self._flights.get(key) is fut:
+                del self._flights[key]
+            if fut.done():
+                continue
+            if cancel:
+                fut.cancel()
+            elif exc is not None:
+                fut.set_exception(exc)
+            else:
+                assert out is not None
+                fut.set_result(out[j])
 
     async def _call_guarded(self, version: str, rows: np.ndarray) -> np.ndarray:
         breaker = self.breakers[version]

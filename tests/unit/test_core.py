@@ -189,3 +189,123 @@ def test_bandit_policy_follows_feedback_counts() -> None:
     chosen = [core.choose(None, None) for _ in range(2000)]
     share_v2 = chosen.count("v2") / len(chosen)
     assert share_v2 > 0.85 and chosen.count("v1") / len(chosen) >= 0.03
+
+
+# ---------------------------------------------------------------- single flight
+
+
+class SlowArms(FakeArms):
+    """FakeArms whose calls wait until released, so requests overlap for sure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def __call__(self, version: str, batch: np.ndarray, timeout_s: float) -> np.ndarray:
+        self.calls.append((version, len(batch)))
+        await self.release.wait()
+        if version in self.failing:
+            raise UpstreamError("boom", reason=self.failing[version])
+        # Each row's answer depends on its input, so mixed-up rows would show.
+        first = batch.reshape(len(batch), -1)[:, 0].astype(np.float32)
+        return np.stack([first, 1 - first], axis=1) if version == "v2" else np.stack(
+            [first + 0.5, 0.5 - first], axis=1
+        )
+
+
+def make_slow() -> tuple[RouterCore, SlowArms]:
+    arms, clock = SlowArms(), Clock()
+    core = RouterCore(CONFIG, arms, PredictionCache(LocalCache(), n_classes=2, clock=clock),
+                      clock, random.Random(0))
+    return core, arms
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_single_flight_50_identical_misses_make_one_call() -> None:
+    core, arms = make_slow()
+    x = np.full((1, 50, 9), 0.25, np.float32)
+
+    async def go() -> list[Any]:
+        tasks = [asyncio.ensure_future(core.predict(x)) for _ in range(50)]
+        await _settle()
+        arms.release.set()
+        return await asyncio.gather(*tasks)
+
+    preds = run(go)
+    assert arms.calls == [("v2", 1)]
+    assert all(p.cache_status == "MISS" and not p.fallback for p in preds)
+    assert {p.probabilities.tobytes() for p in preds} == {preds[0].probabilities.tobytes()}
+    np.testing.assert_allclose(preds[0].probabilities, [[0.25, 0.75]])
+    assert core.flight_joins == 49 and not core._flights
+    assert core.stats["v2"].answered == 50
+
+
+def test_single_flight_batches_share_only_their_common_rows() -> None:
+    core, arms = make_slow()
+    a = np.stack([np.full((50, 9), 0.1), np.full((50, 9), 0.2), np.full((50, 9), 0.1)])
+    b = np.stack([np.full((50, 9), 0.3), np.full((50, 9), 0.2)])
+
+    async def go() -> list[Any]:
+        first = asyncio.ensure_future(core.predict(a.astype(np.float32)))
+        await _settle()
+        second = asyncio.ensure_future(core.predict(b.astype(np.float32)))
+        await _settle()
+        arms.release.set()
+        return await asyncio.gather(first, second)
+
+    pa, pb = run(go)
+    # a: rows 0.1 and 0.2 once each (its duplicate row shares); b: only 0.3 is new.
+    assert arms.calls == [("v2", 2), ("v2", 1)]
+    np.testing.assert_allclose(pa.probabilities[:, 0], [0.1, 0.2, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(pb.probabilities[:, 0], [0.3, 0.2], rtol=1e-6)
+
+
+def test_single_flight_failure_reaches_every_waiter_and_each_falls_back() -> None:
+    core, arms = make_slow()
+    arms.failing["v2"] = "timeout"
+    x = np.full((1, 50, 9), 0.25, np.float32)
+
+    async def go() -> list[Any]:
+        tasks = [asyncio.ensure_future(core.predict(x)) for _ in range(10)]
+        await _settle()
+        arms.release.set()
+        return await asyncio.gather(*tasks)
+
+    preds = run(go)
+    assert all(p.fallback and p.version == "v1" and p.fallback_reason == "timeout"
+               for p in preds)
+    assert [v for v, _ in arms.calls].count("v2") == 1  # one shared call failed once
+    assert core.stats["v2"].failures == 1 and core.stats["v2"].fallbacks == 10
+    assert core.breakers["v2"].consecutive_failures == 1  # the breaker saw one failure
+    assert not core._flights
+
+
+def test_single_flight_a_cancelled_waiter_does_not_cancel_the_call() -> None:
+    core, arms = make_slow()
+    x = np.full((1, 50, 9), 0.5, np.float32)
+
+    async def go() -> list[Any]:
+        leader = asyncio.ensure_future(core.predict(x))
+        await _settle()
+        others = [asyncio.ensure_future(core.predict(x)) for _ in range(3)]
+        await _settle()
+        leader.cancel()  # the client that started the call goes away
+        await _settle()
+        arms.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        return await asyncio.gather(*others)
+
+    preds = run(go)
+    assert arms.calls == [("v2", 1)]
+    assert all(not p.fallback and p.probabilities[0][0] == pytest.approx(0.5) for p in preds)
+
+    async def again() -> Any:
+        await asyncio.sleep(0.01)  # the flight wrote the cache in the background
+        return await core.predict(x)
+
+    assert run(again).cache_status == "HIT"
