@@ -14,7 +14,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve.config import AbserveConfig, sanitize_name
+from serve.config import AbserveConfig, AutoscalingConfig, ModelConfig, sanitize_name
 
 __all__ = ["CONTROLLER_DEPLOYMENT", "ROUTER_DEPLOYMENT", "build_app", "model_deployment_name"]
 
@@ -50,6 +50,19 @@ def _version(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _replicas(num_replicas: int, autoscaling: AutoscalingConfig | None) -> dict[str, Any]:
+    """A fixed replica count or Serve's autoscaling_config: Serve refuses both at once."""
+    if autoscaling is None:
+        return {"num_replicas": num_replicas}
+    return {"autoscaling_config": autoscaling.serve_autoscaling_config()}
+
+
+def _code_relevant(m: ModelConfig) -> dict[str, Any]:
+    """What restarts a version's replicas: not its autoscaling bounds (Serve applies
+    those to running replicas)."""
+    return m.model_dump(mode="json", exclude={"autoscaling"})
+
+
 def build_app(config: AbserveConfig) -> Application:
     from deployments.model import ModelDeployment
     from router.controller import ExperimentController
@@ -60,13 +73,15 @@ def build_app(config: AbserveConfig) -> Application:
         actor_options: dict[str, Any] = {"num_cpus": m.num_cpus}
         if m.num_gpus:
             actor_options["num_gpus"] = m.num_gpus
+        if m.resources:
+            actor_options["resources"] = dict(m.resources)
         handles[m.version] = ModelDeployment.options(  # type: ignore[attr-defined]
             name=model_deployment_name(config.model, m.version),
-            num_replicas=m.num_replicas,
+            **_replicas(m.num_replicas, m.autoscaling),
             ray_actor_options=actor_options,
             max_ongoing_requests=m.max_ongoing_requests,
             max_queued_requests=m.max_queued_requests,
-            version=_version(config.registry, config.model, m.model_dump(mode="json")),
+            version=_version(config.registry, config.model, _code_relevant(m)),
             _internal=True,
         ).bind(
             config.registry,
@@ -85,7 +100,7 @@ def build_app(config: AbserveConfig) -> Application:
     ).bind(config_dict)
     return Router.options(  # type: ignore[attr-defined]
         name=ROUTER_DEPLOYMENT,
-        num_replicas=config.router.num_replicas,
+        **_replicas(config.router.num_replicas, config.router.autoscaling),
         ray_actor_options={"num_cpus": config.router.num_cpus},
         max_ongoing_requests=config.router.max_ongoing_requests,
     ).bind(config_dict, handles, controller)

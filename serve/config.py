@@ -17,8 +17,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -28,6 +30,7 @@ __all__ = [
     "AbserveConfig",
     "AdminConfig",
     "ArmConfig",
+    "AutoscalingConfig",
     "BreakerConfig",
     "CacheConfig",
     "ClusterConfig",
@@ -50,7 +53,91 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelConfig(_Frozen):
+class AutoscalingConfig(_Frozen):
+    """Replica autoscaling of one deployment, mapped onto Ray Serve's autoscaling_config."""
+
+    min_replicas: int = Field(
+        1, ge=1, le=1024,
+        description="Fewest replicas; at least 1, so the version can always answer in time.",
+    )
+    max_replicas: int = Field(ge=1, le=1024, description="Most replicas.")
+    initial_replicas: int | None = Field(
+        None, ge=1, le=1024, description="Replicas at deploy time; default min_replicas."
+    )
+    target_ongoing_requests: float = Field(
+        2.0, gt=0,
+        description="Requests in flight (running + queued) per replica that Serve aims for.",
+    )
+    upscale_delay_s: float = Field(
+        30.0, ge=0, description="How long demand must stay high before replicas are added."
+    )
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="How long demand must stay low before replicas are removed."
+    )
+    metrics_interval_s: float | None = Field(
+        None, gt=0, description="How often replicas and handles report load; Ray's default: 10."
+    )
+    look_back_period_s: float | None = Field(
+        None, gt=0, description="Window the load is averaged over; Ray's default: 30."
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas "
+                f"({self.max_replicas}); raise max_replicas or lower min_replicas"
+            )
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(
+                f"initial_replicas ({initial}) must lie between min_replicas "
+                f"({self.min_replicas}) and max_replicas ({self.max_replicas})"
+            )
+        return self
+
+    def serve_autoscaling_config(self) -> dict[str, Any]:
+        """The dict for Ray Serve's ``.options(autoscaling_config=...)`` (Ray 2.60 names)."""
+        out: dict[str, Any] = {
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests,
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.downscale_delay_s,
+        }
+        for key in ("initial_replicas", "metrics_interval_s", "look_back_period_s"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+
+class _Replicas(_Frozen):
+    """num_replicas or autoscaling, never both; a dump keeps only the one in use."""
+
+    @model_validator(mode="after")
+    def _replicas_or_autoscaling(self) -> _Replicas:
+        both = "num_replicas" in self.model_fields_set
+        if both and getattr(self, "autoscaling", None) is not None:
+            raise ValueError(
+                "num_replicas and autoscaling are both set: keep one (with autoscaling, "
+                "use autoscaling.initial_replicas / min_replicas)"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _drop_unused_replicas(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # So that parse(dump(config)) holds: the router re-validates the dumped config.
+        data: dict[str, Any] = handler(self)
+        if getattr(self, "autoscaling", None) is not None:
+            data.pop("num_replicas", None)
+        return data
+
+
+_RESERVED_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
+class ModelConfig(_Replicas):
     """One model version, deployed as its own Ray Serve deployment."""
 
     version: Annotated[str, Field(pattern=NAME_RE, description="Registered version, e.g. v1.")]
@@ -70,6 +157,27 @@ class ModelConfig(_Frozen):
     max_queued_requests: int = Field(
         1024, ge=-1, description="Requests queued per caller before backpressure; -1 = unbounded."
     )
+    autoscaling: AutoscalingConfig | None = Field(
+        None, description="Scale this version's replicas with load (instead of num_replicas)."
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per replica, e.g. {abserve_gpu_node: 0.1} to pin "
+        "this version to nodes started with --resources.",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, resources: dict[str, float]) -> dict[str, float]:
+        for name, amount in resources.items():
+            if name in _RESERVED_RESOURCES:
+                raise ValueError(
+                    f"{name!r} is not a custom resource; use num_cpus / num_gpus for it"
+                )
+            if not amount > 0:
+                raise ValueError(f"{name}: the amount must be > 0, got {amount}")
+        return resources
+
 
 
 class ArmConfig(_Frozen):
@@ -180,7 +288,7 @@ class HttpConfig(_Frozen):
     )
 
 
-class RouterConfig(_Frozen):
+class RouterConfig(_Replicas):
     num_replicas: int = Field(1, ge=1, description="Router (ingress) replicas.")
     num_cpus: float = Field(0.25, gt=0, description="CPUs per router replica.")
     max_ongoing_requests: int = Field(1000, ge=1, description="Concurrent requests per router.")
@@ -191,6 +299,10 @@ class RouterConfig(_Frozen):
         0.0, ge=0, le=100,
         description="How long the router holds a call to merge more; 0 = the next loop turn.",
     )
+    autoscaling: AutoscalingConfig | None = Field(
+        None, description="Scale the router's replicas with load (instead of num_replicas)."
+    )
+
 
 
 class AdminConfig(_Frozen):
