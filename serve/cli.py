@@ -786,6 +786,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench-results")
     b.add_argument("--variants", default="a,b,c,d,e")
     b.set_defaults(func=cmd_bench)
+
+    from benchmarks import precision as bench_precision
+
+    bp = sub.add_parser("bench-precision",
+                        help="fp32 vs fp16/bf16 rows/s and drift per framework on this device")
+    bench_precision.add_arguments(bp)
+    bp.set_defaults(func=lambda a: bench_precision.run_from_args(a))
     return p
 
 
