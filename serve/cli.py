@@ -634,6 +634,50 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scale_history_file() -> Path:
+    return STATE_DIR / "scale-history.jsonl"
+
+
+def cmd_scale_history(args: argparse.Namespace) -> int:
+    """Scale steps of every deployment: recorded ones, then live ones while watching.
+
+    Serve 2.60 keeps no history of its autoscaling decisions; `--watch S` samples
+    the replica counts (serve/scaling.py) and appends each finished step to
+    .abserve/scale-history.jsonl, which later calls print.
+    """
+    from serve.scaling import ScaleStep, format_step, replica_counts, watch
+
+    state = _read_state()
+    address = args.address or state.get("ray_address") or os.environ.get("RAY_ADDRESS")
+    app_name = args.app or state.get("app_name")
+    if not address or not app_name:
+        raise AbserveError("no running application recorded; run `abserve up` or pass "
+                           "--address and --app")
+    print(f"{'deployment':<24}{'from -> to':<12}{'dir':<6}{'requested':>12}{'finished':>12}"
+          f"{'took':>9}  outcome", flush=True)
+    with contextlib.suppress(FileNotFoundError), open(_scale_history_file()) as f:
+        for line in f:
+            entry = json.loads(line)
+            if entry.pop("app", None) == app_name:
+                entry.pop("duration_s", None)
+                entry.pop("direction", None)
+                print(format_step(ScaleStep(**entry)))
+    _connect(address)
+
+    def record(step: ScaleStep) -> None:
+        print(format_step(step), flush=True)
+        if step.outcome != "pending":
+            STATE_DIR.mkdir(parents=True, exist_ok=True)
+            with open(_scale_history_file(), "a") as f:
+                f.write(json.dumps({"app": app_name, **step.to_dict()}) + "\n")
+
+    if args.watch:
+        watch(app_name, args.watch, args.interval, on_step=record)
+    print("now: " + "; ".join(f"{name} {c.running}/{c.target}"
+                              for name, c in sorted(replica_counts(app_name).items())))
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     state = _read_state()
     if not state:
@@ -713,6 +757,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--user", help="sticky user key (X-User-Id)")
     pr.add_argument("--version", help="pin a version (X-Model-Version)")
     pr.set_defaults(func=cmd_predict)
+
+    sh = sub.add_parser("scale-history",
+                        help="every scale step of every deployment: from N to M replicas, "
+                             "when requested, when finished, how long it took")
+    sh.add_argument("--watch", type=float, default=0.0, metavar="S",
+                    help="sample the replica counts for S seconds, printing each step")
+    sh.add_argument("--interval", type=float, default=0.5, help="seconds between samples")
+    sh.add_argument("--app", help="Serve application (default: the one `up` deployed)")
+    sh.add_argument("--address", help="Ray cluster (default: the one `up` used)")
+    sh.set_defaults(func=cmd_scale_history)
 
     d = sub.add_parser("down", help="stop what `abserve up` started, by PID")
     d.set_defaults(func=cmd_down)
