@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import numpy as np
+import ray
 from ray import serve
 
 from deployments.backends import check_batch, load_backend
@@ -108,14 +109,23 @@ class ModelDeployment:
                 start += n
         return results
 
-    def set_fault(self, error_rate: float = 0.0, delay_s: float = 0.0) -> None:
-        """Make this replica fail or slow down on purpose (tests, chaos drills)."""
+    def set_fault(self, error_rate: float = 0.0, delay_s: float = 0.0) -> int:
+        """Make this replica fail or slow down on purpose (tests, chaos drills).
+
+        Returns this replica's PID, so a drill can tell when every replica has it.
+        """
         self.error_rate = float(error_rate)
         self.delay_s = float(delay_s)
+        return os.getpid()
 
     def stats(self) -> dict[str, Any]:
+        ctx = ray.get_runtime_context()
         return {"version": self.manifest.version, "calls": self.calls, "rows": self.rows,
-                "pid": os.getpid()}
+                "pid": os.getpid(), "node_id": ctx.get_node_id(),
+                "gpu_ids": [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])],
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "device": getattr(self.backend, "device", None),
+                "precision": getattr(self.backend, "precision", None)}
 
     def ready(self) -> bool:
         return True

@@ -57,6 +57,7 @@ class SklearnBackend(BaseBackend):
             log.info(
                 "scikit-learn runs on cpu in fp32; ignoring %s/%s", self.device, self.precision
             )
+            self.device, self.precision = "cpu", "fp32"  # what really runs, for stats()
         try:
             est = joblib.load(artifact)
         except Exception as exc:  # any unpickling failure is an artifact problem

@@ -138,6 +138,7 @@ def serve_instance() -> Iterator[ServeInstance]:
     ray.init(
         address="local",  # never join a cluster someone else started
         num_cpus=4,
+        num_gpus=2,  # logical GPUs, no hardware: test_gpu_placement checks Ray's assignment
         include_dashboard=False,
         logging_level="ERROR",
         log_to_driver=False,
