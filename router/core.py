@@ -23,6 +23,7 @@ from router.analysis import ArmMetrics
 from router.bandit import ThompsonPolicy
 from router.cache import PredictionCache, cache_key
 from router.fallback import CircuitBreaker
+from router.metrics import NullRecorder, Recorder
 from router.policy import Arm, Policy, RouteContext, WeightedPolicy
 from router.shadow import ShadowStats
 from serve.config import AbserveConfig, ExperimentConfig
@@ -69,6 +70,8 @@ class RouterCore:
     rng: random.Random = field(default_factory=random.Random)
     # Shadow copies may take a slower, more patient path (bigger merged calls).
     shadow_call: ModelCall | None = None
+    # Ray metrics (router/metrics.py); counts on the request path must stay cheap.
+    recorder: Recorder = field(default_factory=NullRecorder)
 
     def __post_init__(self) -> None:
         exp = self.config.experiment
@@ -110,6 +113,7 @@ class RouterCore:
         self.bandit.floor = exp.bandit_floor
         self.policy = self.bandit if exp.policy == "bandit" else self.weighted
         self.revision = revision
+        self.recorder.set_experiment(exp.name)
 
     def set_bandit_counts(self, successes: dict[str, int], failures: dict[str, int]) -> None:
         """Feedback counts from the controller (all routers share one posterior)."""
@@ -138,9 +142,13 @@ class RouterCore:
         try:
             pred = await self._answer(arm, batch)
         except ServiceUnavailable:
-            self.metrics[arm].record((self.clock() - started) * 1000.0, error=True)
+            ms = (self.clock() - started) * 1000.0
+            self.metrics[arm].record(ms, error=True)
+            self.recorder.request(arm, "none", "error", ms)
             raise
-        self.metrics[arm].record((self.clock() - started) * 1000.0, fallback=pred.fallback)
+        ms = (self.clock() - started) * 1000.0
+        self.metrics[arm].record(ms, fallback=pred.fallback)
+        self.recorder.request(arm, pred.version, "fallback" if pred.fallback else "ok", ms)
         for shadow in self.shadows:
             if shadow.version != pred.version and self.rng.random() < shadow.share:
                 # Started a moment later, so the client's answer is written out first.
@@ -163,9 +171,13 @@ class RouterCore:
             out = await (self.shadow_call or self.call)(version, batch, self.timeouts[version])
         except Exception:  # noqa: BLE001 - a shadow's failure is a number, not an error
             stats.record_error()
+            self.recorder.shadow(version, 0, 0, None)
             return
-        stats.record_latency((self.clock() - started) * 1000.0)
+        ms = (self.clock() - started) * 1000.0
+        stats.record_latency(ms)
+        compared, agreed = stats.compared, stats.agreed
         stats.record(primary, out)
+        self.recorder.shadow(version, stats.compared - compared, stats.agreed - agreed, ms)
 
     async def _answer(self, arm: str, batch: np.ndarray) -> Prediction:
         self.stats[arm].requests += 1
@@ -177,6 +189,12 @@ class RouterCore:
             lookup = await self.cache.get_many(keys)
             cached, bypassed = lookup.values, lookup.bypassed
         missing = [i for i, v in enumerate(cached) if v is None]
+        if self.cache.enabled:
+            n = len(batch)
+            if bypassed:
+                self.recorder.cache(arm, 0, 0, n)
+            else:
+                self.recorder.cache(arm, n - len(missing), len(missing), 0)
         if not missing:
             self.stats[arm].answered += 1
             return Prediction(
@@ -198,11 +216,13 @@ class RouterCore:
                 out = await self.call(self.baseline, batch, self.timeouts[self.baseline])
             except UpstreamError as base_exc:
                 self.stats[self.baseline].failures += 1
+                self.recorder.arm_error(self.baseline, base_exc.reason)
                 raise ServiceUnavailable(
                     f"arm {arm} failed ({exc.reason}) and the baseline {self.baseline} "
                     f"failed too ({base_exc.reason})"
                 ) from None
             self.stats[self.baseline].answered += 1
+            self.recorder.fallback(arm, self.baseline, exc.reason)
             if self.cache.enabled:
                 self.cache.set_many_background(
                     list(zip(self.keys(self.baseline, batch), out.tolist(), strict=True))
@@ -296,12 +316,14 @@ class RouterCore:
         breaker = self.breakers[version]
         if not breaker.allow():
             self.stats[version].rejected_by_breaker += 1
+            self.recorder.arm_error(version, "circuit_open")
             raise UpstreamError(f"circuit open for {version}", reason="circuit_open")
         try:
             out = await self.call(version, rows, self.timeouts[version])
-        except UpstreamError:
+        except UpstreamError as exc:
             breaker.record_failure()
             self.stats[version].failures += 1
+            self.recorder.arm_error(version, exc.reason)
             raise
         breaker.record_success()
         return out

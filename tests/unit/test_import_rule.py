@@ -18,7 +18,7 @@ PURE = [
     "router.batcher", "router.experiment", "router.admin", "router.store", "router.ledger",
     "router.analysis", "router.shadow", "router.canary", "router.rollout", "router.bandit",
     "router.oip", "router.report_html", "serve.config", "serve.errors", "serve.ingress_mode",
-    "serve.scaling",
+    "serve.scaling", "router.metrics",
     "models", "models.registry", "models.register", "models.activity.data",
     "models.activity.features", "models.activity.train", "deployments.backends",
 ]
