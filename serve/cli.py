@@ -707,6 +707,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from benchmarks.soak import run_from_args
+
+    return run_from_args(args)
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -840,6 +846,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench-results")
     b.add_argument("--variants", default="a,b,c,d,e")
     b.set_defaults(func=cmd_bench)
+
+    sk = sub.add_parser("soak", help="steady load with a random fault every minute: success "
+                                     "rate, router RSS and fds, Redis keys (own local cluster)")
+    sk.add_argument("--duration", type=float, default=1800, help="seconds of load")
+    sk.add_argument("--rate", type=float, default=20, help="requests per second (fixed)")
+    sk.add_argument("--fault-interval", type=float, default=60, help="seconds between faults")
+    sk.add_argument("--ttl", type=int, default=60, help="cache TTL, so the key count is bounded")
+    sk.add_argument("--seed", type=int, default=0)
+    sk.add_argument("--registry", help="registry with activity v1, v2 (default: ./registry)")
+    sk.add_argument("--ingress", choices=["throughput", "default"], default="throughput")
+    sk.add_argument("--out", default="soak-results")
+    sk.set_defaults(func=cmd_soak)
 
     from benchmarks import precision as bench_precision
 

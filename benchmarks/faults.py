@@ -1,0 +1,125 @@
+"""Fault injection against a live Ray Serve application, by PID (issue 5).
+
+Shared by the chaos suite (tests/integration/test_chaos_faults.py) and the soak
+(benchmarks/soak.py). Every function acts on processes of the Ray cluster the
+caller is connected to (``ray.init``) or on a redis-server the caller started:
+PIDs come from the GCS actor table, never from a process name. The cluster is
+assumed to be on this host (a local test or soak cluster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import Any
+
+__all__ = [
+    "actor_pids",
+    "controller_pid",
+    "deployment_running",
+    "kill_pids",
+    "replica_pids",
+    "set_fault_all",
+    "wait_for",
+    "wait_serve_answers",
+]
+
+
+def actor_pids(class_name: str) -> list[int]:
+    """PIDs of the ALIVE actors of one class, from the GCS actor table.
+
+    ``ray.util.state`` needs the dashboard, which the test and soak clusters
+    run without; the GCS table has the PID too.
+    """
+    import ray
+
+    table: dict[str, Any] = ray._private.state.actors()  # noqa: SLF001
+    return sorted(
+        int(a["Pid"]) for a in table.values()
+        if a.get("ActorClassName") == class_name and a.get("State") == "ALIVE" and a.get("Pid")
+    )
+
+
+def replica_pids(app: str, deployment: str) -> list[int]:
+    """PIDs of a deployment's live replica processes (``ServeReplica:<app>:<deployment>``)."""
+    return actor_pids(f"ServeReplica:{app}:{deployment}")
+
+
+def controller_pid() -> int:
+    """PID of Ray Serve's controller actor (not abserve's experiment controller)."""
+    pids = actor_pids("ServeController")
+    if len(pids) != 1:
+        raise RuntimeError(f"expected one live ServeController, found PIDs {pids}")
+    return pids[0]
+
+
+def kill_pids(pids: list[int], sig: int = signal.SIGKILL) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def wait_for(predicate: Any, timeout_s: float, interval_s: float = 0.25, what: str = "") -> float:
+    """Poll until ``predicate()`` is true; seconds it took; TimeoutError after ``timeout_s``."""
+    started = time.monotonic()
+    while True:
+        with contextlib.suppress(Exception):
+            if predicate():
+                return time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"{what or predicate} not true after {timeout_s}s")
+        time.sleep(interval_s)
+
+
+def set_fault_all(
+    app: str, deployment: str, *, error_rate: float = 0.0, delay_s: float = 0.0,
+    timeout_s: float = 30.0,
+) -> set[int]:
+    """``set_fault`` on every live replica of a deployment; the PIDs that got it.
+
+    A handle call reaches one replica of the router's choice, so call until every
+    PID in the actor table has answered.
+    """
+    from ray import serve
+
+    handle = serve.get_deployment_handle(deployment, app)
+    want = set(replica_pids(app, deployment))
+    done: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while not want <= done:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"set_fault reached {sorted(done)} of {sorted(want)}")
+        pid = handle.set_fault.remote(error_rate=error_rate, delay_s=delay_s).result(
+            timeout_s=timeout_s
+        )
+        done.add(int(pid))
+        want = set(replica_pids(app, deployment)) or want
+    return done
+
+
+def deployment_running(app: str, deployment: str, replicas: int,
+                       exclude: set[int] | None = None) -> bool:
+    """Serve reports the deployment HEALTHY with ``replicas`` RUNNING replicas whose
+    processes are alive and none of ``exclude`` (the PIDs just killed)."""
+    from ray import serve
+
+    status = serve.status().applications[app].deployments[deployment]
+    if str(getattr(status.status, "value", status.status)) != "HEALTHY":
+        return False
+    if status.replica_states.get("RUNNING", 0) != replicas:
+        return False
+    pids = set(replica_pids(app, deployment))
+    return len(pids) == replicas and not (pids & (exclude or set()))
+
+
+def wait_serve_answers(app: str, timeout_s: float) -> float:
+    """Seconds until ``serve.status()`` answers again and shows ``app`` RUNNING."""
+    from ray import serve
+
+    def ok() -> bool:
+        status = serve.status().applications[app].status
+        return str(getattr(status, "value", status)) == "RUNNING"
+
+    return wait_for(ok, timeout_s, interval_s=0.5, what=f"serve.status() shows {app} RUNNING")
