@@ -24,11 +24,16 @@ from ray import serve
 
 from deployments.backends import check_batch, load_backend
 from models.registry import Registry
+from router.metrics import MODEL_METRICS, ray_metric_factory
 from serve.errors import InvalidInput
 
 __all__ = ["ModelDeployment"]
 
 log = logging.getLogger("ray.serve")
+
+
+BATCH_ROWS = MODEL_METRICS["abserve_model_batch_rows"]
+PREDICT_MS = MODEL_METRICS["abserve_model_predict_ms"]
 
 
 def _rows(items: list[Any]) -> int:
@@ -66,6 +71,11 @@ class ModelDeployment:
         self.calls = 0  # backend calls, for the batching tests and the bench
         self.rows = 0
         self._probe = np.zeros((1, *self.input_shape), dtype=np.float32)
+        # Once per replica, tags bound once: a record per backend call (a batch), not per row.
+        self.batch_rows = ray_metric_factory(BATCH_ROWS)
+        self.batch_rows.set_default_tags({"model": model, "version": version})
+        self.predict_ms = ray_metric_factory(PREDICT_MS)
+        self.predict_ms.set_default_tags({"model": model, "version": version})
         log.info(
             "loaded %s:%s (%s) in %.2fs on %s/%s",
             model,
@@ -99,7 +109,10 @@ class ModelDeployment:
                 results[i] = exc
         if good:
             merged = np.concatenate([items[i] for i in good]) if len(good) > 1 else items[good[0]]
+            started = time.perf_counter()
             out = await asyncio.to_thread(self.backend.predict, merged)
+            self.predict_ms.observe((time.perf_counter() - started) * 1000.0)
+            self.batch_rows.observe(len(merged))
             self.calls += 1
             self.rows += len(merged)
             start = 0

@@ -28,11 +28,13 @@ from typing import Any, Protocol
 __all__ = [
     "LATENCY_BOUNDARIES_MS",
     "METRICS",
+    "MODEL_METRICS",
     "BufferedRecorder",
     "MetricSpec",
     "NullRecorder",
     "Recorder",
     "Snapshot",
+    "exported_names",
     "ray_metric_factory",
 ]
 
@@ -104,6 +106,32 @@ METRICS: dict[str, MetricSpec] = {
         ),
     )
 }
+
+# Recorded by the model replicas (deployments/model.py), once per backend call; named here
+# so that one registry holds every exported name (the dashboard test checks against it).
+MODEL_TAGS = ("model", "version")
+MODEL_METRICS: dict[str, MetricSpec] = {
+    m.name: m
+    for m in (
+        MetricSpec(
+            "abserve_model_batch_rows", "histogram",
+            "Rows per backend call (after @serve.batch).",
+            MODEL_TAGS, (1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        ),
+        MetricSpec(
+            "abserve_model_predict_ms", "histogram", "Time of one backend predict call in ms.",
+            MODEL_TAGS, (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+        ),
+    )
+}
+
+
+def exported_names(spec: MetricSpec) -> tuple[str, ...]:
+    """The names Ray's Prometheus export gives a metric (ray_ prefix; _total; _bucket...)."""
+    base = f"ray_{spec.name}"
+    if spec.kind == "histogram":
+        return (f"{base}_bucket", f"{base}_sum", f"{base}_count")
+    return (f"{base}_total",)
 
 
 class Recorder(Protocol):

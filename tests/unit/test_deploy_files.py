@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
+from router.metrics import METRICS, MODEL_METRICS, exported_names
 from serve.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -238,9 +239,19 @@ def test_grafana_provisioning(compose: dict[str, Any]) -> None:
                    "ray_serve_deployment_error_counter_total",
                    "ray_serve_deployment_processing_latency_ms_bucket",
                    "ray_serve_deployment_replica_healthy",
-                   "abserve_requests_total", "abserve_fallbacks_total", "abserve_cache_total"):
+                   "ray_abserve_requests_total", "ray_abserve_fallbacks_total",
+                   "ray_abserve_cache_lookups_total", "ray_abserve_request_latency_ms_bucket"):
         assert metric in text, metric
     assert "histogram_quantile(0.99," in text
+    # Every abserve series a panel asks for is one the code exports (router/metrics.py).
+    exported = {n for spec in [*METRICS.values(), *MODEL_METRICS.values()]
+                for n in exported_names(spec)}
+    asked = set(re.findall(r"\b(?:ray_)?abserve_\w+", text))
+    assert asked and asked <= exported, sorted(asked - exported)
+    latency = "histogram_quantile(0.99, sum by (arm, le) (rate(ray_abserve_request_latency_ms_"
+    assert latency in text
+    tags = set(re.findall(r"by \(([^)]*)\)", text))
+    assert {"arm", "arm, le", "version", "result"} <= {t.strip() for t in tags}, tags
 
 
 # ---------------------------------------------------------------- Dockerfile
