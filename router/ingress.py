@@ -22,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 
 from models.registry import Registry
 from router.admin import TOKEN_ENV, AdminAuth, load_admin_token
+from router.admission import Admission, AdmissionMiddleware
 from router.batcher import HopBatcher
 from router.cache import LocalCache, PredictionCache, RedisCache
 from router.core import Prediction, RouterCore
@@ -54,6 +55,9 @@ app = FastAPI(
     description="A/B tests and canary rollouts of ML models on Ray Serve.",
     version="0.1.0",
 )
+# One router replica per process: the middleware's counters are this replica's.
+ADMISSION = Admission()
+app.add_middleware(AdmissionMiddleware, admission=ADMISSION)
 
 
 @app.exception_handler(AbserveError)
@@ -137,6 +141,9 @@ class Router:
             timeout_s=self.config.cache.timeout_ms / 1000.0,
             retry_after_s=self.config.cache.retry_after_s,
         )
+        router_cfg = self.config.router
+        ADMISSION.configure(router_cfg.max_inflight, router_cfg.max_inflight_per_key,
+                            router_cfg.retry_after_s, self.http.user_key_header)
         self.batcher = HopBatcher(
             self._call_arm,
             max_rows=self.config.router.batch_max_rows,
@@ -674,6 +681,8 @@ class Router:
                 "breakers": {v: b.state.value for v, b in self.core.breakers.items()},
                 "cache": {"kind": self._cache_kind, **self.cache.stats.as_dict()},
                 "hop_batching": {"requests": self.batcher.requests, "calls": self.batcher.calls},
+                "single_flight_joins": self.core.flight_joins,
+                "admission": {"inflight": ADMISSION.inflight, **ADMISSION.stats.as_dict()},
                 "models": dict(zip(versions, replicas, strict=True)),
             }
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
 from serve.config import AbserveConfig, AutoscalingConfig, ModelConfig, sanitize_name
 
@@ -103,4 +104,10 @@ def build_app(config: AbserveConfig) -> Application:
         **_replicas(config.router.num_replicas, config.router.autoscaling),
         ray_actor_options={"num_cpus": config.router.num_cpus},
         max_ongoing_requests=config.router.max_ongoing_requests,
+        # Serve's own rejection (a backstop: the router's max_inflight sheds first) also
+        # says when to come back; Ray 2.60 answers it with this status and header.
+        max_queued_requests=config.router.max_queued_requests,
+        backpressure_config=BackpressureConfig(
+            status_code=503, retry_after_s=config.router.retry_after_s
+        ),
     ).bind(config_dict, handles, controller)

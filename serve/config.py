@@ -292,6 +292,25 @@ class RouterConfig(_Replicas):
     num_replicas: int = Field(1, ge=1, description="Router (ingress) replicas.")
     num_cpus: float = Field(0.25, gt=0, description="CPUs per router replica.")
     max_ongoing_requests: int = Field(1000, ge=1, description="Concurrent requests per router.")
+    max_inflight: int | None = Field(
+        512, ge=1,
+        description="Prediction requests one router replica admits at once; above it the router "
+        "answers 503 with Retry-After at once, before reading the body (load shedding). Must be "
+        "below max_ongoing_requests, so it acts before Serve queues. null: no limit.",
+    )
+    max_inflight_per_key: int | None = Field(
+        None, ge=1,
+        description="Prediction requests in flight per user key (http.user_key_header) per "
+        "router replica; above it 429 with Retry-After. null: no per-key limit.",
+    )
+    retry_after_s: float = Field(
+        1.0, gt=0, le=3600, description="Retry-After of shed requests (rounded up to seconds)."
+    )
+    max_queued_requests: int = Field(
+        256, ge=-1,
+        description="Serve's own queue in front of each router replica; beyond it Serve answers "
+        "503 with Retry-After (backstop behind max_inflight). -1 = unbounded.",
+    )
     batch_max_rows: int = Field(
         64, ge=1, le=4096, description="Rows the router merges into one call to a version."
     )
@@ -302,6 +321,16 @@ class RouterConfig(_Replicas):
     autoscaling: AutoscalingConfig | None = Field(
         None, description="Scale the router's replicas with load (instead of num_replicas)."
     )
+
+    @model_validator(mode="after")
+    def _shed_before_serve_queues(self) -> RouterConfig:
+        if self.max_inflight is not None and self.max_inflight >= self.max_ongoing_requests:
+            raise ValueError(
+                f"max_inflight ({self.max_inflight}) must be below max_ongoing_requests "
+                f"({self.max_ongoing_requests}), or the router never sheds load itself; "
+                "lower max_inflight or raise max_ongoing_requests"
+            )
+        return self
 
 
 
