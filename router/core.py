@@ -39,6 +39,8 @@ def _retrieve(fut: asyncio.Future[np.ndarray]) -> None:
 
 ModelCall = Callable[[str, np.ndarray, float], Awaitable[np.ndarray]]
 SHADOW_DELAY_S = 0.002
+# A finished flight answers latecomers a little longer, while its cache write lands.
+FLIGHT_LINGER_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,12 @@ class RouterCore:
             raise
         self._land(keys, futs, out=out)
         self.cache.set_many_background(list(zip(keys, out.tolist(), strict=True)))
+        asyncio.get_running_loop().call_later(FLIGHT_LINGER_S, self._forget, keys, futs)
+
+    def _forget(self, keys: list[str], futs: list[asyncio.Future[np.ndarray]]) -> None:
+        for key, fut in zip(keys, futs, strict=True):
+            if self._flights.get(key) is fut:
+                del self._flights[key]
 
     def _land(
         self,
@@ -299,9 +307,9 @@ class RouterCore:
         exc: Exception | None = None,
         cancel: bool = False,
     ) -> None:
-        for j, (key, fut) in enumerate(zip(keys, futs, strict=True)):
-            if self._flights.get(key) is fut:
-                del self._flights[key]
+        if out is None:  # a failed flight is forgotten at once: the next request tries anew
+            self._forget(keys, futs)
+        for j, fut in enumerate(futs):
             if fut.done():
                 continue
             if cancel:

@@ -240,7 +240,7 @@ def test_single_flight_50_identical_misses_make_one_call() -> None:
     assert all(p.cache_status == "MISS" and not p.fallback for p in preds)
     assert {p.probabilities.tobytes() for p in preds} == {preds[0].probabilities.tobytes()}
     np.testing.assert_allclose(preds[0].probabilities, [[0.25, 0.75]])
-    assert core.flight_joins == 49 and not core._flights
+    assert core.flight_joins == 49 and len(core._flights) == 1  # lingers for latecomers
     assert core.stats["v2"].answered == 50
 
 
