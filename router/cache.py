@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import numpy as np
 import orjson
@@ -39,6 +40,7 @@ __all__ = [
     "cache_key",
     "decode_value",
     "encode_value",
+    "redact_url",
 ]
 
 KEY_PREFIX = "abserve"
@@ -51,6 +53,26 @@ def cache_key(model: str, version: str, instance: np.ndarray, prefix: str = KEY_
     h.update(repr(arr.shape).encode())
     h.update(arr.tobytes())
     return f"{prefix}:{model}:{version}:{h.hexdigest()}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (and any password-like query value) replaced by ***.
+
+    Every place that prints, logs or returns a Redis URL goes through this, so a
+    ``redis://:secret@host`` in the config never reaches logs, errors or /stats.
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, sep, _ = userinfo.partition(":")
+        # user:password or :password keep the user; a lone userinfo may be a secret too.
+        netloc = f"{user}:***@{hostport}" if sep else f"***@{hostport}"
+    query = "&".join(
+        f"{k}=***" if k.lower() in {"password", "pass", "auth"} else f"{k}={v}"
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def encode_value(probabilities: Sequence[float]) -> bytes:
@@ -81,16 +103,32 @@ class CacheBackend(Protocol):
 class RedisCache:
     """redis.asyncio with one connection pool per router replica."""
 
-    def __init__(self, url: str, *, max_connections: int = 64, socket_timeout_s: float = 1.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int = 64,
+        socket_timeout_s: float = 1.0,
+        tls: dict[str, Any] | None = None,
+    ):
+        """``url`` may carry credentials (redis://user:pass@host:port/db) and be
+        rediss:// (TLS); ``tls`` adds redis-py's ssl_* arguments (CA file,
+        client certificate, verification) for a rediss:// URL."""
         import redis.asyncio as aioredis
 
+        extra = dict(tls or {}) if urlsplit(url).scheme == "rediss" else {}
+        self.url = redact_url(url)
         self.client = aioredis.Redis.from_url(
             url,
             max_connections=max_connections,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
             health_check_interval=0,
+            **extra,
         )
+
+    def __repr__(self) -> str:  # never show the password
+        return f"RedisCache({self.url!r})"
 
     async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         values: list[Any] = await self.client.mget(list(keys))

@@ -239,17 +239,23 @@ class Router:
 
     def _cache_backend(self) -> RedisCache | LocalCache | None:
         cfg = self.config.cache
+        self._cache_url: str | None = None
         if not cfg.enabled:
             self._cache_kind = "off"
             return None
         url = cfg.redis_url or os.environ.get("ABSERVE_REDIS_URL")
         if url:
             self._cache_kind = "redis"
-            return RedisCache(
+            tls = {"ssl_cert_reqs": cfg.tls_verify, "ssl_ca_certs": cfg.tls_ca_file,
+                   "ssl_certfile": cfg.tls_cert_file, "ssl_keyfile": cfg.tls_key_file}
+            backend = RedisCache(
                 url,
                 max_connections=cfg.max_connections,
                 socket_timeout_s=max(cfg.timeout_ms / 1000.0 * 4, 0.2),
+                tls={k: v for k, v in tls.items() if v is not None},
             )
+            self._cache_url = backend.url  # redacted: no password
+            return backend
         self._cache_kind = "local"
         log.warning("no Redis URL configured: using an in-process LRU cache per router replica")
         return LocalCache(cfg.local_max_entries)
@@ -679,7 +685,8 @@ class Router:
                 "revision": self.core.revision,
                 "arms": {v: s.__dict__ for v, s in self.core.stats.items()},
                 "breakers": {v: b.state.value for v, b in self.core.breakers.items()},
-                "cache": {"kind": self._cache_kind, **self.cache.stats.as_dict()},
+                "cache": {"kind": self._cache_kind, "url": self._cache_url,
+                          **self.cache.stats.as_dict()},
                 "hop_batching": {"requests": self.batcher.requests, "calls": self.batcher.calls},
                 "single_flight_joins": self.core.flight_joins,
                 "admission": {"inflight": ADMISSION.inflight, **ADMISSION.stats.as_dict()},

@@ -18,9 +18,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from router.cache import redact_url
 from serve.config import AbserveConfig, load_config
 from serve.errors import AbserveError
 from serve.ingress_mode import ray_env
@@ -96,15 +98,28 @@ def stop_pid(pid: int, timeout_s: float = 30.0) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def start_redis(port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def redis_command(
+    binary: str, port: int, log_path: Path, *, password: str | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """redis-server bound to loopback only; ``password`` adds ``--requirepass``."""
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+           "no", "--daemonize", "no", "--logfile", str(log_path)]
+    if password is not None:
+        cmd += ["--requirepass", password]
+    return [*cmd, *extra]
+
+
+def start_redis(
+    port: int, log_path: Path, *, password: str | None = None
+) -> subprocess.Popen[bytes]:
     """A throwaway redis-server on loopback: no persistence, no protected-mode surprises."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--daemonize", "no", "--logfile", str(log_path)],
+        redis_command(binary, port, log_path, password=password),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -114,7 +129,7 @@ def start_redis(port: int, log_path: Path) -> subprocess.Popen[bytes]:
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2) as c:
             c.sendall(b"PING\r\n")
-            if c.recv(16).startswith(b"+PONG"):
+            if c.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (NOAUTH: a password is set)
                 return proc
         if proc.poll() is not None:
             break
@@ -128,14 +143,9 @@ def _ray_binary() -> str:
     return str(here) if here.exists() else (shutil.which("ray") or "ray")
 
 
-def start_ray_head(config: AbserveConfig, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``ray start --head --block`` as a child we can stop by PID (it stops its own children)."""
+def ray_head_command(config: AbserveConfig) -> list[str]:
+    """``ray start --head``: node IP and dashboard on loopback unless the config says so."""
     c = config.cluster
-    if not _port_free(c.gcs_port):
-        raise AbserveError(
-            f"port {c.gcs_port} (cluster.gcs_port) is taken: is a Ray cluster already running? "
-            "Run `abserve down`, or deploy onto it with `abserve up --address 127.0.0.1:PORT`."
-        )
     cmd = [
         _ray_binary(), "start", "--head", "--block", "--disable-usage-stats",
         f"--port={c.gcs_port}", "--node-ip-address=127.0.0.1",
@@ -144,6 +154,18 @@ def start_ray_head(config: AbserveConfig, log_path: Path) -> tuple[subprocess.Po
     ]
     if c.num_cpus:
         cmd.append(f"--num-cpus={c.num_cpus}")
+    return cmd
+
+
+def start_ray_head(config: AbserveConfig, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``ray start --head --block`` as a child we can stop by PID (it stops its own children)."""
+    c = config.cluster
+    if not _port_free(c.gcs_port):
+        raise AbserveError(
+            f"port {c.gcs_port} (cluster.gcs_port) is taken: is a Ray cluster already running? "
+            "Run `abserve down`, or deploy onto it with `abserve up --address 127.0.0.1:PORT`."
+        )
+    cmd = ray_head_command(config)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **ray_env(config.http.ingress)}
     with open(log_path, "ab") as log:
@@ -369,7 +391,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                  config=str(Path(args.config).resolve()))
     _write_state(state)
     print(f"ready: every arm answers\n  endpoint:  {url}/predict   (docs: {url}/docs)\n"
-          f"  dashboard: {dashboard}\n  cache:     {redis_url or 'in-process LRU'}\n"
+          f"  dashboard: {dashboard}\n"
+          f"  cache:     {redact_url(redis_url) if redis_url else 'in-process LRU'}\n"
           "  stop with: abserve down")
     return 0
 

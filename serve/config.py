@@ -256,8 +256,22 @@ class CacheConfig(_Frozen):
     enabled: bool = Field(True, description="Cache predictions keyed by version and input.")
     redis_url: str | None = Field(
         None,
-        description="redis://host:port/db. Empty: `abserve up` starts a local redis-server, "
-        "or falls back to an in-process LRU cache when redis-server is not installed.",
+        description="redis://[user:password@]host:port/db, or rediss:// for TLS (or the "
+        "environment variable ABSERVE_REDIS_URL, which keeps the password out of the file). "
+        "The password is redacted wherever the URL is shown. Empty: `abserve up` starts a "
+        "local redis-server, or falls back to an in-process LRU cache when redis-server is "
+        "not installed.",
+    )
+    tls_ca_file: str | None = Field(
+        None, description="rediss://: CA bundle that signed the server's certificate."
+    )
+    tls_cert_file: str | None = Field(
+        None, description="rediss://: client certificate, when the server asks for one."
+    )
+    tls_key_file: str | None = Field(None, description="rediss://: the client certificate's key.")
+    tls_verify: Literal["required", "optional", "none"] = Field(
+        "required", description="rediss://: verify the server's certificate (redis-py's "
+        "ssl_cert_reqs); 'none' only for tests."
     )
     ttl_s: int = Field(3600, ge=1, description="Time to live of a cached prediction.")
     key_prefix: str = Field(
