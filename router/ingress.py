@@ -27,6 +27,7 @@ from router.batcher import HopBatcher
 from router.cache import LocalCache, PredictionCache, RedisCache
 from router.core import Prediction, RouterCore
 from router.experiment import ExperimentState, effective_weights
+from router.metrics import BufferedRecorder, ray_metric_factory
 from router.oip import (
     NOT_READY_STATUS,
     check_model,
@@ -48,6 +49,7 @@ __all__ = ["Router", "app"]
 
 log = logging.getLogger("ray.serve")
 SHADOW_WAIT_S = 0.05
+METRICS_FLUSH_S = 1.0  # router counts -> Ray's metric objects (Ray exports every 10 s)
 MAX_PENDING_SERVED = 100_000  # predictions kept for the controller while it is unreachable
 
 app = FastAPI(
@@ -154,8 +156,11 @@ class Router:
         self.shadow_batcher = HopBatcher(
             self._call_arm, max_rows=self.config.router.batch_max_rows, wait_s=SHADOW_WAIT_S
         )
+        # Ray metric objects once per replica; the core only counts into the buffer.
+        self.recorder = BufferedRecorder(ray_metric_factory, self.config.experiment.name)
         self.core = RouterCore(
-            self.config, self.batcher, self.cache, time.monotonic, shadow_call=self.shadow_batcher
+            self.config, self.batcher, self.cache, time.monotonic,
+            shadow_call=self.shadow_batcher, recorder=self.recorder,
         )
         self._user_header = self.http.user_key_header.lower()
         self._version_header = self.http.version_header.lower()
@@ -190,8 +195,20 @@ class Router:
                 log.warning("experiment state not loaded yet (%r); using the config's", exc)
             self._synced.set_result(None)
             self._poller = asyncio.get_running_loop().create_task(self._poll())
+            self._metrics_task = asyncio.get_running_loop().create_task(self._flush_metrics())
         elif not self._synced.done():
             await asyncio.shield(self._synced)
+
+    async def _flush_metrics(self) -> None:
+        """The recorder's counts to Ray every second, recorded off the event loop."""
+        while True:
+            await asyncio.sleep(METRICS_FLUSH_S)
+            snap = self.recorder.snapshot()
+            if snap:
+                try:
+                    await asyncio.to_thread(self.recorder.emit, snap)
+                except Exception as exc:  # noqa: BLE001 - metrics never break serving
+                    log.warning("metrics export failed: %r", exc)
 
     async def _poll(self) -> None:
         interval = self.config.state.poll_interval_s
