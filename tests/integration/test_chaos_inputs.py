@@ -1,0 +1,418 @@
+"""Issue 5, hostile input and security: poisoned cache entries, single flight, fuzzing,
+a password-protected (and a TLS) Redis, and secrets that never reach logs or /stats.
+
+One application of its own ("chin", v1 baseline + v2 at 0 %) whose cache is a
+redis-server started here with ``--requirepass``, on a free loopback port, and
+stopped by PID at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from models.activity.data import make_windows
+from router.cache import cache_key
+from serve.cli import free_port, redis_command, start_redis, stop_pid
+from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, serve_app, small_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+APP, PREFIX, KEY_PREFIX = "chin", "/chin", "chin"
+REDIS_PASSWORD = "redis-" + secrets.token_hex(12)
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+class Pw:
+    """The password-protected redis-server of this module."""
+
+    def __init__(self, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.port, self.proc, self.log = port, proc, log
+
+    def client(self, password: str = REDIS_PASSWORD) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, password=password, socket_timeout=2)
+
+
+@pytest.fixture(scope="module")
+def pw_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pw]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("pw-redis") / "redis.log"
+    proc = start_redis(port, log, password=REDIS_PASSWORD)
+    yield Pw(port, proc, log)
+    stop_pid(proc.pid)
+
+
+@pytest.fixture(scope="module")
+def chin(serve_instance: ServeInstance, registry_root: str, state_dir: str,
+         pw_redis: Pw) -> Iterator[str]:
+    config = small_app(
+        serve_instance, registry_root, state_dir, APP, ("v1", "v2"),
+        {"baseline": "v1", "arms": [{"version": "v1", "weight": 100},
+                                    {"version": "v2", "weight": 0}], "timeout_ms": 10_000},
+        cache={"redis_url": f"redis://:{REDIS_PASSWORD}@127.0.0.1:{pw_redis.port}/0",
+               "key_prefix": KEY_PREFIX, "retry_after_s": 0.2},
+    )
+    yield from serve_app(config, serve_instance, PREFIX)
+
+
+def _window(seed: int) -> np.ndarray:
+    x, _ = make_windows(1, seed=seed)
+    return x[0].astype(np.float32)
+
+
+def _stats(url: str) -> dict[str, Any]:
+    r = httpx.get(f"{url}/stats", timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _predict(url: str, x: np.ndarray, **headers: str) -> httpx.Response:
+    return httpx.post(f"{url}/predict", json={"features": x.tolist()}, headers=headers, timeout=30)
+
+
+# ---------------------------------------------------------------- 5. poisoned cache
+
+
+class _System:
+    """Unpickling this runs ``touch <marker>``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _Open:
+    """Unpickling this creates ``<marker>`` with ``open(marker, "w")``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_poisoned_cache_entries_are_ignored_counted_and_never_unpickled(
+    chin: str, pw_redis: Pw, tmp_path: Path
+) -> None:
+    markers = [tmp_path / "pwned-system", tmp_path / "pwned-open"]
+    payloads = [
+        b"\x00\xff\xfe garbage \x80\x81" + os.urandom(64),
+        pickle.dumps(_System(markers[0])),
+        pickle.dumps(_Open(markers[1])),
+        b"[0.5, 0.5]",  # valid JSON, wrong number of classes
+        b'{"label": "Still"}',
+    ]
+    # The payloads are real: unpickling the two would create the markers.
+    assert all(not m.exists() for m in markers)
+    redis = pw_redis.client()
+    before = _stats(chin)["cache"]["decode_errors"]
+    for i, payload in enumerate(payloads):
+        x = _window(9000 + i)
+        key = cache_key("activity", "v1", x, KEY_PREFIX)
+        redis.set(key, payload)
+        r = _predict(chin, x)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["cached"] is False and body["version"] == "v1"
+        assert r.headers["X-Cache"] == "MISS"
+        assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        # The fresh answer replaced the poison: the next request is a hit, same numbers.
+        deadline = time.monotonic() + 5
+        while redis.get(key) == payload:
+            assert time.monotonic() < deadline, "the fresh answer was not written"
+            time.sleep(0.05)
+        assert len(orjson.loads(redis.get(key))) == 8  # JSON probabilities again
+        again = _predict(chin, x)
+        assert again.headers["X-Cache"] == "HIT"
+        assert again.json()["probabilities"] == body["probabilities"]
+    assert _stats(chin)["cache"]["decode_errors"] - before == len(payloads)
+    assert all(not m.exists() for m in markers), "a cached pickle was unpickled"
+
+
+# ---------------------------------------------------------------- 6. single flight
+
+
+def test_50_identical_concurrent_misses_call_the_model_once(chin: str) -> None:
+    x = _window(31337)
+    body = orjson.dumps({"features": x.tolist()})
+
+    def model_rows() -> int:
+        return int(_stats(chin)["models"]["v1"]["rows"])
+
+    rows_before = model_rows()
+    routers = 1  # small_app: one router replica
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(base_url=chin, timeout=30, limits=limits) as client:
+            return await asyncio.gather(*(
+                client.post("/predict", content=body,
+                            headers={"content-type": "application/json"})
+                for _ in range(50)
+            ))
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses), {r.status_code for r in responses}
+    answers = {orjson.dumps(r.json()["probabilities"]) for r in responses}
+    assert len(answers) == 1, "the 50 answers differ"
+    computed = model_rows() - rows_before
+    assert 1 <= computed <= routers, f"the model computed this input {computed} times"
+
+
+# ---------------------------------------------------------------- 7. hostile inputs
+
+DEEP = b'{"features": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+HOSTILE: list[tuple[str, str, bytes, str, set[int]]] = [
+    # (name, path, body, content type, accepted statuses)
+    ("NaN literal", "/predict", b'{"features": [[NaN]]}', "application/json", {400}),
+    ("Infinity literal", "/predict", b'{"features": [[Infinity]]}', "application/json", {400}),
+    ("1e309", "/predict", b'{"features": ' + orjson.dumps([[1.0] * 9] * 49)[:-1]
+     + b',[1e309,1,1,1,1,1,1,1,1]]}', "application/json", {400, 422}),
+    ("float32 overflow", "/predict", orjson.dumps({"features": [[1e39] * 9] * 50}),
+     "application/json", {422}),
+    ("deep nesting", "/predict", DEEP, "application/json", {400, 422}),
+    ("truncated JSON", "/predict", b'{"features": [[0.1, 0.2', "application/json", {400}),
+    ("empty body", "/predict", b"", "application/json", {400}),
+    ("wrong shape", "/predict", orjson.dumps({"features": [[0.0] * 9] * 49}),
+     "application/json", {422}),
+    ("ragged", "/predict", orjson.dumps({"features": [[0.0] * 9] * 49 + [[0.0] * 8]}),
+     "application/json", {422}),
+    ("strings", "/predict", orjson.dumps({"features": [["a"] * 9] * 50}),
+     "application/json", {422}),
+    ("booleans", "/predict", orjson.dumps({"features": [[True] * 9] * 50}),
+     "application/json", {422}),
+    ("top-level list", "/predict", b"[1, 2, 3]", "application/json", {422}),
+    ("unknown key", "/predict", b'{"features": [], "x": 1}', "application/json", {422}),
+    ("text/plain", "/predict", b'{"features": []}', "text/plain", {415}),
+    ("form", "/predict", b"features=1", "application/x-www-form-urlencoded", {415}),
+    ("no content type", "/predict", b'{"features": []}', "", {415}),
+    ("batch too big", "/predict/batch",
+     orjson.dumps({"instances": [[[0.0] * 9] * 50] * 300}), "application/json", {413, 422}),
+    ("batch empty", "/predict/batch", b'{"instances": []}', "application/json", {422}),
+    ("batch of scalars", "/predict/batch", b'{"instances": [1, 2]}', "application/json", {422}),
+    ("10 MB body", "/predict", b'{"features": [' + b"0," * 5_000_000 + b"0]}",
+     "application/json", {413}),
+    ("10 MB batch", "/predict/batch", b'{"instances": [' + b"0," * 5_000_000 + b"0]}",
+     "application/json", {413}),
+    ("OIP garbage", "/v2/models/activity/infer", b"\x00\x01\x02", "application/json", {400}),
+    ("OIP NaN", "/v2/models/activity/infer",
+     b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [NaN]}]}',
+     "application/json", {400}),
+    ("feedback garbage", "/feedback", b"{{{", "application/json", {400}),
+    ("admin weights garbage", "/admin/weights", b"\xff\xfe", "application/json", {400}),
+]
+
+
+def _pids(url: str) -> tuple[int, dict[str, int]]:
+    stats = _stats(url)
+    return stats["pid"], {v: s["pid"] for v, s in stats["models"].items()}
+
+
+@pytest.mark.parametrize("name, path, payload, ctype, accepted", HOSTILE,
+                         ids=[h[0] for h in HOSTILE])
+def test_hostile_input_gets_a_4xx_never_a_5xx(chin: str, name: str, path: str, payload: bytes,
+                                              ctype: str, accepted: set[int]) -> None:
+    headers = {"content-type": ctype} if ctype else {}
+    if path.startswith("/admin"):
+        headers.update(AUTH)
+    method = "PUT" if path == "/admin/weights" else "POST"
+    r = httpx.request(method, chin + path, content=payload, headers=headers, timeout=30)
+    assert r.status_code in accepted, (name, r.status_code, r.text[:300])
+    assert r.headers["content-type"].startswith("application/json")
+    assert "error" in r.json()
+
+
+def test_oversized_body_is_refused_before_it_is_read(chin: str) -> None:
+    """A 10 MB body announced by Content-Length is refused without reading it all."""
+
+    async def go() -> tuple[int, float]:
+        host, port = "127.0.0.1", int(chin.split(":")[2].split("/")[0])
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(f"POST {PREFIX}/predict HTTP/1.1\r\nHost: {host}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 10485760\r\n\r\n"
+                     .encode() + b'{"features": [')  # then nothing: the rest never comes
+        await writer.drain()
+        started = time.perf_counter()
+        status = int((await asyncio.wait_for(reader.readline(), 10)).split()[1])
+        writer.close()
+        return status, time.perf_counter() - started
+
+    status, waited = asyncio.run(go())
+    assert status == 413 and waited < 5
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def test_cache_through_a_password_protected_redis(chin: str, pw_redis: Pw) -> None:
+    x = _window(4242)
+    first = _predict(chin, x)
+    assert first.status_code == 200 and first.headers["X-Cache"] in ("MISS", "HIT")
+    deadline = time.monotonic() + 5
+    while (r := _predict(chin, x)).headers["X-Cache"] != "HIT":
+        assert time.monotonic() < deadline, r.headers["X-Cache"]
+        time.sleep(0.05)
+    assert pw_redis.client().exists(cache_key("activity", "v1", x, KEY_PREFIX))
+    stats = _stats(chin)
+    assert stats["cache"]["url"] == f"redis://:***@127.0.0.1:{pw_redis.port}/0"
+    assert REDIS_PASSWORD not in orjson.dumps(stats).decode()
+
+
+def test_wrong_redis_password_is_a_bypass_and_says_no_password(chin: str, pw_redis: Pw) -> None:
+    import redis
+
+    with pytest.raises(redis.AuthenticationError) as info:
+        pw_redis.client(password="wrong-" + REDIS_PASSWORD).ping()
+    assert "wrong-" not in str(info.value) and REDIS_PASSWORD not in str(info.value)
+    admin = pw_redis.client()
+    new_password = "rotated-" + secrets.token_hex(8)
+    admin.config_set("requirepass", new_password)
+    try:
+        redis.Redis(host="127.0.0.1", port=pw_redis.port, password=new_password).client_kill_filter(
+            _type="normal", skipme=True)  # the router's pooled connections must log in again
+        errors_before = _stats(chin)["cache"]["errors"]
+        statuses = set()
+        for i in range(5):
+            r = _predict(chin, _window(7000 + i))
+            assert r.status_code == 200, r.text
+            statuses.add(r.headers["X-Cache"])
+            time.sleep(0.25)  # past cache.retry_after_s: each request probes Redis again
+        assert "BYPASS" in statuses
+        stats = _stats(chin)
+        assert stats["cache"]["errors"] > errors_before
+        assert REDIS_PASSWORD not in orjson.dumps(stats).decode()
+    finally:
+        redis.Redis(host="127.0.0.1", port=pw_redis.port, password=new_password).config_set(
+            "requirepass", REDIS_PASSWORD)
+
+
+def test_rediss_tls_with_a_password(tmp_path: Path) -> None:
+    """rediss:// through router.cache.RedisCache against a real TLS redis-server."""
+    from router.cache import PredictionCache, RedisCache
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.crt")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "server.key", "-out", "server.csr")
+    (tmp_path / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-extfile", "san.cnf", "-out", "server.crt")
+    port = free_port()
+    cmd = redis_command("redis-server", 0, tmp_path / "redis.log", password=REDIS_PASSWORD,
+                        extra=["--tls-port", str(port), "--tls-cert-file", "server.crt",
+                               "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt",
+                               "--tls-auth-clients", "no"])
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        url = f"rediss://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
+
+        async def roundtrip(tls: dict[str, Any]) -> tuple[Any, Any]:
+            cache = PredictionCache(RedisCache(url, tls=tls), n_classes=2, timeout_s=2.0)
+            try:
+                deadline = time.monotonic() + 10
+                while True:  # wait for the server to listen
+                    lookup = await cache.get_many(["tls:k"])
+                    if not lookup.bypassed or time.monotonic() > deadline:
+                        break
+                    cache.breaker.record_success()
+                    await asyncio.sleep(0.2)
+                cache.set_many_background([("tls:k", [0.25, 0.75])])
+                await asyncio.sleep(0.5)
+                return await cache.get_many(["tls:k"]), cache.stats
+            finally:
+                await cache.close()
+
+        lookup, stats = asyncio.run(roundtrip(
+            {"ssl_ca_certs": str(tmp_path / "ca.crt"), "ssl_cert_reqs": "required"}))
+        assert not lookup.bypassed and lookup.values == [[0.25, 0.75]], stats
+        # Without the CA the server's certificate is refused: a bypass, never an error.
+        lookup, stats = asyncio.run(roundtrip({"ssl_cert_reqs": "required"}))
+        assert lookup.bypassed and stats.errors >= 1
+    finally:
+        stop_pid(proc.pid)
+
+
+def test_admin_token_and_redis_password_never_reach_logs_or_stats(chin: str) -> None:
+    import ray
+
+    wrong = "wrong-token-" + secrets.token_hex(8)
+    for headers in (AUTH, {"Authorization": f"Bearer {wrong}"}, {"Authorization": wrong}):
+        httpx.get(f"{chin}/admin/experiment", headers=headers, timeout=10)
+        httpx.put(f"{chin}/admin/weights", content=b"{bad", timeout=10,
+                  headers={**headers, "content-type": "application/json"})
+    httpx.get(f"{chin}/admin/experiment?token={wrong}", timeout=10)
+    time.sleep(1.5)  # log buffers (throughput mode buffers request logs)
+    stats = httpx.get(f"{chin}/stats", timeout=10).text
+    logs_dir = Path(ray._private.worker.global_worker.node.get_logs_dir_path())
+    leaks: list[str] = []
+    for path in logs_dir.rglob("*"):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        for secret in (ADMIN_TOKEN, wrong, REDIS_PASSWORD):
+            if secret.encode() in data:
+                leaks.append(f"{path.name}: {secret[:6]}...")
+    assert not leaks, leaks
+    assert ADMIN_TOKEN not in stats and wrong not in stats and REDIS_PASSWORD not in stats
+
+
+# ---------------------------------------------------------------- 7. fuzzing (last: it may
+# pause the experiment or change its weights through the admin API)
+
+
+def _fuzz(op: Any, base_url: str, headers: dict[str, str], seen: dict[str, int],
+          failures: list[str]) -> None:
+    """A few generated requests for one operation (bounded: examples, time)."""
+    from hypothesis import HealthCheck, given, settings
+
+    name = f"{op.method.upper()} {op.path}"
+
+    @settings(max_examples=12, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(case=op.as_strategy())
+    def check(case: Any) -> None:
+        r = case.call(base_url=base_url, headers=headers, timeout=15)
+        seen[name] = r.status_code
+        if r.status_code >= 500:
+            failures.append(f"{name} -> {r.status_code}: {r.text[:200]}")
+
+    check()
+
+
+def test_fuzz_the_openapi_schema_no_5xx_no_restart(chin: str) -> None:
+    import schemathesis
+
+    pids = _pids(chin)
+    schema = schemathesis.openapi.from_url(f"{chin}/openapi.json")
+    seen: dict[str, int] = {}
+    failures: list[str] = []
+    budget = time.monotonic() + 45
+    for result in schema.get_all_operations():
+        op = result.ok()
+        if time.monotonic() > budget:
+            break
+        _fuzz(op, chin, AUTH if op.path.startswith("/admin") else {}, seen, failures)
+    assert len(seen) >= 20, sorted(seen)  # every route was exercised
+    assert not failures, failures[:10]
+    assert _pids(chin) == pids, "a replica restarted while fuzzed"
