@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set-up for a fresh Debian/Ubuntu machine with Python 3.11: OS packages
-# (redis-server), a virtualenv in .venv, and this project with its dev extras.
+# (redis-server, wrk, prometheus, chromium), a virtualenv in .venv, and this project with its dev extras.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,10 @@ apt_install() {
 
 command -v redis-server >/dev/null || apt_install redis-server
 command -v wrk >/dev/null || apt_install wrk  # load generator of `abserve bench`
+# tests/integration/test_observability.py: a real Prometheus scraping Ray's metrics port,
+# and headless Chromium (driven by selenium) opening the Ray dashboard's Serve page.
+command -v prometheus >/dev/null || apt_install prometheus
+{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || apt_install chromium chromium-driver
 
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
