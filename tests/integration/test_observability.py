@@ -174,22 +174,30 @@ def test_prometheus_finds_router_metrics_by_experiment_arm_and_version(
     check_grafana_queries(prometheus, exp)
 
 
-def check_grafana_queries(prom: str, experiment: str) -> None:
-    """Every PromQL of the Grafana dashboard runs, and every abserve panel finds series."""
+def check_grafana_queries(prom: str, experiment: str, timeout_s: float = 30) -> None:
+    """Every PromQL of the Grafana dashboard runs, and every abserve panel finds series.
+
+    rate() needs two samples of a series in its window: new series take a scrape or two.
+    """
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/abserve.json").read_text())
-    empty = []
-    for panel in dashboard["panels"]:
-        series = 0
-        for target in panel.get("targets", []):
-            expr = target["expr"]
-            promql = (expr.replace("$__rate_interval", "5m").replace("$application", APP)
-                      .replace("$experiment", experiment))
-            reply = httpx.get(f"{prom}/api/v1/query", params={"query": promql}, timeout=10)
-            assert reply.json()["status"] == "success", (expr, reply.text)
-            series += len(reply.json()["data"]["result"])
-        if "abserve" in json.dumps(panel.get("targets")) and not series:
-            empty.append(panel["title"])
-    # No shadow ran here; every other abserve panel has data after the traffic above.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        empty = []
+        for panel in dashboard["panels"]:
+            series = 0
+            for target in panel.get("targets", []):
+                expr = target["expr"]
+                promql = (expr.replace("$__rate_interval", "5m").replace("$application", APP)
+                          .replace("$experiment", experiment))
+                reply = httpx.get(f"{prom}/api/v1/query", params={"query": promql}, timeout=10)
+                assert reply.json()["status"] == "success", (expr, reply.text)
+                series += len(reply.json()["data"]["result"])
+            if "abserve" in json.dumps(panel.get("targets")) and not series:
+                empty.append(panel["title"])
+        # No shadow ran here; every other abserve panel has data after the traffic above.
+        if set(empty) <= {"Shadow agreement"} or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert set(empty) <= {"Shadow agreement"}, empty
 
 
