@@ -22,6 +22,7 @@ __all__ = [
     "kill_pids",
     "replica_pids",
     "set_fault_all",
+    "shutdown_serve",
     "wait_for",
     "wait_serve_answers",
 ]
@@ -73,30 +74,62 @@ def wait_for(predicate: Any, timeout_s: float, interval_s: float = 0.25, what: s
         time.sleep(interval_s)
 
 
+_LOOP: Any = None
+
+
+def _handle_loop() -> Any:
+    """One event loop in a thread for handle calls: in Serve's throughput mode a
+    handle's router runs on the caller's loop, so a plain synchronous caller (the
+    soak's driver) cannot use ``.result()``."""
+    global _LOOP
+    if _LOOP is None:
+        from benchmarks.runner import HandleLoop
+
+        _LOOP = HandleLoop()
+    return _LOOP
+
+
+def shutdown_serve() -> None:
+    """``serve.shutdown()`` on the loop that made this module's handles, if any."""
+    from ray import serve
+
+    if _LOOP is None:
+        serve.shutdown()
+    else:
+        _LOOP.shutdown_serve()
+        _LOOP.close()
+
+
 def set_fault_all(
     app: str, deployment: str, *, error_rate: float = 0.0, delay_s: float = 0.0,
     timeout_s: float = 30.0,
 ) -> set[int]:
     """``set_fault`` on every live replica of a deployment; the PIDs that got it.
 
-    A handle call reaches one replica of the router's choice, so call until every
-    PID in the actor table has answered.
+    A handle call reaches one replica of the router's choice, so send several at
+    once, and again, until every PID in the actor table has answered: the
+    replicas get the fault within a round trip or two of each other.
     """
+    import asyncio
+
     from ray import serve
 
-    handle = serve.get_deployment_handle(deployment, app)
-    want = set(replica_pids(app, deployment))
-    done: set[int] = set()
-    deadline = time.monotonic() + timeout_s
-    while not want <= done:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"set_fault reached {sorted(done)} of {sorted(want)}")
-        pid = handle.set_fault.remote(error_rate=error_rate, delay_s=delay_s).result(
-            timeout_s=timeout_s
-        )
-        done.add(int(pid))
-        want = set(replica_pids(app, deployment)) or want
-    return done
+    async def reach_all() -> set[int]:
+        handle = serve.get_deployment_handle(deployment, app)
+        want = set(replica_pids(app, deployment))
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while not want <= done:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"set_fault reached {sorted(done)} of {sorted(want)}")
+            calls = [handle.set_fault.remote(error_rate=error_rate, delay_s=delay_s)
+                     for _ in range(4 * max(1, len(want)))]
+            done.update(int(pid) for pid in await asyncio.gather(*calls))
+            want = set(replica_pids(app, deployment)) or want
+        return done
+
+    result: set[int] = _handle_loop().call(reach_all(), timeout_s + 5)
+    return result
 
 
 def deployment_running(app: str, deployment: str, replicas: int,
@@ -108,7 +141,9 @@ def deployment_running(app: str, deployment: str, replicas: int,
     status = serve.status().applications[app].deployments[deployment]
     if str(getattr(status.status, "value", status.status)) != "HEALTHY":
         return False
-    if status.replica_states.get("RUNNING", 0) != replicas:
+    running = sum(n for state, n in status.replica_states.items()
+                  if str(getattr(state, "value", state)) == "RUNNING")
+    if running != replicas:
         return False
     pids = set(replica_pids(app, deployment))
     return len(pids) == replicas and not (pids & (exclude or set()))

@@ -423,10 +423,13 @@ def run(opts: SoakOptions) -> dict[str, Any]:
             haproxy = sorted(set(haproxy) | set(_haproxy_pids()))
             if ray_up:
                 import ray
-                from ray import serve
 
-                with contextlib.suppress(Exception):
-                    serve.shutdown()
+                from benchmarks.faults import shutdown_serve
+
+                try:
+                    shutdown_serve()
+                except Exception as exc:  # noqa: BLE001 - ray.shutdown() below stops it all
+                    log.warning("serve shutdown failed: %s", exc)
                 ray.shutdown()
             for pid in haproxy:
                 stop_pid(pid, timeout_s=5)
