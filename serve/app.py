@@ -102,7 +102,9 @@ def build_app(config: AbserveConfig) -> Application:
     return Router.options(  # type: ignore[attr-defined]
         name=ROUTER_DEPLOYMENT,
         **_replicas(config.router.num_replicas, config.router.autoscaling),
-        ray_actor_options={"num_cpus": config.router.num_cpus},
+        ray_actor_options={"num_cpus": config.router.num_cpus,
+                           **({"resources": dict(config.router.resources)}
+                              if config.router.resources else {})},
         max_ongoing_requests=config.router.max_ongoing_requests,
         # Serve's own rejection (a backstop: the router's max_inflight sheds first) also
         # says when to come back; Ray 2.60 answers it with this status and header.

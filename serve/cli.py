@@ -369,9 +369,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     _connect(address)
     from ray import serve
 
-    serve.start(http_options={"host": config.http.host, "port": config.http.port})
+    serve.start(proxy_location=config.http.proxy_location,
+                http_options={"host": config.http.host, "port": config.http.port})
     print(f"deploying {config.app_name}: "
-          + ", ".join(f"{config.model}:{m.version} x{m.num_replicas}" for m in config.models),
+          + ", ".join(f"{config.model}:{m.version} x{_replicas_text(m)}" for m in config.models),
           flush=True)
     _deploy(config)
     _wait_running(config.app_name, args.timeout)
@@ -395,6 +396,11 @@ def cmd_up(args: argparse.Namespace) -> int:
           f"  cache:     {redact_url(redis_url) if redis_url else 'in-process LRU'}\n"
           "  stop with: abserve down")
     return 0
+
+
+def _replicas_text(m: Any) -> str:
+    a = m.autoscaling
+    return str(m.num_replicas) if a is None else f"{a.min_replicas}-{a.max_replicas} (autoscaling)"
 
 
 def _deploy(config: AbserveConfig) -> None:
@@ -450,7 +456,39 @@ def cmd_deploy_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replica_counts(state: dict[str, Any], app_name: str | None) -> dict[str, Any]:
+    """Running/target replicas per deployment from Serve, or {} when Ray is out of reach."""
+    if not state.get("ray_address") or not app_name:
+        return {}
+    try:
+        _connect_quietly(state["ray_address"])
+        from serve.scaling import replica_counts
+
+        return replica_counts(app_name)
+    except Exception as exc:  # noqa: BLE001 - the table still shows what the router knows
+        print(f"warning: no replica counts from {state['ray_address']}: {exc!r}",
+              file=sys.stderr)
+        return {}
+
+
+def _connect_quietly(address: str) -> None:
+    _ray_auth_env()
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{part / whole:.1%}" if whole else "-"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    """The experiment at a glance: per version replicas, weight, observed share, error and
+    fallback rates (this router replica's counters), and the cache hit rate. No admin token."""
+    _ray_auth_env()  # before serve.app imports ray
+    from serve.app import ROUTER_DEPLOYMENT, model_deployment_name
+
     state = _read_state()
     url = args.url or state.get("url")
     if url is None:
@@ -463,23 +501,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001
         print(f"{url} does not answer: {exc}", file=sys.stderr)
         return 1
+    replicas = {} if args.no_replicas else _replica_counts(state, state.get("app_name"))
+
+    def replicas_of(deployment: str) -> str:
+        c = replicas.get(deployment)
+        return "-" if c is None else f"{c.running}/{c.target}"
+
     print(f"{url}  model {models['model']}  experiment {models['experiment']}  "
-          f"ready={ready.get('ready')}")
-    header = f"{'version':<10}{'framework':<12}{'weight':>8}{'ready':>7}{'breaker':>11}"
-    header += f"{'requests':>10}{'fallbacks':>11}{'accuracy':>10}"
-    print(header)
+          f"baseline {models.get('baseline')}  ready={ready.get('ready')}")
+    total = sum(s.get("requests", 0) for s in stats["arms"].values())
+    print(f"{'version':<10}{'framework':<12}{'replicas':>9}{'weight':>8}{'share':>8}"
+          f"{'requests':>10}{'errors':>8}{'fallbk':>8}{'ready':>7}{'breaker':>11}"
+          f"{'accuracy':>10}")
     for v in models["versions"]:
         s = stats["arms"].get(v["version"], {})
+        n = s.get("requests", 0)
         acc = v.get("accuracy")
-        print(f"{v['version']:<10}{v['framework']:<12}{v['weight']:>7g}%"
+        mark = "*" if v.get("baseline") else ""
+        print(f"{v['version'] + mark:<10}{v['framework']:<12}"
+              f"{replicas_of(model_deployment_name(models['model'], v['version'])):>9}"
+              f"{v['weight']:>7g}%{_pct(n, total):>8}{n:>10}"
+              f"{_pct(s.get('failures', 0), n):>8}{_pct(s.get('fallbacks', 0), n):>8}"
               f"{str(ready['arms'].get(v['version'])):>7}{v['breaker']:>11}"
-              f"{s.get('requests', 0):>10}{s.get('fallbacks', 0):>11}"
               f"{(f'{acc:.3f}' if acc is not None else '-'):>10}")
     c = stats["cache"]
     lookups = c["hits"] + c["misses"]
-    rate = f"{c['hits'] / lookups:.1%}" if lookups else "-"
-    print(f"cache ({c['kind']}, router replica {stats['replica']}): hits {c['hits']} "
-          f"misses {c['misses']} bypasses {c['bypasses']} hit rate {rate}")
+    print(f"router replicas {replicas_of(ROUTER_DEPLOYMENT)}; counters of router replica "
+          f"{stats['replica']}  (* baseline; errors: failed calls to the version; fallbk: its "
+          "requests the baseline answered)")
+    print(f"cache ({c['kind']}): hit rate {_pct(c['hits'], lookups)}  hits {c['hits']} "
+          f"misses {c['misses']} bypasses {c['bypasses']}")
     return 0 if ready_status == 200 else 1
 
 
@@ -776,8 +827,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--timeout", type=float, default=300)
     u.set_defaults(func=cmd_up)
 
-    s = sub.add_parser("status", help="versions, weights, readiness and counters")
+    s = sub.add_parser("status", help="per version: replicas, weight, observed share, error and "
+                                      "fallback rates; cache hit rate")
     s.add_argument("--url")
+    s.add_argument("--no-replicas", action="store_true",
+                   help="do not connect to Ray for the replica counts (faster)")
     s.set_defaults(func=cmd_status)
 
     pr = sub.add_parser("predict", help="send a sample sensor window to /predict")

@@ -137,6 +137,15 @@ class _Replicas(_Frozen):
 _RESERVED_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
 
 
+def _check_custom_resources(resources: dict[str, float]) -> dict[str, float]:
+    for name, amount in resources.items():
+        if name in _RESERVED_RESOURCES:
+            raise ValueError(f"{name!r} is not a custom resource; use num_cpus / num_gpus for it")
+        if not amount > 0:
+            raise ValueError(f"{name}: the amount must be > 0, got {amount}")
+    return resources
+
+
 class ModelConfig(_Replicas):
     """One model version, deployed as its own Ray Serve deployment."""
 
@@ -166,17 +175,7 @@ class ModelConfig(_Replicas):
         "this version to nodes started with --resources.",
     )
 
-    @field_validator("resources")
-    @classmethod
-    def _custom_resources(cls, resources: dict[str, float]) -> dict[str, float]:
-        for name, amount in resources.items():
-            if name in _RESERVED_RESOURCES:
-                raise ValueError(
-                    f"{name!r} is not a custom resource; use num_cpus / num_gpus for it"
-                )
-            if not amount > 0:
-                raise ValueError(f"{name}: the amount must be > 0, got {amount}")
-        return resources
+    _custom_resources = field_validator("resources")(_check_custom_resources)
 
 
 
@@ -300,6 +299,11 @@ class HttpConfig(_Frozen):
         description="Ray Serve ingress mode set when the Ray cluster starts: 'throughput' = "
         "RAY_SERVE_THROUGHPUT_OPTIMIZED + HAProxy; 'default' = Serve's Python proxy.",
     )
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode",
+        description="Where Serve runs its HTTP proxies: on every node, or only on the head "
+        "(needed when several Ray nodes share one machine, and so one port).",
+    )
 
 
 class RouterConfig(_Replicas):
@@ -335,6 +339,12 @@ class RouterConfig(_Replicas):
     autoscaling: AutoscalingConfig | None = Field(
         None, description="Scale the router's replicas with load (instead of num_replicas)."
     )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per router replica, e.g. to keep it on the head.",
+    )
+
+    _custom_resources = field_validator("resources")(_check_custom_resources)
 
     @model_validator(mode="after")
     def _shed_before_serve_queues(self) -> RouterConfig:
@@ -345,7 +355,6 @@ class RouterConfig(_Replicas):
                 "lower max_inflight or raise max_ongoing_requests"
             )
         return self
-
 
 
 class AdminConfig(_Frozen):
