@@ -104,3 +104,18 @@ def test_custom_resources() -> None:
     assert config.models[1].resources == {}
     assert "use num_cpus / num_gpus" in error_of(base(resources={"CPU": 1}))
     assert "must be > 0" in error_of(base(resources={"abserve_node2": 0}))
+
+
+def test_router_resources_and_proxy_location() -> None:
+    data = base()
+    data["router"] = {"resources": {"abserve_head": 0.1}}
+    data["http"] = {"proxy_location": "HeadOnly"}
+    config = parse_config(data)
+    assert config.router.resources == {"abserve_head": 0.1}
+    assert config.http.proxy_location == "HeadOnly"
+    assert parse_config(base()).http.proxy_location == "EveryNode"
+    data["router"] = {"resources": {"GPU": 1}}
+    assert error_of(data).startswith("router.resources")
+    data = base()
+    data["http"] = {"proxy_location": "Nowhere"}
+    assert error_of(data).startswith("http.proxy_location")
