@@ -31,8 +31,8 @@ __all__ = [
 def actor_pids(class_name: str) -> list[int]:
     """PIDs of the ALIVE actors of one class, from the GCS actor table.
 
-    ``ray.util.state`` needs the dashboard, which the test and soak clusters
-    run without; the GCS table has the PID too.
+    ``ray.util.state`` needs the dashboard, which the soak's cluster runs
+    without; the GCS table has the PID too.
     """
     import ray
 
