@@ -12,6 +12,7 @@ fake one. No Ray import here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import numpy as np
 from router.analysis import ArmMetrics
 from router.bandit import ThompsonPolicy
 from router.cache import PredictionCache, cache_key
-from router.fallback import CircuitBreaker
+from router.fallback import BreakerState, CircuitBreaker
 from router.metrics import NullRecorder, Recorder
 from router.policy import Arm, Policy, RouteContext, WeightedPolicy
 from router.shadow import ShadowStats
@@ -326,6 +327,20 @@ class RouterCore:
             self.stats[version].rejected_by_breaker += 1
             self.recorder.arm_error(version, "circuit_open")
             raise UpstreamError(f"circuit open for {version}", reason="circuit_open")
+        if breaker.state is BreakerState.HALF_OPEN and version != self.baseline:
+            # This caller was admitted as the probe. The probe goes to the candidate in
+            # the background with the caller's rows, and the caller is answered by the
+            # baseline at once: no client waits on an arm that was failing (a slow arm
+            # would otherwise cost one client a full timeout per cool-down). The
+            # baseline has nobody to fall back to, so its own probe stays in line.
+            self._spawn(self._probe(version, rows))
+            self.stats[version].rejected_by_breaker += 1
+            self.recorder.arm_error(version, "circuit_open")
+            raise UpstreamError(f"circuit half-open for {version}, probing", reason="circuit_open")
+        return await self._call_recorded(version, rows)
+
+    async def _call_recorded(self, version: str, rows: np.ndarray) -> np.ndarray:
+        breaker = self.breakers[version]
         try:
             out = await self.call(version, rows, self.timeouts[version])
         except UpstreamError as exc:
@@ -335,3 +350,8 @@ class RouterCore:
             raise
         breaker.record_success()
         return out
+
+    async def _probe(self, version: str, rows: np.ndarray) -> None:
+        """A half-open breaker's probe: its outcome closes or re-opens the circuit."""
+        with contextlib.suppress(UpstreamError):
+            await self._call_recorded(version, rows)

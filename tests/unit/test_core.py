@@ -95,8 +95,50 @@ def test_breaker_opens_then_skips_the_candidate_then_probes() -> None:
     assert [v for v, _ in arms.calls] == ["v1"] * 5  # v2 not called while open
     del arms.failing["v2"]
     clock.t = 10.0
-    pred = run(lambda: core.predict(X))  # the probe succeeds and closes the circuit
-    assert not pred.fallback and core.breakers["v2"].state.value == "closed"
+
+    async def probe_then_next() -> tuple[Any, Any]:
+        # The cool-down is over: this request's rows probe v2 in the background,
+        # while the request itself is answered by the baseline at once.
+        first = await core.predict(X)
+        assert core.breakers["v2"].state.value == "half_open"
+        await asyncio.sleep(0)  # the background probe runs
+        await asyncio.sleep(0)
+        return first, await core.predict(X)
+
+    first, second = run(probe_then_next)
+    assert first.fallback and first.fallback_reason == "circuit_open" and first.version == "v1"
+    assert core.breakers["v2"].state.value == "closed"  # the probe succeeded
+    assert not second.fallback and second.version == "v2"
+
+
+def test_a_slow_candidates_probe_costs_no_client_its_timeout() -> None:
+    """Half-open: the client is answered by the baseline while the probe waits on v2."""
+    core, arms, clock = make()
+    arms.failing["v2"] = "timeout"
+    for _ in range(3):
+        run(lambda: core.predict(X))
+    clock.t = 10.0
+    release = asyncio.Event()
+
+    async def scenario() -> Any:
+        original = arms.__call__
+
+        async def slow(version: str, batch: np.ndarray, timeout_s: float) -> np.ndarray:
+            if version == "v2":
+                await release.wait()  # the probe hangs until released
+            return await original(version, batch, timeout_s)
+
+        core.call = slow
+        pred = await asyncio.wait_for(core.predict(X), 1.0)  # not held by the probe
+        assert core.breakers["v2"].state.value == "half_open"
+        release.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return pred
+
+    pred = run(scenario)
+    assert pred.fallback and pred.version == "v1"
+    assert core.breakers["v2"].state.value == "open"  # the probe timed out: open again
 
 
 def test_baseline_failure_is_503() -> None:
