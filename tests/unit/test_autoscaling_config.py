@@ -11,23 +11,8 @@ from typing import Any
 import pytest
 
 from serve.config import AutoscalingConfig, parse_config
-from serve.errors import ConfigError
 
-
-def base(**model: Any) -> dict[str, Any]:
-    return {
-        "models": [{"version": "v1", **model}, {"version": "v2"}],
-        "experiment": {
-            "baseline": "v1",
-            "arms": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}],
-        },
-    }
-
-
-def error_of(data: dict[str, Any]) -> str:
-    with pytest.raises(ConfigError) as info:
-        parse_config(data)
-    return info.value.message
+from .test_config import base, error_of
 
 
 def test_mapping_uses_ray_serve_field_names() -> None:

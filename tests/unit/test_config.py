@@ -14,9 +14,10 @@ from serve.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def base() -> dict[str, Any]:
+def base(**model: Any) -> dict[str, Any]:
+    """A valid config; ``model`` adds keys to v1's entry."""
     return {
-        "models": [{"version": "v1"}, {"version": "v2"}],
+        "models": [{"version": "v1", **model}, {"version": "v2"}],
         "experiment": {
             "baseline": "v1",
             "arms": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}],
