@@ -86,11 +86,11 @@ class TensorflowBackend(BaseBackend):
         mean and variance) from the copied variables.
         """
         policy = keras.DTypePolicy(_KERAS_POLICIES[self.precision])
-        keep = {id(getattr(t, "_keras_history", (None,))[0]) for t in model.outputs}
-        keep.discard(id(None))
-        if not keep and model.layers:
-            keep = {id(model.layers[-1])}
-        keep_names = {layer.name for layer in model.layers if id(layer) in keep}
+        # The layers that produce the model's outputs (KerasHistory names the operation).
+        keep_names = {t._keras_history.operation.name
+                      for t in model.outputs if hasattr(t, "_keras_history")}
+        if not keep_names and model.layers:
+            keep_names = {model.layers[-1].name}
 
         def clone(layer: Any) -> Any:
             config = layer.get_config()
