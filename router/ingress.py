@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import orjson
@@ -22,7 +22,7 @@ from ray.serve.handle import DeploymentHandle
 
 from models.registry import Registry
 from router.admin import TOKEN_ENV, AdminAuth, load_admin_token
-from router.admission import Admission, AdmissionMiddleware
+from router.admission import Admission, AdmissionMiddleware, ASGIApp, Receive, Scope, Send
 from router.batcher import HopBatcher
 from router.cache import LocalCache, PredictionCache, RedisCache
 from router.core import Prediction, RouterCore
@@ -57,9 +57,21 @@ app = FastAPI(
     description="A/B tests and canary rollouts of ML models on Ray Serve.",
     version="0.1.0",
 )
-# One router replica per process: the middleware's counters are this replica's.
-ADMISSION = Admission()
-app.add_middleware(AdmissionMiddleware, admission=ADMISSION)
+
+
+class ThisReplica:
+    """The router replica of this process, as the ASGI middleware sees it.
+
+    A class, not an instance: ``serve.ingress`` pickles a copy of ``app`` and of
+    the middleware's arguments, and a class travels by reference, so the copy
+    and the replica share these. (One router replica per process.)
+    """
+
+    admission: ClassVar[Admission] = Admission()
+    routes: ClassVar[dict[str, ASGIApp]] = {}  # the hot routes as raw ASGI; the replica fills it
+
+
+app.add_middleware(AdmissionMiddleware, state=ThisReplica)
 
 
 @app.exception_handler(AbserveError)
@@ -144,7 +156,7 @@ class Router:
             retry_after_s=self.config.cache.retry_after_s,
         )
         router_cfg = self.config.router
-        ADMISSION.configure(router_cfg.max_inflight, router_cfg.max_inflight_per_key,
+        ThisReplica.admission.configure(router_cfg.max_inflight, router_cfg.max_inflight_per_key,
                             router_cfg.retry_after_s, self.http.user_key_header)
         self.batcher = HopBatcher(
             self._call_arm,
@@ -164,6 +176,11 @@ class Router:
         )
         self._user_header = self.http.user_key_header.lower()
         self._version_header = self.http.version_header.lower()
+        self._user_header_b = self._user_header.encode("latin-1")
+        self._version_header_b = self._version_header.encode("latin-1")
+        ThisReplica.routes.update(
+            {"/predict": self._predict_asgi, "/predict/batch": self._predict_asgi}
+        )
         self.controller = controller
         self.auth = AdminAuth(load_admin_token(self.config.admin))
         if not self.auth.enabled:
@@ -341,42 +358,105 @@ class Router:
         rid = serve.context._get_serve_request_context().request_id
         return rid or uuid.uuid4().hex
 
-    @app.post("/predict", openapi_extra=OPENAPI_SINGLE, responses=SINGLE_RESPONSES)
-    async def predict(self, request: Request) -> Response:
-        """Predict one input; the experiment picks the arm."""
+    async def _predict(
+        self, body: bytes, user_key: str | None, pinned: str | None, *, many: bool
+    ) -> tuple[bytes, dict[str, str]]:
+        """A /predict or /predict/batch body in, the response body and headers out."""
         await self._ensure_synced()
-        batch = parse_single(await self._body(request), self.input_shape)
-        user_key, pinned = self._route_args(request)
+        data = parse_json(body)
+        if many:
+            batch = parse_batch(data, self.input_shape, self.http.max_batch_instances)
+        else:
+            batch = parse_single(data, self.input_shape)
         pred = await self.core.predict(batch, user_key=user_key, pinned=pinned)
         rid = self._request_id()
         self._remember(rid, pred)
-        body = self._answer(pred, rid, 0)
+        out: dict[str, Any]
+        if many:
+            out = {
+                "predictions": [self._answer(pred, rid, i) for i in range(len(batch))],
+                "model": self.config.model,
+                "version": pred.version,
+                "arm": pred.arm,
+                "fallback": pred.fallback,
+                "request_id": rid,
+            }
+        else:
+            out = self._answer(pred, rid, 0)
         if pred.fallback_reason:
-            body["fallback_reason"] = pred.fallback_reason
-        return _json(body, headers=self._headers(pred))
+            out["fallback_reason"] = pred.fallback_reason
+        return orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), self._headers(pred)
+
+    async def _predict_asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /predict and /predict/batch straight from ASGI (see ``RawRoutes``).
+
+        Same contract as the FastAPI routes below (which stay for the schema and
+        any path the fast table does not name): status, body and headers alike.
+        """
+        many = scope["path"].endswith("/batch")
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name, value)
+        try:
+            content_type = headers.get(b"content-type")
+            check_content_type(content_type.decode("latin-1") if content_type else None)
+            body = await self._read_asgi(receive, headers.get(b"content-length"))
+            if body is None:  # the client went away
+                return
+            user = headers.get(self._user_header_b)
+            pin = headers.get(self._version_header_b)
+            content, extra = await self._predict(
+                body,
+                user.decode("latin-1") if user is not None else None,
+                pin.decode("latin-1") if pin is not None else None,
+                many=many,
+            )
+            status = 200
+        except AbserveError as exc:
+            status, error = to_http(exc)
+            content, extra = orjson.dumps(error), {}
+        raw = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(content)).encode())]
+        raw.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": content})
+
+    async def _read_asgi(self, receive: Receive, length: bytes | None) -> bytes | None:
+        """The raw body from ASGI messages, refused as soon as it passes the limit."""
+        limit = self.http.max_body_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise PayloadTooLarge(
+                f"body of {length.decode()} bytes exceeds the limit of {limit} bytes"
+            )
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            body = body + chunk if body else chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            if not message.get("more_body", False):
+                return body
+
+    @app.post("/predict", openapi_extra=OPENAPI_SINGLE, responses=SINGLE_RESPONSES)
+    async def predict(self, request: Request) -> Response:
+        """Predict one input; the experiment picks the arm."""
+        check_content_type(request.headers.get("content-type"))
+        content, headers = await self._predict(
+            await self._read(request), *self._route_args(request), many=False
+        )
+        return Response(content, media_type="application/json", headers=headers)
 
     @app.post("/predict/batch", openapi_extra=OPENAPI_BATCH, responses=BATCH_RESPONSES)
     async def predict_batch(self, request: Request) -> Response:
         """Predict many inputs in one request; one arm answers them all."""
-        await self._ensure_synced()
-        batch = parse_batch(
-            await self._body(request), self.input_shape, self.http.max_batch_instances
+        check_content_type(request.headers.get("content-type"))
+        content, headers = await self._predict(
+            await self._read(request), *self._route_args(request), many=True
         )
-        user_key, pinned = self._route_args(request)
-        pred = await self.core.predict(batch, user_key=user_key, pinned=pinned)
-        rid = self._request_id()
-        self._remember(rid, pred)
-        body: dict[str, Any] = {
-            "predictions": [self._answer(pred, rid, i) for i in range(len(batch))],
-            "model": self.config.model,
-            "version": pred.version,
-            "arm": pred.arm,
-            "fallback": pred.fallback,
-            "request_id": rid,
-        }
-        if pred.fallback_reason:
-            body["fallback_reason"] = pred.fallback_reason
-        return _json(body, headers=self._headers(pred))
+        return Response(content, media_type="application/json", headers=headers)
 
     @app.get("/health")
     async def health(self) -> Response:
@@ -706,7 +786,8 @@ class Router:
                           **self.cache.stats.as_dict()},
                 "hop_batching": {"requests": self.batcher.requests, "calls": self.batcher.calls},
                 "single_flight_joins": self.core.flight_joins,
-                "admission": {"inflight": ADMISSION.inflight, **ADMISSION.stats.as_dict()},
+                "admission": {"inflight": ThisReplica.admission.inflight,
+                              **ThisReplica.admission.stats.as_dict()},
                 "models": dict(zip(versions, replicas, strict=True)),
             }
         )

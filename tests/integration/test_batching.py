@@ -43,7 +43,9 @@ def test_concurrent_requests_share_model_calls(
     after = handle.stats.remote().result()
     hop_after = httpx.get(f"{serve_instance.url}/stats").json()["hop_batching"]
     assert [r.status_code for r in responses] == [200] * n
-    assert all(r.headers["X-Cache"] == "MISS" for r in responses)
+    # Computed, not cached. BYPASS is a miss whose Redis look-up overran cache.timeout_ms
+    # (50 ms), which a preceding test's teardown on these two cores can cause.
+    assert all(r.headers["X-Cache"] in ("MISS", "BYPASS") for r in responses)
     model_calls = after["calls"] - before["calls"]
     assert after["rows"] - before["rows"] == n
     assert 1 <= model_calls < n, f"{n} requests took {model_calls} backend calls"

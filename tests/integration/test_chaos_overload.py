@@ -210,6 +210,8 @@ def test_4x_overload_is_shed_fast_with_retry_after_and_recovers(chov: str) -> No
     print("overload figures:", figures)
     assert not other, figures  # no socket errors, no 5xx but the shedding 503s
     assert shed, figures  # 4x capacity must be shed, not queued
+    # ... by the router's own admission limit (not only by Serve's queue behind it)
+    assert stats["shed_overload"] > 0 and stats["peak_inflight"] <= MAX_INFLIGHT, figures
     assert all(o.retry_after and o.retry_after.isdigit() for o in shed), figures
     # The rejection path: from the request on the wire to its answer (the client's own
     # lateness on these shared cores is reported as shed_p99_ms, not judged).

@@ -96,6 +96,9 @@ def test_split_90_10_over_2000_requests(app: AbserveConfig, serve_instance: Serv
     assert set(arms) <= {"v1", "v2"}
     share = arms["v2"] / n * 100
     assert abs(share - 10) <= 2, f"v2 got {share:.1f}% of {n} requests"
+    # Every prediction passed the router's admission middleware: the replica's counters
+    # (not a copy that serve.ingress pickled with the app) show them.
+    assert httpx.get(f"{serve_instance.url}/stats").json()["admission"]["admitted"] >= n
 
 
 def test_sticky_user_keys(app: AbserveConfig, serve_instance: ServeInstance,

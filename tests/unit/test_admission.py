@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -57,7 +58,7 @@ def test_middleware_rejects_without_calling_the_app_and_releases_on_error() -> N
             await gate.wait()
             raise RuntimeError("the app failed")
 
-    mw = AdmissionMiddleware(inner, adm)
+    mw = AdmissionMiddleware(inner, SimpleNamespace(admission=adm, routes={}))
 
     async def go() -> list[Any]:
         sent: list[Any] = []
@@ -99,7 +100,7 @@ def test_per_key_limit_reads_the_configured_header() -> None:
             if msg["type"] == "http.response.start":
                 statuses.append(msg["status"])
 
-        mw = AdmissionMiddleware(inner, adm)
+        mw = AdmissionMiddleware(inner, SimpleNamespace(admission=adm, routes={}))
         await asyncio.gather(mw(_scope("/predict", key), None, send),  # type: ignore[arg-type]
                              mw(_scope("/predict", key), None, send))  # type: ignore[arg-type]
         return statuses
@@ -111,3 +112,26 @@ def test_config_refuses_a_limit_serve_would_hide() -> None:
     with pytest.raises(ValueError, match="max_inflight"):
         RouterConfig(max_inflight=1000, max_ongoing_requests=1000)
     assert RouterConfig(max_inflight=None).max_inflight is None
+
+
+def test_admitted_requests_go_to_the_raw_route_for_their_path_without_the_prefix() -> None:
+    seen: list[str] = []
+
+    def handler(name: str) -> Any:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            seen.append(name)
+        return app
+
+    adm = Admission(max_inflight=10)
+    mw = AdmissionMiddleware(handler("framework"), SimpleNamespace(
+        admission=adm, routes={"/predict": handler("raw")}))
+
+    async def go() -> None:
+        await mw(_scope("/predict"), None, None)  # type: ignore[arg-type]
+        await mw({**_scope("/ab/predict"), "root_path": "/ab"}, None, None)  # type: ignore[arg-type]
+        await mw(_scope("/predict/"), None, None)  # type: ignore[arg-type]
+        await mw({**_scope("/predict"), "method": "GET"}, None, None)  # type: ignore[arg-type]
+
+    asyncio.run(go())
+    assert seen == ["raw", "raw", "framework", "framework"]
+    assert adm.stats.admitted == 3 and adm.inflight == 0
