@@ -4,7 +4,9 @@ Every call carries a batch (n, *input_shape) and gets (n, n_classes)
 probabilities back. Concurrent calls are merged by ``@serve.batch`` into one
 backend call, sized in *rows* (``batch_size_fn``), so a /predict/batch of 40
 and two single predictions share one forward pass up to ``max_batch_size``
-rows. The backend runs in a worker thread so the replica's event loop keeps
+rows. A batch waits up to ``batch_wait_timeout_s`` to fill only while calls
+arrive closer together than that (``AdaptiveWait``): a sparse call runs at
+once. The backend runs in a worker thread so the replica's event loop keeps
 collecting the next batch while this one computes. An invalid item fails only
 its own caller: items are validated before they are merged.
 """
@@ -22,6 +24,7 @@ import numpy as np
 import ray
 from ray import serve
 
+from deployments.adaptive import AdaptiveWait
 from deployments.backends import check_batch, load_backend
 from models.registry import Registry
 from router.metrics import MODEL_METRICS, ray_metric_factory
@@ -54,6 +57,7 @@ class ModelDeployment:
         *,
         max_batch_size: int = 64,
         batch_wait_timeout_s: float = 0.005,
+        adaptive_batch_wait: bool = True,
         precision: str = "fp32",
         num_gpus: float = 0.0,
     ) -> None:
@@ -65,6 +69,8 @@ class ModelDeployment:
         self.backend = load_backend(self.manifest, artifact, device=device, precision=precision)
         self._predict_rows.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         self._predict_rows.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self._wait = AdaptiveWait(batch_wait_timeout_s, enabled=adaptive_batch_wait)
+        self._wait_now = batch_wait_timeout_s
         self.input_shape = tuple(self.manifest.input_shape)
         self.error_rate = 0.0
         self.delay_s = 0.0
@@ -92,6 +98,10 @@ class ModelDeployment:
             await asyncio.sleep(self.delay_s)
         if self.error_rate and random.random() < self.error_rate:
             raise InjectedFault(f"injected fault in {self.manifest.version}")
+        wait = self._wait.arrival(len(batch))
+        if wait != self._wait_now:  # read by Serve's batch queue when a batch starts
+            self._predict_rows.set_batch_wait_timeout_s(wait)  # type: ignore[attr-defined]
+            self._wait_now = wait
         result = await self._predict_rows(batch)
         if isinstance(result, Exception):
             raise result

@@ -90,6 +90,7 @@ def build_app(config: AbserveConfig) -> Application:
             m.version,
             max_batch_size=m.max_batch_size,
             batch_wait_timeout_s=m.batch_wait_timeout_s,
+            adaptive_batch_wait=m.adaptive_batch_wait,
             precision=m.precision,
             num_gpus=m.num_gpus,
         )

@@ -160,6 +160,11 @@ class ModelConfig(_Replicas):
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, le=1, description="How long a batch waits to fill before it runs."
     )
+    adaptive_batch_wait: bool = Field(
+        True,
+        description="Wait for a batch to fill only while calls arrive closer together than "
+        "batch_wait_timeout_s (a sparse call runs at once); false: always wait.",
+    )
     max_ongoing_requests: int = Field(
         256, ge=1, description="Concurrent requests a replica accepts (Ray Serve's knob)."
     )
