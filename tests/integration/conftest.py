@@ -8,6 +8,7 @@ Every process started here is stopped by PID.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -149,7 +150,7 @@ def serve_instance() -> Iterator[ServeInstance]:
         dashboard_port=dashboard_port,
         _metrics_export_port=metrics_port,
         _system_config={"metrics_report_interval_ms": 2000},
-        logging_level="ERROR",
+        logging_level=logging.ERROR,
         log_to_driver=False,
         runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}},
     )

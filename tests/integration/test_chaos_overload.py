@@ -37,6 +37,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 APP, PREFIX = "chov", "/chov"
 OVERLOAD_S = float(os.environ.get("ABSERVE_OVERLOAD_S", "12"))  # the issue's full form: 30
 MAX_INFLIGHT = int(os.environ.get("ABSERVE_OVERLOAD_MAX_INFLIGHT", "4"))
+PER_KEY = 2  # requests in flight per X-User-Id (the drill's load sends none)
 # 0: the model at full speed, capacity bounded by the CPU everything shares here;
 # 0.1: a heavy model (100 ms per call) bounds it instead. README: Reliability.
 MODEL_DELAY_S = float(os.environ.get("ABSERVE_OVERLOAD_MODEL_DELAY_S", "0"))
@@ -48,7 +49,8 @@ def chov(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> I
         serve_instance, registry_root, state_dir, APP, ("v1",),
         {"baseline": "v1", "arms": [{"version": "v1", "weight": 100}], "timeout_ms": 10_000},
         router={"num_cpus": 0.1, "max_inflight": MAX_INFLIGHT, "max_ongoing_requests": 256,
-                "max_queued_requests": 256, "retry_after_s": 1},
+                "max_queued_requests": 256, "retry_after_s": 1,
+                "max_inflight_per_key": PER_KEY},
     )
     urls = serve_app(config, serve_instance, PREFIX)
     url = next(urls)
@@ -232,3 +234,36 @@ def test_4x_overload_is_shed_fast_with_retry_after_and_recovers(chov: str) -> No
     assert recovery_s <= 10.0, figures
     assert all(o.status == 200 for o in after.outcomes if o.sent_at - dropped_at > 10.0), figures
     assert _pids(chov) == pids_before, "a replica restarted under overload"
+
+
+def test_one_greedy_user_key_gets_429_with_retry_after_others_are_served(chov: str) -> None:
+    """router.max_inflight_per_key: a key over its share is refused; another key is not."""
+    x, _ = make_windows(12, seed=12)
+    bodies = [orjson.dumps({"features": w.tolist()}) for w in x.astype(np.float32)]
+    slow_s = 0.5  # every admitted request stays in flight long enough to overlap
+
+    async def burst() -> tuple[list[httpx.Response], httpx.Response]:
+        async with httpx.AsyncClient(base_url=chov, timeout=30) as client:
+            def post(i: int, key: str) -> Any:
+                return client.post("/predict", content=bodies[i], headers={
+                    "content-type": "application/json", "X-User-Id": key})
+            greedy = [asyncio.ensure_future(post(i, "greedy")) for i in range(8)]
+            await asyncio.sleep(0.1)  # the greedy ones are in (or refused) first
+            other = await post(10, "modest")
+            return list(await asyncio.gather(*greedy)), other
+
+    set_fault_all(APP, "activity-v1", delay_s=slow_s)
+    try:
+        before = httpx.get(f"{chov}/stats", timeout=10).json()["admission"]["shed_per_key"]
+        greedy, other = asyncio.run(burst())
+        after = httpx.get(f"{chov}/stats", timeout=10).json()["admission"]["shed_per_key"]
+    finally:
+        set_fault_all(APP, "activity-v1", delay_s=MODEL_DELAY_S)
+    statuses = sorted(r.status_code for r in greedy)
+    assert statuses == [200] * PER_KEY + [429] * (8 - PER_KEY), statuses
+    for r in greedy:
+        if r.status_code == 429:
+            assert r.headers["Retry-After"] == "1"
+            assert r.json()["code"] == "too_many_requests"
+    assert other.status_code == 200, other.text
+    assert after - before == 8 - PER_KEY
