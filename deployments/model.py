@@ -24,9 +24,9 @@ import numpy as np
 import ray
 from ray import serve
 
-from deployments.adaptive import AdaptiveWait
 from deployments.backends import check_batch, load_backend
 from models.registry import Registry
+from router.adaptive import AdaptiveWait
 from router.metrics import MODEL_METRICS, ray_metric_factory
 from serve.errors import InvalidInput
 

@@ -9,7 +9,9 @@ fixed cost is shared by every request in the group.
 A group is flushed when it reaches ``max_rows`` or after ``wait_s``; with
 ``wait_s == 0`` it is flushed on the next turn of the event loop, which
 merges exactly the requests that were being handled concurrently and adds no
-waiting time to a lone request.
+waiting time to a lone request. With ``adaptive`` (the default) a group waits
+``wait_s`` only while that version's requests arrive closer together than it
+(``AdaptiveWait``), so a sparse request is sent on the next loop turn.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from router.adaptive import AdaptiveWait
 
 __all__ = ["HopBatcher"]
 
@@ -33,10 +37,14 @@ class _Group:
 
 
 class HopBatcher:
-    def __init__(self, call: ModelCall, *, max_rows: int = 64, wait_s: float = 0.0) -> None:
+    def __init__(
+        self, call: ModelCall, *, max_rows: int = 64, wait_s: float = 0.0, adaptive: bool = True
+    ) -> None:
         self._call = call
         self.max_rows = max_rows
         self.wait_s = wait_s
+        self.adaptive = adaptive
+        self._waits: dict[str, AdaptiveWait] = {}
         self._groups: dict[str, _Group] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls = 0  # merged calls sent
@@ -49,6 +57,12 @@ class HopBatcher:
             return await self._call(version, batch, timeout_s)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[np.ndarray] = loop.create_future()
+        wait_s = self.wait_s
+        if wait_s > 0:
+            pacer = self._waits.get(version)
+            if pacer is None:
+                pacer = self._waits[version] = AdaptiveWait(wait_s, enabled=self.adaptive)
+            wait_s = pacer.arrival()
         group = self._groups.get(version)
         if group is None:
             group = self._groups[version] = _Group()
@@ -61,8 +75,8 @@ class HopBatcher:
         if group.rows >= self.max_rows:
             self._flush(version, timeout_s)
         elif group.handle is None:
-            if self.wait_s > 0:
-                group.handle = loop.call_later(self.wait_s, self._flush, version, timeout_s)
+            if wait_s > 0:
+                group.handle = loop.call_later(wait_s, self._flush, version, timeout_s)
             else:
                 group.handle = loop.call_soon(self._flush, version, timeout_s)
         return await fut

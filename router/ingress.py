@@ -162,11 +162,13 @@ class Router:
             self._call_arm,
             max_rows=self.config.router.batch_max_rows,
             wait_s=self.config.router.batch_wait_ms / 1000.0,
+            adaptive=self.config.router.adaptive_batch_wait,
         )
         # Shadow copies wait up to 50 ms to be merged: fewer, larger calls cost the
         # router and the shadow's replica less CPU, and nobody waits for them.
         self.shadow_batcher = HopBatcher(
-            self._call_arm, max_rows=self.config.router.batch_max_rows, wait_s=SHADOW_WAIT_S
+            self._call_arm, max_rows=self.config.router.batch_max_rows, wait_s=SHADOW_WAIT_S,
+            adaptive=False,
         )
         # Ray metric objects once per replica; the core only counts into the buffer.
         self.recorder = BufferedRecorder(ray_metric_factory, self.config.experiment.name)

@@ -338,8 +338,13 @@ class RouterConfig(_Replicas):
         64, ge=1, le=4096, description="Rows the router merges into one call to a version."
     )
     batch_wait_ms: float = Field(
-        0.0, ge=0, le=100,
+        5.0, ge=0, le=100,
         description="How long the router holds a call to merge more; 0 = the next loop turn.",
+    )
+    adaptive_batch_wait: bool = Field(
+        True,
+        description="Hold a call only while that version's requests arrive closer together "
+        "than batch_wait_ms (a sparse request goes at once); false: always hold.",
     )
     autoscaling: AutoscalingConfig | None = Field(
         None, description="Scale the router's replicas with load (instead of num_replicas)."

@@ -1,8 +1,8 @@
-"""deployments.adaptive: a batch waits only while more requests are expected."""
+"""router.adaptive: a batch waits only while more requests are expected."""
 
 from __future__ import annotations
 
-from deployments.adaptive import AdaptiveWait
+from router.adaptive import AdaptiveWait
 
 
 class Clock:

@@ -108,3 +108,37 @@ def test_cancelled_caller_does_not_break_the_group() -> None:
 
     assert asyncio.run(go()).item() == 20
     assert rec.calls == [("v1", 1)]
+
+
+def test_adaptive_wait_holds_only_while_requests_are_dense() -> None:
+    """wait_s 50 ms: a lone request is not held; a stream 1 ms apart is merged."""
+    rec = Recorder()
+    batcher = HopBatcher(rec, wait_s=0.05)
+
+    async def go() -> tuple[float, list[tuple[str, int]]]:
+        started = asyncio.get_running_loop().time()
+        await batcher("v1", rows(1), 1.0)  # nothing seen before: sent on the next loop turn
+        alone = asyncio.get_running_loop().time() - started
+        rec.calls.clear()
+        pending = []
+        for i in range(30):  # 1 ms apart: the mean gap falls under 50 ms, later ones wait
+            pending.append(asyncio.ensure_future(batcher("v1", rows(i), 1.0)))
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*pending)
+        return alone, list(rec.calls)
+
+    alone, calls = asyncio.run(go())
+    assert alone < 0.04
+    assert sum(n for _, n in calls) == 30 and len(calls) < 10, calls
+
+
+def test_fixed_wait_holds_even_a_lone_request() -> None:
+    rec = Recorder()
+    batcher = HopBatcher(rec, wait_s=0.05, adaptive=False)
+
+    async def go() -> float:
+        started = asyncio.get_running_loop().time()
+        await batcher("v1", rows(1), 1.0)
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(go()) >= 0.045
