@@ -56,7 +56,7 @@ class ModelDeployment:
         version: str,
         *,
         max_batch_size: int = 64,
-        batch_wait_timeout_s: float = 0.005,
+        batch_wait_timeout_s: float = 0.002,
         adaptive_batch_wait: bool = True,
         precision: str = "fp32",
         num_gpus: float = 0.0,
@@ -107,7 +107,7 @@ class ModelDeployment:
             raise result
         return result
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=_rows)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, batch_size_fn=_rows)
     async def _predict_rows(self, items: list[np.ndarray]) -> list[Any]:
         results: list[Any] = [None] * len(items)
         good: list[int] = []

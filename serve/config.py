@@ -158,7 +158,9 @@ class ModelConfig(_Replicas):
     )
     max_batch_size: int = Field(64, ge=1, le=4096, description="Largest dynamic batch.")
     batch_wait_timeout_s: float = Field(
-        0.005, ge=0, le=1, description="How long a batch waits to fill before it runs."
+        0.002, ge=0, le=1,
+        description="How long a batch waits to fill before it runs (the router has already "
+        "merged its own concurrent calls; this merges the calls of several routers).",
     )
     adaptive_batch_wait: bool = Field(
         True,
