@@ -156,8 +156,10 @@ class Router:
             retry_after_s=self.config.cache.retry_after_s,
         )
         router_cfg = self.config.router
-        ThisReplica.admission.configure(router_cfg.max_inflight, router_cfg.max_inflight_per_key,
-                            router_cfg.retry_after_s, self.http.user_key_header)
+        ThisReplica.admission.configure(
+            router_cfg.max_inflight, router_cfg.max_inflight_per_key,
+            router_cfg.retry_after_s, self.http.user_key_header,
+        )
         self.batcher = HopBatcher(
             self._call_arm,
             max_rows=self.config.router.batch_max_rows,
