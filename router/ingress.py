@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.requests import ClientDisconnect
 
 from models.registry import Registry
 from router.admin import TOKEN_ENV, AdminAuth, load_admin_token
@@ -311,17 +312,14 @@ class Router:
             raise translated from None
 
     async def _read(self, request: Request) -> bytes:
-        """The raw body, refused as soon as it passes http.max_body_bytes."""
-        limit = self.http.max_body_bytes
+        """The raw body of a FastAPI route, read by ``_read_asgi``'s limits."""
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise PayloadTooLarge(f"body of {length} bytes exceeds the limit of {limit} bytes")
-        chunks = bytearray()
-        async for chunk in request.stream():
-            chunks += chunk
-            if len(chunks) > limit:
-                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-        return bytes(chunks)
+        body = await self._read_asgi(
+            request.receive, length.encode("latin-1") if length is not None else None
+        )
+        if body is None:
+            raise ClientDisconnect()
+        return body
 
     async def _body(self, request: Request) -> Any:
         check_content_type(request.headers.get("content-type"))
@@ -392,7 +390,7 @@ class Router:
         return orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), self._headers(pred)
 
     async def _predict_asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """POST /predict and /predict/batch straight from ASGI (see ``RawRoutes``).
+        """POST /predict and /predict/batch straight from ASGI (``ThisReplica.routes``).
 
         Same contract as the FastAPI routes below (which stay for the schema and
         any path the fast table does not name): status, body and headers alike.
@@ -426,7 +424,8 @@ class Router:
         await send({"type": "http.response.body", "body": content})
 
     async def _read_asgi(self, receive: Receive, length: bytes | None) -> bytes | None:
-        """The raw body from ASGI messages, refused as soon as it passes the limit."""
+        """The raw body from ASGI messages, refused as soon as it passes
+        http.max_body_bytes; None when the client went away."""
         limit = self.http.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
             raise PayloadTooLarge(
