@@ -11,8 +11,10 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.faults import set_fault_all
 from models.activity.data import CLASS_LABELS, make_windows
 from router.cache import cache_key
+from serve.app import model_deployment_name
 from serve.config import AbserveConfig
 from tests.integration.conftest import APP, RedisServer, ServeInstance
 
@@ -221,12 +223,8 @@ def test_bad_batches_get_422(app: AbserveConfig, serve_instance: ServeInstance,
 def test_candidate_that_raises_is_answered_by_baseline(
     app: AbserveConfig, serve_instance: ServeInstance, windows: np.ndarray
 ) -> None:
-    from ray import serve
-
-    from serve.app import model_deployment_name
-
-    handle = serve.get_deployment_handle(model_deployment_name("activity", "v2"), APP)
-    handle.set_fault.remote(error_rate=1.0).result()
+    candidate = model_deployment_name("activity", "v2")
+    set_fault_all(APP, candidate, error_rate=1.0)
     try:
         n = 300
         xs = windows[1000 : 1000 + n] + 7.0  # fresh inputs: nothing cached
@@ -241,7 +239,7 @@ def test_candidate_that_raises_is_answered_by_baseline(
         assert pinned.status_code == 200 and pinned.headers["X-Fallback"] == "true"
         assert pinned.headers["X-Model-Version"] == "v1"
     finally:
-        handle.set_fault.remote(error_rate=0.0).result()
+        set_fault_all(APP, candidate, error_rate=0.0)
     # After the cool-down the breaker probes v2 again and closes.
     deadline = time.monotonic() + 15
     while True:
