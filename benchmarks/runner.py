@@ -24,6 +24,7 @@ non-zero.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -432,7 +433,7 @@ def platform_config(registry: str, redis_url: str, port: int, state_dir: str) ->
     """(c)-(e): v1 baseline 90 %, v2 10 %, Redis cache, default breaker and timeouts."""
     from serve.config import parse_config
 
-    return parse_config({
+    raw: dict[str, Any] = {
         "app_name": APP,
         "model": MODEL,
         "registry": registry,
@@ -443,7 +444,16 @@ def platform_config(registry: str, redis_url: str, port: int, state_dir: str) ->
         "cache": {"enabled": True, "redis_url": redis_url},
         "http": {"host": "127.0.0.1", "port": port},
         "state": {"dir": state_dir},  # a fresh experiment every run
-    })
+    }
+    for section, values in json.loads(os.environ.get("ABSERVE_BENCH_SET", "{}")).items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        elif section == "models":  # applied to every model version
+            for m in raw["models"]:
+                m.update(values[0])
+        else:
+            raw[section] = values
+    return parse_config(raw)
 
 
 # ---------------------------------------------------------------- the run

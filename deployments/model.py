@@ -98,7 +98,7 @@ class ModelDeployment:
             await asyncio.sleep(self.delay_s)
         if self.error_rate and random.random() < self.error_rate:
             raise InjectedFault(f"injected fault in {self.manifest.version}")
-        wait = self._wait.arrival(len(batch))
+        wait = self._wait.arrival()
         if wait != self._wait_now:  # read by Serve's batch queue when a batch starts
             self._predict_rows.set_batch_wait_timeout_s(wait)  # type: ignore[attr-defined]
             self._wait_now = wait

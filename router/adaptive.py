@@ -3,12 +3,13 @@
 A fixed batch wait (``batch_wait_timeout_s``) buys larger batches under load,
 but a lone request pays all of it for nothing: at concurrency 1 nobody joins.
 ``AdaptiveWait`` keeps an exponentially weighted mean of the time between
-arriving *rows* (a call of n rows counts n: callers such as the router merge
-requests, so calls are sparser than rows) and lets a batch wait only while
-that mean is shorter than the wait, that is, while at least one more row is
-expected within it. Under load batches fill as with the fixed wait; a sparse
-request runs at once. One long idle gap counts as at most ``GAP_CAP`` waits,
-so the mean catches up with returning load within about ten calls.
+arriving *calls* and lets a batch wait only while that mean is shorter than
+the wait, that is, while another call is expected within it. Calls, not rows:
+a merged call from the router carries many rows, but waiting helps only if
+another call comes (the router sends a version's next call when this one
+returns, so from one router replica the model never waits for nothing). One
+long idle gap counts as at most ``GAP_CAP`` waits, so the mean catches up
+with returning load within about ten calls.
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ class AdaptiveWait:
         self.mean_gap_s = math.inf  # nothing seen yet: the first request does not wait
         self._last: float | None = None
 
-    def arrival(self, rows: int = 1) -> float:
-        """Record a call of ``rows`` rows; return the wait for the batch it may start."""
+    def arrival(self) -> float:
+        """Record a call; return the wait for the batch it may start."""
         if not self.enabled:
             return self.wait_s
         now = self.clock()
         if self._last is not None:
-            gap = min(now - self._last, GAP_CAP * self.wait_s) / max(rows, 1)
+            gap = min(now - self._last, GAP_CAP * self.wait_s)
             if math.isinf(self.mean_gap_s):
                 self.mean_gap_s = gap
             else:

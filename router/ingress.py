@@ -148,6 +148,8 @@ class Router:
         self.input_shape = shapes.pop()
         self.labels = labels.pop()
         self.handles = handles
+        self._model_configs = {m.version: m for m in self.config.models}
+        self._predict_handles: dict[str, DeploymentHandle] = {}
         self.http = self.config.http
         self.cache = PredictionCache(
             self._cache_backend(),
@@ -163,9 +165,10 @@ class Router:
         )
         self.batcher = HopBatcher(
             self._call_arm,
-            max_rows=self.config.router.batch_max_rows,
-            wait_s=self.config.router.batch_wait_ms / 1000.0,
-            adaptive=self.config.router.adaptive_batch_wait,
+            max_rows=router_cfg.batch_max_rows,
+            wait_s=router_cfg.batch_wait_ms / 1000.0,
+            adaptive=router_cfg.adaptive_batch_wait,
+            max_in_flight=self._hop_limit if router_cfg.batch_in_flight_per_replica else None,
         )
         # Shadow copies wait up to 50 ms to be merged: fewer, larger calls cost the
         # router and the shadow's replica less CPU, and nobody waits for them.
@@ -197,6 +200,34 @@ class Router:
         self._replica_id = serve.get_replica_context().replica_tag
         self._label_index = {label: i for i, label in enumerate(self.labels)}
         log.info("router ready: arms %s, cache %s", self.core.arms, self._cache_kind)
+
+    def _hop_limit(self, version: str) -> int:
+        """Calls out at once to a version: batch_in_flight_per_replica per running replica.
+
+        The replica count is the handle's (``_running_replicas``); until it is
+        known (before the first call) the config's count stands in: num_replicas,
+        or with autoscaling the initial replicas.
+        """
+        n = self._running_replicas(version)
+        if n is None:
+            m = self._model_configs[version]
+            auto = m.autoscaling
+            n = m.num_replicas if auto is None else auto.initial_replicas or auto.min_replicas
+        return self.config.router.batch_in_flight_per_replica * n
+
+    def _running_replicas(self, version: str) -> int | None:
+        """Replicas of a version this router's handle can send to now; None if not known.
+
+        Serve 2.60 keeps the count inside the handle's request router, with no
+        public getter; if a Ray upgrade moves it, this says None and the config's
+        count is used (tests/integration/test_batching.py checks it is found).
+        """
+        try:
+            router: Any = self.handles[version]._router  # noqa: SLF001
+            n = len(router._asyncio_router.request_router.curr_replicas)  # noqa: SLF001
+        except Exception:  # noqa: BLE001 - the count only shapes batches
+            return None
+        return n or None
 
     # ------------------------------------------------------------ experiment state
 
@@ -300,7 +331,12 @@ class Router:
         return LocalCache(cfg.local_max_entries)
 
     async def _call_arm(self, version: str, batch: np.ndarray, timeout_s: float) -> np.ndarray:
-        response = self.handles[version].predict.remote(batch)
+        handle = self._predict_handles.get(version)
+        if handle is None:  # made once, on the event loop (``handle.predict`` builds a new one)
+            handle = self._predict_handles[version] = self.handles[version].options(
+                method_name="predict"
+            )
+        response = handle.remote(batch)
         try:
             return await asyncio.wait_for(_await(response), timeout_s)
         except Exception as exc:  # noqa: BLE001 - translated at this boundary, by table
@@ -787,7 +823,13 @@ class Router:
                 "breakers": {v: b.state.value for v, b in self.core.breakers.items()},
                 "cache": {"kind": self._cache_kind, "url": self._cache_url,
                           **self.cache.stats.as_dict()},
-                "hop_batching": {"requests": self.batcher.requests, "calls": self.batcher.calls},
+                "hop_batching": {"requests": self.batcher.requests, "calls": self.batcher.calls,
+                                 "call_ms_mean": round(1000 * self.batcher.call_s
+                                                       / max(self.batcher.calls, 1), 3),
+                                 "in_flight_limit": {v: self._hop_limit(v)
+                                                     for v in sorted(self.handles)},
+                                 "running_replicas": {v: self._running_replicas(v)
+                                                      for v in sorted(self.handles)}},
                 "single_flight_joins": self.core.flight_joins,
                 "admission": {"inflight": ThisReplica.admission.inflight,
                               **ThisReplica.admission.stats.as_dict()},

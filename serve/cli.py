@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -64,8 +65,20 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+# Listening ports are drawn below Linux's ephemeral range (32768-60999) and above
+# Ray's worker ports (10002-19999): a port the kernel hands out for outgoing
+# connections (Ray opens many) can be taken between the pick and the bind.
+LISTEN_PORTS = (20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port free on 127.0.0.1 now, outside the ephemeral and Ray worker ranges."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(*LISTEN_PORTS)
+        if _port_free(port):
+            return port
+    with socket.socket() as s:  # the range is full: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

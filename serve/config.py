@@ -339,14 +339,22 @@ class RouterConfig(_Replicas):
     batch_max_rows: int = Field(
         64, ge=1, le=4096, description="Rows the router merges into one call to a version."
     )
+    batch_in_flight_per_replica: int = Field(
+        1, ge=0, le=64,
+        description="Calls the router keeps out at once per running replica of a version; "
+        "while they are out, new requests gather into the next call, which goes when one "
+        "returns (batches grow with load, a lone request waits for nothing). 0: merge by "
+        "time instead (batch_wait_ms, adaptive_batch_wait).",
+    )
     batch_wait_ms: float = Field(
-        5.0, ge=0, le=100,
-        description="How long the router holds a call to merge more; 0 = the next loop turn.",
+        10.0, ge=0, le=100,
+        description="Longest the router holds a call to merge more: while the version is "
+        "busy (batch_in_flight_per_replica > 0), or always (= 0); 0 ms = the next loop turn.",
     )
     adaptive_batch_wait: bool = Field(
         True,
-        description="Hold a call only while that version's requests arrive closer together "
-        "than batch_wait_ms (a sparse request goes at once); false: always hold.",
+        description="With batch_in_flight_per_replica 0: hold a call only while that "
+        "version's requests arrive closer together than batch_wait_ms; false: always hold.",
     )
     autoscaling: AutoscalingConfig | None = Field(
         None, description="Scale the router's replicas with load (instead of num_replicas)."

@@ -52,6 +52,10 @@ def test_concurrent_requests_share_model_calls(
     hop_calls = hop_after["calls"] - hop_before["calls"]
     assert hop_after["requests"] - hop_before["requests"] == n
     assert hop_calls < n, f"{n} requests took {hop_calls} router-to-model calls"
+    # The router found the version's replica count in its Serve handle (a private
+    # field in Ray 2.60; None here would mean it moved) and gates on it.
+    assert hop_after["running_replicas"][version] == 1, hop_after
+    assert hop_after["in_flight_limit"][version] == 1, hop_after
     # Each caller got its own answer: the same as that input predicted alone.
     alone = handle.predict.remote(xs.astype(np.float32)).result()
     for i, r in enumerate(responses):

@@ -13,11 +13,11 @@ class Clock:
         return self.t
 
 
-def _arrivals(w: AdaptiveWait, clock: Clock, gap_s: float, n: int, rows: int = 1) -> list[float]:
+def _arrivals(w: AdaptiveWait, clock: Clock, gap_s: float, n: int) -> list[float]:
     out = []
     for _ in range(n):
         clock.t += gap_s
-        out.append(w.arrival(rows))
+        out.append(w.arrival())
     return out
 
 
@@ -43,14 +43,6 @@ def test_disabled_is_the_fixed_wait() -> None:
     clock = Clock()
     w = AdaptiveWait(0.005, enabled=False, clock=clock)
     assert set(_arrivals(w, clock, 1.0, 5)) == {0.005}
-
-
-def test_rows_count_not_calls() -> None:
-    """Merged calls 8 ms apart carrying 4 rows each: a row every 2 ms, so wait."""
-    clock = Clock()
-    w = AdaptiveWait(0.005, clock=clock)
-    assert _arrivals(w, clock, 0.008, 20, rows=4)[-1] == 0.005
-    assert _arrivals(w, clock, 0.008, 20, rows=1)[-1] == 0.0
 
 
 def test_a_long_idle_gap_does_not_hide_returning_load() -> None:

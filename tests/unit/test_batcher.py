@@ -142,3 +142,113 @@ def test_fixed_wait_holds_even_a_lone_request() -> None:
         return asyncio.get_running_loop().time() - started
 
     assert asyncio.run(go()) >= 0.045
+
+
+class Timed(Recorder):
+    """Records when each call started and how many were out at once."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay=delay)
+        self.starts: list[float] = []
+        self.out = self.most_out = 0
+
+    async def __call__(self, version: str, batch: np.ndarray, timeout_s: float) -> np.ndarray:
+        self.starts.append(asyncio.get_running_loop().time())
+        self.out += 1
+        self.most_out = max(self.most_out, self.out)
+        try:
+            return await super().__call__(version, batch, timeout_s)
+        finally:
+            self.out -= 1
+
+
+def test_gated_lone_request_goes_at_once_despite_a_long_wait() -> None:
+    rec = Timed(delay=0.0)
+    batcher = HopBatcher(rec, wait_s=1.0, max_in_flight=lambda v: 1)
+
+    async def go() -> float:
+        started = asyncio.get_running_loop().time()
+        await batcher("v1", rows(1), 1.0)
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(go()) < 0.1
+    assert rec.calls == [("v1", 1)]
+
+
+def test_gated_requests_gather_while_busy_and_go_when_the_call_returns() -> None:
+    """One call out (30 ms); ten requests arrive meanwhile: one call of ten, at its return."""
+    rec = Timed(delay=0.03)
+    batcher = HopBatcher(rec, wait_s=1.0, max_in_flight=lambda v: 1)
+
+    async def go() -> list[np.ndarray]:
+        first = asyncio.ensure_future(batcher("v1", rows(0), 1.0))
+        await asyncio.sleep(0.002)
+        rest = []
+        for i in range(1, 11):
+            rest.append(asyncio.ensure_future(batcher("v1", rows(i), 1.0)))
+            await asyncio.sleep(0.001)
+        return [await first, *await asyncio.gather(*rest)]
+
+    out = asyncio.run(go())
+    assert [o.item() for o in out] == [i * 10 for i in range(11)]
+    assert rec.calls == [("v1", 1), ("v1", 10)]
+    assert rec.most_out == 1
+    gap = rec.starts[1] - rec.starts[0]
+    assert 0.025 <= gap < 0.5, gap  # sent when the first returned, not after wait_s (1 s)
+    assert batcher.in_flight("v1") == 0
+
+
+def test_gated_limit_is_per_version_and_asked_each_time() -> None:
+    rec = Timed(delay=0.03)
+    limits = {"v1": 2, "v2": 1}
+    batcher = HopBatcher(rec, wait_s=1.0, max_in_flight=lambda v: limits[v])
+
+    async def go() -> None:
+        pending = []
+        for version in ("v1", "v1", "v1", "v2", "v2"):
+            pending.append(asyncio.ensure_future(batcher(version, rows(1), 1.0)))
+            await asyncio.sleep(0.002)  # each in its own loop turn
+        await asyncio.gather(*pending)
+
+    asyncio.run(go())
+    v1 = [n for v, n in rec.calls if v == "v1"]
+    v2 = [n for v, n in rec.calls if v == "v2"]
+    assert v1 == [1, 1, 1] and v2 == [1, 1]
+    # v1: two went at once, the third when one returned; v2: the second waited.
+    starts = {v: [t for (ver, _), t in zip(rec.calls, rec.starts, strict=True) if ver == v]
+              for v in ("v1", "v2")}
+    assert starts["v1"][1] - starts["v1"][0] < 0.02
+    assert starts["v1"][2] - starts["v1"][0] >= 0.025
+    assert starts["v2"][1] - starts["v2"][0] >= 0.02
+
+
+def test_gated_wait_bounds_the_hold_when_the_version_is_slow() -> None:
+    """The call out takes 300 ms; a waiting group goes after wait_s (20 ms) anyway."""
+    rec = Timed(delay=0.3)
+    batcher = HopBatcher(rec, wait_s=0.02, max_in_flight=lambda v: 1)
+
+    async def go() -> None:
+        first = asyncio.ensure_future(batcher("v1", rows(1), 1.0))
+        await asyncio.sleep(0.002)
+        await asyncio.gather(first, batcher("v1", rows(2), 1.0))
+
+    asyncio.run(go())
+    assert rec.calls == [("v1", 1), ("v1", 1)]
+    assert 0.015 <= rec.starts[1] - rec.starts[0] < 0.2
+    assert rec.most_out == 2
+
+
+def test_gated_failure_frees_the_slot() -> None:
+    rec = Recorder(fail=True)
+    batcher = HopBatcher(rec, wait_s=1.0, max_in_flight=lambda v: 1)
+
+    async def go() -> float:
+        with pytest.raises(UpstreamError):
+            await batcher("v1", rows(1), 1.0)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamError):
+            await batcher("v1", rows(2), 1.0)
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(go()) < 0.1  # not held for wait_s: the failed call is not out
+    assert batcher.in_flight("v1") == 0
