@@ -82,3 +82,21 @@ def test_a_bad_instance_fails_only_its_own_call(app: Any) -> None:
     assert "expected shape" in str(results[3])
     for i, r in enumerate(results[:3] + results[4:]):
         assert isinstance(r, np.ndarray) and r.shape == (1, 8), i
+
+
+def test_call_cost_measures_a_model_replica(app: Any) -> None:
+    """benchmarks.call_cost: calls one at a time, the replica's CPU read from /proc."""
+    from benchmarks.call_cost import measure
+    from benchmarks.faults import _handle_loop
+
+    batch = make_windows(2, seed=5)[0].astype(np.float32)
+
+    async def go() -> Any:
+        handle = _handle("v1")
+        pid = (await handle.stats.remote())["pid"]
+        return await measure(handle, pid, batch, 0.5)
+
+    # On the one loop the tests' async handle calls share (handles are cached per app).
+    cost = _handle_loop().call(go(), 60)
+    assert cost.calls_per_s > 5, cost
+    assert 0 < cost.cpu_ms_per_call < 1000 and cost.latency_ms > 0, cost

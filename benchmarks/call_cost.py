@@ -1,0 +1,128 @@
+"""What one call to a model replica costs: the replica's CPU per call and the latency.
+
+    .venv/bin/python -m benchmarks.call_cost [--seconds 8] [--registry DIR]
+
+Starts a local Ray in the throughput ingress mode (as ``abserve bench`` does),
+deploys a no-op Serve deployment (the floor: Serve's own cost of a call) and
+the platform's model deployment for v1 (scikit-learn) and v2 (PyTorch), and
+calls each one call at a time from this driver with batches of 1 and 14 rows,
+reading the replica's CPU time from /proc. It explains ``abserve bench`` (c):
+the number of calls, more than the number of rows, sets the model side's CPU.
+Stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CallCost", "measure", "process_cpu_s"]
+
+
+@dataclass(frozen=True)
+class CallCost:
+    calls_per_s: float
+    cpu_ms_per_call: float  # the replica's user + system CPU per call
+    latency_ms: float  # one call at a time, as the driver sees it
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(handle: Any, pid: int, batch: np.ndarray, seconds: float) -> CallCost:
+    """Call ``handle.predict`` one call at a time for ``seconds``; ``pid`` is its replica."""
+    predict = handle.options(method_name="predict")
+    for _ in range(10):  # warm-up
+        await predict.remote(batch)
+    cpu0, t0, n = process_cpu_s(pid), time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        await predict.remote(batch)
+        n += 1
+    wall = time.perf_counter() - t0
+    return CallCost(n / wall, (process_cpu_s(pid) - cpu0) / n * 1000.0, wall / n * 1000.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=8.0, help="per deployment and batch size")
+    p.add_argument("--registry", help="registry with activity v1, v2 (default: train one)")
+    args = p.parse_args(argv)
+
+    from benchmarks.runner import _isolate_ray_ports
+    from serve.ingress_mode import ray_env
+
+    os.environ.update(ray_env("throughput"))
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _isolate_ray_ports()
+    with tempfile.TemporaryDirectory(prefix="abserve-callcost-") as tmp:
+        registry = args.registry
+        if registry is None:
+            from models.activity.train import train_all
+
+            registry = str(Path(tmp) / "registry")
+            train_all(Path(registry), n_train=1500, n_test=300, quiet=True, versions=("v1", "v2"))
+        import ray
+        from ray import serve
+
+        from serve.cli import free_port
+
+        ray.init(address="local", num_cpus=4, include_dashboard=False,
+                 logging_level=logging.ERROR, log_to_driver=False)
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+            asyncio.run(_run(registry, args.seconds))
+        finally:
+            ray.shutdown()
+    return 0
+
+
+async def _run(registry: str, seconds: float) -> None:
+    from ray import serve
+
+    from deployments.model import ModelDeployment
+    from models.activity.data import make_windows
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.25})
+    class NoOp:
+        async def predict(self, batch: np.ndarray) -> np.ndarray:
+            return batch[:, 0, :]
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    app = NoOp.bind()  # type: ignore[attr-defined]
+    noop = serve.run(app, name="callcost-noop", route_prefix=None)
+    targets = [("no-op Serve deployment", noop, await noop.pid.remote())]
+    for version, framework in (("v1", "scikit-learn"), ("v2", "PyTorch")):
+        app = ModelDeployment.options(  # type: ignore[attr-defined]
+            name=f"model-{version}").bind(registry, "activity", version)
+        handle = serve.run(app, name=f"callcost-{version}", route_prefix=None)
+        pid = (await handle.stats.remote())["pid"]
+        targets.append((f"model {version} ({framework})", handle, pid))
+    xs = make_windows(14, seed=1)[0].astype(np.float32)
+    print(f"one call at a time, {seconds:g} s each; {os.cpu_count()} cores")
+    print("| deployment | rows | calls/s | replica CPU ms/call | latency ms |")
+    print("|---|---:|---:|---:|---:|")
+    for name, handle, pid in targets:
+        for rows in (1, 14):
+            cost = await measure(handle, pid, xs[:rows], seconds)
+            print(f"| {name} | {rows} | {cost.calls_per_s:.0f} | "
+                  f"{cost.cpu_ms_per_call:.2f} | {cost.latency_ms:.2f} |", flush=True)
+    await serve.shutdown_async()  # on the loop the handles' routers run on
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
