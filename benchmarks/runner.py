@@ -430,7 +430,11 @@ def _set_shadows(base: str, shadows: list[dict[str, Any]]) -> None:
 
 
 def platform_config(registry: str, redis_url: str, port: int, state_dir: str) -> Any:
-    """(c)-(e): v1 baseline 90 %, v2 10 %, Redis cache, default breaker and timeouts."""
+    """(c)-(e): v1 baseline 90 %, v2 10 %, Redis cache, default breaker and timeouts.
+
+    ``ABSERVE_BENCH_SET`` (JSON) is merged in for side-by-side trials: a section's
+    dict updates that section; ``"models": [{...}]`` updates every version.
+    """
     from serve.config import parse_config
 
     raw: dict[str, Any] = {
@@ -449,8 +453,9 @@ def platform_config(registry: str, redis_url: str, port: int, state_dir: str) ->
         if isinstance(values, dict):
             raw.setdefault(section, {}).update(values)
         elif section == "models":  # applied to every model version
-            for m in raw["models"]:
-                m.update(values[0])
+            for patch in values:
+                for m in raw["models"]:
+                    m.update(patch)
         else:
             raw[section] = values
     return parse_config(raw)
