@@ -6,7 +6,7 @@ Starts a local Ray in the throughput ingress mode (as ``abserve bench`` does),
 deploys a no-op Serve deployment (the floor: Serve's own cost of a call) and
 the platform's model deployment for v1 (scikit-learn) and v2 (PyTorch), and
 calls each one call at a time from this driver with batches of 1 and 14 rows,
-reading the replica's CPU time from /proc. It explains ``abserve bench`` (c):
+reading the replica's CPU time as the bench does. It explains ``abserve bench`` (c):
 the number of calls, more than the number of rows, sets the model side's CPU.
 Stops everything it started.
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CallCost", "measure", "process_cpu_s"]
+__all__ = ["CallCost", "measure"]
 
 
 @dataclass(frozen=True)
@@ -35,24 +35,21 @@ class CallCost:
     latency_ms: float  # one call at a time, as the driver sees it
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def measure(handle: Any, pid: int, batch: np.ndarray, seconds: float) -> CallCost:
     """Call ``handle.predict`` one call at a time for ``seconds``; ``pid`` is its replica."""
+    from benchmarks.runner import ProcessGroup
+
+    replica = ProcessGroup({"replica": [pid]})  # CPU seconds as the bench reads them
     predict = handle.options(method_name="predict")
     for _ in range(10):  # warm-up
         await predict.remote(batch)
-    cpu0, t0, n = process_cpu_s(pid), time.perf_counter(), 0
+    cpu0, t0, n = replica.cpu_seconds()["replica"], time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds:
         await predict.remote(batch)
         n += 1
     wall = time.perf_counter() - t0
-    return CallCost(n / wall, (process_cpu_s(pid) - cpu0) / n * 1000.0, wall / n * 1000.0)
+    cpu = replica.cpu_seconds()["replica"] - cpu0
+    return CallCost(n / wall, cpu / n * 1000.0, wall / n * 1000.0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,7 @@ class HopBatcher:
 
     def _busy(self, version: str) -> bool:
         assert self.max_in_flight is not None
-        return self._in_flight.get(version, 0) >= max(1, self.max_in_flight(version))
+        return self.in_flight(version) >= max(1, self.max_in_flight(version))
 
     async def __call__(self, version: str, batch: np.ndarray, timeout_s: float) -> np.ndarray:
         if len(batch) >= self.max_rows:  # already a full batch: nothing to gain by waiting

@@ -349,7 +349,8 @@ class RouterConfig(_Replicas):
     batch_wait_ms: float = Field(
         10.0, ge=0, le=100,
         description="Longest the router holds a call to merge more: while the version is "
-        "busy (batch_in_flight_per_replica > 0), or always (= 0); 0 ms = the next loop turn.",
+        "busy (batch_in_flight_per_replica > 0), or always (batch_in_flight_per_replica 0); "
+        "0 ms = the next loop turn.",
     )
     adaptive_batch_wait: bool = Field(
         True,

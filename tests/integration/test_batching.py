@@ -85,7 +85,7 @@ def test_a_bad_instance_fails_only_its_own_call(app: Any) -> None:
 
 
 def test_call_cost_measures_a_model_replica(app: Any) -> None:
-    """benchmarks.call_cost: calls one at a time, the replica's CPU read from /proc."""
+    """benchmarks.call_cost: calls one at a time, the replica's CPU as the bench reads it."""
     from benchmarks.call_cost import measure
     from benchmarks.faults import _handle_loop
 
