@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--registry", help="registry with activity v1, v2 (default: train one)")
     args = p.parse_args(argv)
 
-    from benchmarks.runner import _isolate_ray_ports
+    from benchmarks.runner import _isolate_ray_ports, stop_local_ray
     from serve.ingress_mode import ray_env
 
     os.environ.update(ray_env("throughput"))
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                  logging_level=logging.ERROR, log_to_driver=False)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-            asyncio.run(_run(registry, args.seconds))
+            asyncio.run(_run(registry, args.seconds))  # shuts Serve down when it completes
         finally:
-            ray.shutdown()
+            stop_local_ray(None)
     return 0
 
 

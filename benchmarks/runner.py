@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -701,18 +701,14 @@ def run(opts: BenchOptions) -> dict[str, Any]:
                                    redis_proc.pid)
         finally:
             if ray_up:
-                import ray
+                handles = bench.handles
 
-                haproxy_pids = _haproxy_pids()  # HAProxy restarts on reloads: look now
-                try:
-                    if bench.handles is not None:
-                        bench.handles.shutdown_serve()
-                        bench.handles.close()
-                except Exception as exc:  # noqa: BLE001 - ray.shutdown() below stops it all
-                    log.warning("serve shutdown failed: %s", exc)
-                ray.shutdown()
-                for pid in haproxy_pids:  # spawned by Serve's proxy actor on our behalf
-                    stop_pid(pid, timeout_s=5)
+                def shutdown_serve() -> None:
+                    if handles is not None:
+                        handles.shutdown_serve()
+                        handles.close()
+
+                stop_local_ray(shutdown_serve)
             if redis_proc is not None:
                 stop_pid(redis_proc.pid)
     machine = report.machine_info(opts, cores)
@@ -727,6 +723,30 @@ def _haproxy_pids() -> list[int]:
         return [p.pid for p in psutil.Process().children(recursive=True)
                 if p.name() == "haproxy"]
     return []
+
+
+def stop_local_ray(shutdown_serve: Callable[[], None] | None,
+                   seen_haproxy: Iterable[int] = ()) -> None:
+    """Stop what a benchmark's local Ray started: Serve, Ray, then HAProxy by PID.
+
+    ``shutdown_serve`` (None: Serve is already down) may fail: ``ray.shutdown()``
+    stops the actors anyway. The HAProxy processes Serve's proxy spawned on our
+    behalf are listed before Serve goes (HAProxy restarts on reloads, so the
+    PIDs are looked up now, plus any in ``seen_haproxy``) and stopped after.
+    """
+    import ray
+
+    from serve.cli import stop_pid
+
+    haproxy = sorted(set(seen_haproxy) | set(_haproxy_pids()))
+    if shutdown_serve is not None:
+        try:
+            shutdown_serve()
+        except Exception as exc:  # noqa: BLE001 - ray.shutdown() below stops it all
+            log.warning("serve shutdown failed: %s", exc)
+    ray.shutdown()
+    for pid in haproxy:
+        stop_pid(pid, timeout_s=5)
 
 
 def options_from_args(args: Any) -> BenchOptions:

@@ -385,8 +385,8 @@ def _sampler(router_pid: int, redis: _Redis, load: FaultLoad, samples: list[Samp
 def run(opts: SoakOptions) -> dict[str, Any]:
     import httpx
 
-    from benchmarks.runner import _haproxy_pids, _isolate_ray_ports
-    from serve.cli import free_port, stop_pid
+    from benchmarks.runner import _haproxy_pids, _isolate_ray_ports, stop_local_ray
+    from serve.cli import free_port
     from serve.ingress_mode import ray_env
 
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -420,19 +420,10 @@ def run(opts: SoakOptions) -> dict[str, Any]:
             haproxy = _haproxy_pids()
             report = _soak(opts, url, router_pid, redis, rng)
         finally:
-            haproxy = sorted(set(haproxy) | set(_haproxy_pids()))
             if ray_up:
-                import ray
-
                 from benchmarks.faults import shutdown_serve
 
-                try:
-                    shutdown_serve()
-                except Exception as exc:  # noqa: BLE001 - ray.shutdown() below stops it all
-                    log.warning("serve shutdown failed: %s", exc)
-                ray.shutdown()
-            for pid in haproxy:
-                stop_pid(pid, timeout_s=5)
+                stop_local_ray(shutdown_serve, haproxy)
             redis.stop()
     (opts.out / "soak.json").write_text(json.dumps(report, indent=2, default=str))
     (opts.out / "soak.md").write_text(render_markdown(report))
