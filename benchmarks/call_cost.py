@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from benchmarks.runner import _isolate_ray_ports, stop_local_ray
-    from serve.ingress_mode import ray_env
+    from serve.local.env import ray_env
 
     os.environ.update(ray_env("throughput"))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 
-from router.metrics import BufferedRecorder, MetricSpec, ray_metric_factory
+from router.dataplane.recorder import BufferedRecorder
+from serve.telemetry import MetricSpec, ray_metric_factory
 
 
 class _Null:

@@ -656,7 +656,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     """Run the selected variants; write bench.md, bench.json, bench.png; return the report."""
     from benchmarks import report
     from serve.cli import free_port, start_redis, stop_pid
-    from serve.ingress_mode import ray_env
+    from serve.local.env import ray_env
 
     unknown = sorted(set(opts.variants) - set(SELECTABLE))
     if unknown:

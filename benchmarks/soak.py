@@ -387,7 +387,7 @@ def run(opts: SoakOptions) -> dict[str, Any]:
 
     from benchmarks.runner import _haproxy_pids, _isolate_ray_ports, stop_local_ray
     from serve.cli import free_port
-    from serve.ingress_mode import ray_env
+    from serve.local.env import ray_env
 
     opts.out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(opts.seed)

@@ -26,9 +26,9 @@ from ray import serve
 
 from deployments.backends import check_batch, load_backend
 from models.registry import Registry
-from router.adaptive import AdaptiveWait
-from router.metrics import MODEL_METRICS, ray_metric_factory
+from router.dataplane.adaptive import AdaptiveWait
 from serve.errors import InvalidInput
+from serve.telemetry import MODEL_METRICS, ray_metric_factory
 
 __all__ = ["ModelDeployment"]
 

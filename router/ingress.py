@@ -2,7 +2,7 @@
 
 This module turns live state into plain values (headers, body bytes, handle
 results) and Ray's exceptions into ours (one table, ``_translate``); every
-decision is in ``router/core.py``, ``router/request.py`` and their helpers.
+decision is in ``router/dataplane/core.py``, ``router/protocol/request.py`` and their helpers.
 It never imports torch or tensorflow: the router replica stays small.
 """
 
@@ -22,14 +22,15 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 
 from models.registry import Registry
-from router.admin import TOKEN_ENV, AdminAuth, load_admin_token
-from router.admission import Admission, AdmissionMiddleware, ASGIApp, Receive, Scope, Send
-from router.batcher import HopBatcher
-from router.cache import LocalCache, PredictionCache, RedisCache
-from router.core import Prediction, RouterCore
-from router.experiment import ExperimentState, effective_weights
-from router.metrics import BufferedRecorder, ray_metric_factory
-from router.oip import (
+from router.controlplane.experiment import ExperimentState, effective_weights
+from router.controlplane.report_html import render_report_html
+from router.dataplane.admission import Admission, AdmissionMiddleware, ASGIApp, Receive, Scope, Send
+from router.dataplane.batcher import HopBatcher
+from router.dataplane.cache import LocalCache, PredictionCache, RedisCache
+from router.dataplane.core import Prediction, RouterCore
+from router.dataplane.recorder import BufferedRecorder
+from router.http.auth import TOKEN_ENV, AdminAuth, load_admin_token
+from router.protocol.oip import (
     NOT_READY_STATUS,
     check_model,
     decode_body,
@@ -40,11 +41,11 @@ from router.oip import (
     server_metadata,
     version_metadata,
 )
-from router.report_html import render_report_html
-from router.request import check_content_type, parse_batch, parse_json, parse_single
-from router.schemas import BATCH_RESPONSES, OPENAPI_BATCH, OPENAPI_SINGLE, SINGLE_RESPONSES
+from router.protocol.request import check_content_type, parse_batch, parse_json, parse_single
+from router.protocol.schemas import BATCH_RESPONSES, OPENAPI_BATCH, OPENAPI_SINGLE, SINGLE_RESPONSES
 from serve.config import AbserveConfig, parse_config
 from serve.errors import AbserveError, InvalidInput, PayloadTooLarge, UpstreamError, to_http
+from serve.telemetry import ray_metric_factory
 
 __all__ = ["Router", "app"]
 
@@ -589,7 +590,7 @@ class Router:
         return HTMLResponse(render_report_html(report))
 
     # ------------------------------------------------------------ Open Inference Protocol
-    # KServe V2 REST (router/oip.py): errors are {"error": ...} alone, bad input is 400.
+    # KServe V2 REST (router/protocol/oip.py): errors are {"error": ...} alone, bad input is 400.
 
     @app.get("/v2")
     async def oip_server_metadata(self) -> Response:

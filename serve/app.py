@@ -66,7 +66,7 @@ def _code_relevant(m: ModelConfig) -> dict[str, Any]:
 
 def build_app(config: AbserveConfig) -> Application:
     from deployments.model import ModelDeployment
-    from router.controller import ExperimentController
+    from router.controlplane.controller import ExperimentController
     from router.ingress import Router
 
     handles: dict[str, Any] = {}

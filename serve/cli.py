@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from router.cache import redact_url
+from router.dataplane.cache import redact_url
 from serve.config import AbserveConfig, load_config
 from serve.errors import AbserveError
-from serve.ingress_mode import ray_env
+from serve.local.env import ray_env
 
 __all__ = ["main"]
 
@@ -568,7 +568,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _admin_token(args: argparse.Namespace, state: dict[str, Any]) -> str:
-    from router.admin import TOKEN_ENV, load_admin_token
+    from router.http.auth import TOKEN_ENV, load_admin_token
     from serve.config import AdminConfig
 
     config_path = getattr(args, "config", None) or state.get("config")

@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from router.admin import TOKEN_ENV
+from router.http.auth import TOKEN_ENV
 from serve.cli import free_port, start_redis, stop_pid
 from serve.config import HttpConfig
-from serve.ingress_mode import ray_env
+from serve.local.env import ray_env
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

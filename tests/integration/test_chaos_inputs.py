@@ -25,7 +25,7 @@ import orjson
 import pytest
 
 from models.activity.data import make_windows
-from router.cache import cache_key
+from router.dataplane.cache import cache_key
 from serve.cli import free_port, redis_command, start_redis, stop_pid
 from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, serve_app, small_app
 
@@ -311,8 +311,8 @@ def test_wrong_redis_password_is_a_bypass_and_says_no_password(chin: str, pw_red
 
 
 def test_rediss_tls_with_a_password(tmp_path: Path) -> None:
-    """rediss:// through router.cache.RedisCache against a real TLS redis-server."""
-    from router.cache import PredictionCache, RedisCache
+    """rediss:// through router.dataplane.cache.RedisCache against a real TLS redis-server."""
+    from router.dataplane.cache import PredictionCache, RedisCache
 
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)

@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks.faults import set_fault_all
 from models.activity.data import CLASS_LABELS, make_windows
-from router.cache import cache_key
+from router.dataplane.cache import cache_key
 from serve.app import model_deployment_name
 from serve.config import AbserveConfig
 from tests.integration.conftest import APP, RedisServer, ServeInstance

@@ -1,8 +1,8 @@
-"""router.adaptive: a batch waits only while more requests are expected."""
+"""router.dataplane.adaptive: a batch waits only while more requests are expected."""
 
 from __future__ import annotations
 
-from router.adaptive import AdaptiveWait
+from router.dataplane.adaptive import AdaptiveWait
 
 
 class Clock:

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from router.admission import Admission, AdmissionMiddleware, is_shed_path
+from router.dataplane.admission import Admission, AdmissionMiddleware, is_shed_path
 from serve.config import RouterConfig
 
 

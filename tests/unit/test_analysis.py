@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from router.analysis import (
-    ArmMetrics,
-    LatencyHistogram,
+from router.controlplane.analysis import (
     build_report,
     min_sample_size,
     two_proportion_ztest,
     wilson_interval,
 )
+from router.dataplane.measures import ArmMetrics, LatencyHistogram
 
 ZTEST_CASES = [
     (45, 100, 30, 100),

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from router.bandit import ThompsonPolicy
-from router.policy import Arm, RouteContext
+from router.dataplane.bandit import ThompsonPolicy
+from router.dataplane.policy import Arm, RouteContext
 
 ARMS = (Arm("A", 50, baseline=True), Arm("B", 50))
 

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from router.batcher import HopBatcher
+from router.dataplane.batcher import HopBatcher
 from serve.errors import UpstreamError
 
 

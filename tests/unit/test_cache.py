@@ -7,7 +7,13 @@ import numpy as np
 import orjson
 import pytest
 
-from router.cache import LocalCache, PredictionCache, cache_key, decode_value, encode_value
+from router.dataplane.cache import (
+    LocalCache,
+    PredictionCache,
+    cache_key,
+    decode_value,
+    encode_value,
+)
 
 
 def test_key_is_canonical_across_json_spellings() -> None:

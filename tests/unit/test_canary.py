@@ -6,8 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from router.analysis import ArmMetrics
-from router.canary import (
+from router.controlplane.canary import (
     Action,
     CanaryPlan,
     CanaryState,
@@ -22,7 +21,8 @@ from router.canary import (
     resume,
     start,
 )
-from router.shadow import ShadowStats
+from router.dataplane.measures import ArmMetrics
+from router.dataplane.shadow import ShadowStats
 
 T0 = 1_700_000_000.0
 RPS_PER_INTERVAL = 20_000  # requests of all arms in one interval

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from router.cache import LocalCache, PredictionCache
-from router.core import RouterCore
+from router.dataplane.cache import LocalCache, PredictionCache
+from router.dataplane.core import RouterCore
 from serve.config import ArmConfig, ShadowConfig, parse_config
 from serve.errors import InvalidInput, NotFound, ServiceUnavailable, UpstreamError
 

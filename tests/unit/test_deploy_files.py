@@ -14,8 +14,8 @@ import jsonschema
 import pytest
 import yaml
 
-from router.metrics import METRICS, MODEL_METRICS, exported_names
 from serve.config import load_config
+from serve.telemetry import METRICS, MODEL_METRICS, exported_names
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
@@ -243,7 +243,7 @@ def test_grafana_provisioning(compose: dict[str, Any]) -> None:
                    "ray_abserve_cache_lookups_total", "ray_abserve_request_latency_ms_bucket"):
         assert metric in text, metric
     assert "histogram_quantile(0.99," in text
-    # Every abserve series a panel asks for is one the code exports (router/metrics.py).
+    # Every abserve series a panel asks for is one the code exports (router/dataplane/recorder.py).
     exported = {n for spec in [*METRICS.values(), *MODEL_METRICS.values()]
                 for n in exported_names(spec)}
     asked = set(re.findall(r"\b(?:ray_)?abserve_\w+", text))

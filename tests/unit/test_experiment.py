@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from router.admin import AdminAuth, load_admin_token
-from router.experiment import ExperimentState, apply_operation, effective_weights
-from router.store import FileStore
+from router.controlplane.experiment import ExperimentState, apply_operation, effective_weights
+from router.controlplane.store import FileStore
+from router.http.auth import AdminAuth, load_admin_token
 from serve.config import AdminConfig, ExperimentConfig
 from serve.errors import AbserveError, ConfigError, Forbidden, InvalidInput, NotFound, Unauthorized
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from router.fallback import BreakerState, CircuitBreaker
+from router.dataplane.fallback import BreakerState, CircuitBreaker
 
 
 class FakeClock:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from router.analysis import ArmMetrics
-from router.ledger import Ledger
-from router.report_html import render_report_html
-from router.shadow import ShadowStats
+from router.controlplane.ledger import Ledger
+from router.controlplane.report_html import render_report_html
+from router.dataplane.measures import ArmMetrics
+from router.dataplane.shadow import ShadowStats
 from serve.errors import NotFound
 
 

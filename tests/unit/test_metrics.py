@@ -10,11 +10,12 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from router.cache import LocalCache, PredictionCache
-from router.core import RouterCore
-from router.metrics import METRICS, BufferedRecorder, MetricSpec, NullRecorder
+from router.dataplane.cache import LocalCache, PredictionCache
+from router.dataplane.core import RouterCore
+from router.dataplane.recorder import BufferedRecorder, NullRecorder
 from serve.config import ShadowConfig
 from serve.errors import ServiceUnavailable
+from serve.telemetry import METRICS, MetricSpec
 from tests.unit.test_core import CONFIG, Clock, FakeArms, X
 
 EXP = CONFIG.experiment.name  # RouterCore tells its recorder the experiment's name

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from models.registry import Manifest
-from router.oip import (
+from router.protocol.oip import (
     DATATYPES,
     OUTPUT_NAMES,
     InferRequest,

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from router.policy import Arm, RouteContext, WeightedPolicy, build_layout, unit_hash
+from router.dataplane.policy import Arm, RouteContext, WeightedPolicy, build_layout, unit_hash
 
 
 def arms(*weights: float) -> tuple[Arm, ...]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.request import check_content_type, parse_batch, parse_json, parse_single
+from router.protocol.request import check_content_type, parse_batch, parse_json, parse_single
 from serve.errors import BadRequest, InvalidInput, UnsupportedMediaType, to_http
 
 SHAPE = (50, 9)

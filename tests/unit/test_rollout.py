@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from router.analysis import ArmMetrics
-from router.canary import CanaryPlan, CanaryStatus, GateConfig
-from router.rollout import Rollout, weights_for
+from router.controlplane.canary import CanaryPlan, CanaryStatus, GateConfig
+from router.controlplane.rollout import Rollout, weights_for
+from router.dataplane.measures import ArmMetrics
 
 
 def grow(m: ArmMetrics, n: int, fallbacks: int = 0) -> ArmMetrics:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from router.cache import RedisCache, redact_url
+from router.dataplane.cache import RedisCache, redact_url
 from serve.cli import ray_head_command, redis_command
 from serve.config import AbserveConfig, CacheConfig, parse_config
 

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from router.shadow import ShadowStats, pick_shadows, should_shadow
+from router.dataplane.shadow import ShadowStats, pick_shadows, should_shadow
 
 
 def constructed_case() -> tuple[np.ndarray, np.ndarray]:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from models.registry import Manifest
-from router.request import parse_json
+from router.protocol.request import parse_json
 from serve.errors import AbserveError, BadRequest, NotFound
 
 __all__ = [

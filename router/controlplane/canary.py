@@ -34,8 +34,8 @@ from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
-from router.analysis import ArmMetrics
-from router.shadow import ShadowStats
+from router.dataplane.measures import ArmMetrics
+from router.dataplane.shadow import ShadowStats
 
 __all__ = [
     "Action",

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.policy import Arm, RouteContext
+from router.dataplane.policy import Arm, RouteContext
 
 __all__ = ["ThompsonPolicy"]
 

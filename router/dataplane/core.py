@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from router.analysis import ArmMetrics
-from router.bandit import ThompsonPolicy
-from router.cache import PredictionCache, cache_key
-from router.fallback import BreakerState, CircuitBreaker
-from router.metrics import NullRecorder, Recorder
-from router.policy import Arm, Policy, RouteContext, WeightedPolicy
-from router.shadow import ShadowStats
+from router.dataplane.bandit import ThompsonPolicy
+from router.dataplane.cache import PredictionCache, cache_key
+from router.dataplane.fallback import BreakerState, CircuitBreaker
+from router.dataplane.measures import ArmMetrics
+from router.dataplane.policy import Arm, Policy, RouteContext, WeightedPolicy
+from router.dataplane.recorder import NullRecorder, Recorder
+from router.dataplane.shadow import ShadowStats
 from serve.config import AbserveConfig, ExperimentConfig
 from serve.errors import NotFound, ServiceUnavailable, UpstreamError
 
@@ -73,7 +73,7 @@ class RouterCore:
     rng: random.Random = field(default_factory=random.Random)
     # Shadow copies may take a slower, more patient path (bigger merged calls).
     shadow_call: ModelCall | None = None
-    # Ray metrics (router/metrics.py); counts on the request path must stay cheap.
+    # Ray metrics (router/dataplane/recorder.py); counts on the request path must stay cheap.
     recorder: Recorder = field(default_factory=NullRecorder)
 
     def __post_init__(self) -> None:

@@ -5,7 +5,7 @@ and is validated by the same pydantic rules as the config file (weights sum
 to 100, the baseline is an arm, no unknown or duplicate versions), plus the
 rule that every arm is a deployed version. A refused operation raises
 ``InvalidInput`` (422) and changes nothing; an accepted one bumps the
-revision. The controller (``router/controller.py``) applies them one at a time
+revision. The controller (``router/controlplane/controller.py``) applies them one at a time
 and persists the result; routers poll the revision and swap in the new arms.
 """
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from router.adaptive import AdaptiveWait
+from router.dataplane.adaptive import AdaptiveWait
 
 __all__ = ["HopBatcher"]
 

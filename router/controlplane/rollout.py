@@ -2,8 +2,8 @@
 
 ``Rollout`` holds a plan, its state and the metric snapshot at the start of
 the current window. ``tick`` turns the experiment's cumulative metrics into
-the window's, asks ``router.canary.evaluate`` for a decision, and says which
-experiment operation (``router.experiment``) carries it out:
+the window's, asks ``router.controlplane.canary.evaluate`` for a decision, and says which
+experiment operation (``router.controlplane.experiment``) carries it out:
 
     advance  -> set_weights  {candidate: step %, baseline: the rest}
     promote  -> promote      (the candidate becomes the baseline)
@@ -16,8 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.analysis import ArmMetrics
-from router.canary import (
+from router.controlplane.canary import (
     Action,
     CanaryPlan,
     CanaryState,
@@ -29,7 +28,8 @@ from router.canary import (
     resume,
     start,
 )
-from router.shadow import ShadowStats
+from router.dataplane.measures import ArmMetrics
+from router.dataplane.shadow import ShadowStats
 
 __all__ = ["Rollout", "weights_for"]
 

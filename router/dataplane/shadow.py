@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from router.analysis import LatencyHistogram
+from router.dataplane.measures import LatencyHistogram
 
 __all__ = ["ShadowStats", "pick_shadows", "should_shadow"]
 

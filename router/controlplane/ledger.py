@@ -15,8 +15,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from router.analysis import ArmMetrics, build_report
-from router.shadow import ShadowStats
+from router.controlplane.analysis import build_report
+from router.dataplane.measures import ArmMetrics
+from router.dataplane.shadow import ShadowStats
 from serve.errors import NotFound
 
 __all__ = ["Ledger"]

@@ -2,7 +2,7 @@
 
 It is the single writer of the experiment state: admin operations arrive
 here (through any router replica), are validated and applied one at a time
-under a lock, persisted (``router/store.py``) and given a new revision.
+under a lock, persisted (``router/controlplane/store.py``) and given a new revision.
 Routers poll ``revision()`` and fetch ``get_state()`` when it moves, so a
 change reaches every router replica within ``state.poll_interval_s`` plus
 one call. On start it loads the persisted state, so weights survive router
@@ -19,11 +19,11 @@ from typing import Any
 
 from ray import serve
 
-from router.canary import CanaryPlan, CanaryStatus
-from router.experiment import ExperimentState, apply_operation, effective_weights
-from router.ledger import Ledger
-from router.rollout import Rollout
-from router.store import FileStore
+from router.controlplane.canary import CanaryPlan, CanaryStatus
+from router.controlplane.experiment import ExperimentState, apply_operation, effective_weights
+from router.controlplane.ledger import Ledger
+from router.controlplane.rollout import Rollout
+from router.controlplane.store import FileStore
 from serve.config import AbserveConfig, parse_config
 from serve.errors import InvalidInput, NotFound
 

@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import numpy as np
 import orjson
 
-from router.fallback import CircuitBreaker
+from router.dataplane.fallback import CircuitBreaker
 
 __all__ = [
     "CacheBackend",

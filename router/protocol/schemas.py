@@ -1,6 +1,6 @@
 """OpenAPI descriptions of the JSON API.
 
-The handlers parse bodies themselves (orjson + numpy, see router/request.py),
+The handlers parse bodies themselves (orjson + numpy, see router/protocol/request.py),
 which is faster than a pydantic model per request; these schemas exist so
 that /docs and /openapi.json still describe every body, answer and error.
 """

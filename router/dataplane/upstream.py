@@ -1,0 +1,144 @@
+"""The data plane's one door to Ray: handle calls, Ray's exceptions, Ray's internals.
+
+Everything the router reads from Ray that is not a plain value goes through
+this module, so a Ray upgrade that moves something breaks here and in
+tests/unit/test_upstream.py, not across the router:
+
+- ``RAY_ERRORS``: every exception class that ``ray.serve.exceptions`` and
+  ``ray.exceptions`` define, mapped to our ``UpstreamError`` reason (httpx's
+  ``HTTPCORE_EXC_MAP`` style). The unit test fails when Ray grows a class
+  that is not in the table, so a new failure mode is decided on, not defaulted.
+- ``translate(exc)``: a handle call's exception -> ours.
+- ``RayRuntime``: replica counts behind a handle, this replica's id and the
+  request id, the only reads of Ray's private attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from serve.errors import AbserveError, InvalidInput, UpstreamError
+
+__all__ = ["RAY_ERRORS", "RayRuntime", "call", "translate", "unwrap"]
+
+# (module, class name) -> (UpstreamError.reason, message). Reasons:
+# timeout, backpressure, unavailable (the arm cannot take calls now: the
+# breaker counts it and the baseline answers), cancelled, error (anything else).
+_UNAVAILABLE = ("unavailable", "the arm is unavailable")
+_ERROR = ("error", "the arm failed")
+RAY_ERRORS: dict[tuple[str, str], tuple[str, str]] = {
+    ("ray.serve.exceptions", "BackPressureError"): ("backpressure", "the arm is backpressured"),
+    ("ray.serve.exceptions", "DeploymentUnavailableError"): _UNAVAILABLE,
+    ("ray.serve.exceptions", "ReplicaUnavailableError"): _UNAVAILABLE,
+    ("ray.serve.exceptions", "RequestCancelledError"): ("cancelled", "the arm call was cancelled"),
+    ("ray.serve.exceptions", "gRPCStatusError"): _ERROR,
+    ("ray.serve.exceptions", "RayServeException"): _ERROR,
+    ("ray.exceptions", "ActorDiedError"): _UNAVAILABLE,
+    ("ray.exceptions", "ActorUnavailableError"): _UNAVAILABLE,
+    ("ray.exceptions", "RayActorError"): _UNAVAILABLE,
+    ("ray.exceptions", "ActorUnschedulableError"): _UNAVAILABLE,
+    ("ray.exceptions", "ActorPlacementGroupRemoved"): _UNAVAILABLE,
+    ("ray.exceptions", "ActorHandleNotFoundError"): _UNAVAILABLE,
+    ("ray.exceptions", "NodeDiedError"): _UNAVAILABLE,
+    ("ray.exceptions", "LocalRayletDiedError"): _UNAVAILABLE,
+    ("ray.exceptions", "WorkerCrashedError"): _UNAVAILABLE,
+    ("ray.exceptions", "PendingCallsLimitExceeded"): ("backpressure", "the arm is backpressured"),
+    ("ray.exceptions", "GetTimeoutError"): ("timeout", "the arm timed out"),
+    ("ray.exceptions", "RayChannelTimeoutError"): ("timeout", "the arm timed out"),
+    ("ray.exceptions", "TaskCancelledError"): ("cancelled", "the arm call was cancelled"),
+    **{
+        ("ray.exceptions", name): _ERROR
+        for name in (
+            "RayError", "CrossLanguageError", "RayTaskError", "RaySystemError",
+            "AuthenticationError", "UserCodeException", "ObjectStoreFullError",
+            "OutOfDiskError", "OutOfMemoryError", "ObjectLostError", "ObjectFetchTimedOutError",
+            "RpcError", "ReferenceCountingAssertionError", "ObjectFreedError", "OwnerDiedError",
+            "ObjectReconstructionFailedError", "PlasmaObjectNotAvailable", "AsyncioActorExit",
+            "RuntimeEnvSetupError", "TaskPlacementGroupRemoved", "TaskUnschedulableError",
+            "ObjectRefStreamEndOfStreamError", "StreamingGeneratorReplayInconsistentError",
+            "OufOfBandObjectRefSerializationException", "RayChannelError",
+            "RayCgraphCapacityExceeded", "RayDirectTransportError", "UnserializableException",
+            "ActorAlreadyExistsError",
+        )
+    },
+}
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """Our own error raised in another replica arrives wrapped in a RayTaskError."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, AbserveError) else exc
+
+
+def _row(exc: BaseException) -> tuple[str, str] | None:
+    for cls in type(exc).__mro__:  # the most specific class in the table wins
+        row = RAY_ERRORS.get((cls.__module__, cls.__name__))
+        if row is not None:
+            return row
+    return None
+
+
+def translate(exc: BaseException) -> BaseException:
+    """A handle call's exception -> ours. Our InvalidInput passes through as it is."""
+    inner = unwrap(exc)
+    if isinstance(inner, InvalidInput):
+        return inner
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError) and _row(exc) is None:
+        return UpstreamError("the arm timed out", reason="timeout")
+    reason, message = _row(exc) or _ERROR
+    if reason == "error":
+        message = f"{message}: {type(exc).__name__}"
+    return UpstreamError(message, reason=reason)
+
+
+async def call(response: Any, timeout_s: float | None) -> Any:
+    """Await a DeploymentResponse with a timeout; on timeout the call is cancelled.
+
+    DeploymentResponse is awaitable but not a coroutine, and wait_for wants one.
+    Raises Ray's own exceptions: callers ``translate`` them where they decide.
+    """
+
+    async def result() -> Any:
+        return await response
+
+    try:
+        return await asyncio.wait_for(result(), timeout_s)
+    except TimeoutError:
+        response.cancel()
+        raise
+
+
+class RayRuntime:
+    """What the router reads of Ray's live state, in one small adapter.
+
+    A fake with the same three methods stands in for it in the HTTP app's
+    unit tests, which run without Ray.
+    """
+
+    def running_replicas(self, handle: Any) -> int | None:
+        """Replicas a handle can send to now; None if not known (before its first call).
+
+        Serve 2.60 keeps the count inside the handle's request router, with no
+        public getter; if a Ray upgrade moves it, this says None and the caller
+        uses the config's count (tests/integration/test_batching.py checks it is found).
+        """
+        try:
+            router: Any = handle._router  # noqa: SLF001
+            n = len(router._asyncio_router.request_router.curr_replicas)  # noqa: SLF001
+        except Exception:  # noqa: BLE001 - the count only shapes batches
+            return None
+        return n or None
+
+    def replica_id(self) -> str:
+        from ray import serve
+
+        return str(serve.get_replica_context().replica_tag)
+
+    def request_id(self) -> str:
+        """Serve's own request id: the proxy's X-Request-Id header and log lines carry it."""
+        from ray.serve import context
+
+        rid = context._get_serve_request_context().request_id  # noqa: SLF001
+        return rid or uuid.uuid4().hex
