@@ -357,6 +357,20 @@ class RouterConfig(_Replicas):
         description="With batch_in_flight_per_replica 0: hold a call only while that "
         "version's requests arrive closer together than batch_wait_ms; false: always hold.",
     )
+    shadow_batch_wait_ms: float = Field(
+        50.0, ge=0, le=1000,
+        description="Longest a shadow copy waits to be merged with others: fewer, larger "
+        "calls cost the router and the shadow's replica less CPU, and nobody waits for them.",
+    )
+    probe_timeout_s: float = Field(
+        2.0, gt=0, le=30,
+        description="How long /ready, /v2/health/ready and /stats wait for each version.",
+    )
+    metrics_flush_s: float = Field(
+        1.0, gt=0, le=10,
+        description="How often a router replica hands its counts to Ray's metric objects "
+        "(Ray exports every 10 s; shorter only costs CPU).",
+    )
     autoscaling: AutoscalingConfig | None = Field(
         None, description="Scale the router's replicas with load (instead of num_replicas)."
     )
@@ -394,6 +408,24 @@ class StateConfig(_Frozen):
     )
     poll_interval_s: float = Field(
         0.5, gt=0, le=1.5, description="How often routers check for a new revision."
+    )
+    sync_timeout_s: float = Field(
+        2.0, gt=0, le=60,
+        description="How long a router waits for the controller on one poll or one admin "
+        "call before it keeps serving the state it has.",
+    )
+    first_sync_timeout_s: float = Field(
+        10.0, gt=0, le=300,
+        description="How long a router's first request waits for the controller's state; "
+        "past it the router serves the config's weights and keeps polling.",
+    )
+    max_pending_served: int = Field(
+        100_000, ge=1000,
+        description="Served predictions a router keeps for the feedback join while the "
+        "controller is unreachable; the oldest are dropped first.",
+    )
+    canary_tick_s: float = Field(
+        1.0, gt=0, le=60, description="How often the controller evaluates a running canary."
     )
 
 
