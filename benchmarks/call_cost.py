@@ -105,7 +105,7 @@ async def _run(registry: str, seconds: float) -> None:
     targets = [("no-op Serve deployment", noop, await noop.pid.remote())]
     for version, framework in (("v1", "scikit-learn"), ("v2", "PyTorch")):
         app = ModelDeployment.options(  # type: ignore[attr-defined]
-            name=f"model-{version}").bind(registry, "activity", version)
+            name=f"model-{version}").bind(registry, "activity", {"version": version})
         handle = serve.run(app, name=f"callcost-{version}", route_prefix=None)
         pid = (await handle.stats.remote())["pid"]
         targets.append((f"model {version} ({framework})", handle, pid))

@@ -361,9 +361,11 @@ def _deploy(config: Any, url: str, timeout_s: float = 300) -> None:
     import httpx
     from ray import serve
 
+    from benchmarks.faulty_model import FaultInjectingDeployment
     from serve.app import build_app
 
-    serve.run(build_app(config), name=config.app_name, route_prefix="/")
+    app = build_app(config, model_deployment=FaultInjectingDeployment)  # the drills set faults
+    serve.run(app, name=config.app_name, route_prefix="/")
     deadline = time.monotonic() + timeout_s
     while True:
         with contextlib.suppress(httpx.HTTPError):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import time
 from typing import Any
 
@@ -27,10 +26,11 @@ from ray import serve
 from deployments.backends import check_batch, load_backend
 from models.registry import Registry
 from router.dataplane.adaptive import AdaptiveWait
+from serve.config import ModelConfig
 from serve.errors import InvalidInput
 from serve.telemetry import MODEL_METRICS, ray_metric_factory
 
-__all__ = ["ModelDeployment"]
+__all__ = ["ModelDeployment", "ModelReplica"]
 
 log = logging.getLogger("ray.serve")
 
@@ -43,37 +43,33 @@ def _rows(items: list[Any]) -> int:
     return sum(len(x) for x in items)
 
 
-class InjectedFault(RuntimeError):
-    """Raised on purpose by fault injection (tests and chaos drills)."""
+class ModelReplica:
+    """One replica of one model version: batched predict, stats, health.
 
+    Plain class: ``ModelDeployment`` below is the production deployment, and
+    drills bind a subclass that can be told to fail (benchmarks/faults.py).
+    Every setting comes from the version's ``ModelConfig`` (serve/app.py
+    passes it); nothing here has a default of its own.
+    """
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, health_check_period_s=10)
-class ModelDeployment:
-    def __init__(
-        self,
-        registry_root: str,
-        model: str,
-        version: str,
-        *,
-        max_batch_size: int = 64,
-        batch_wait_timeout_s: float = 0.002,
-        adaptive_batch_wait: bool = True,
-        precision: str = "fp32",
-        num_gpus: float = 0.0,
-    ) -> None:
+    def __init__(self, registry_root: str, model: str, settings: dict[str, Any]) -> None:
+        cfg = ModelConfig.model_validate(settings)
+        version = cfg.version
         registry = Registry(registry_root)
         self.manifest = registry.manifest(model, version)
         artifact = registry.verified_artifact(self.manifest)
-        device = "cuda" if num_gpus > 0 else "cpu"
+        device = "cuda" if cfg.num_gpus > 0 else "cpu"
         started = time.perf_counter()
-        self.backend = load_backend(self.manifest, artifact, device=device, precision=precision)
-        self._predict_rows.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
-        self._predict_rows.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
-        self._wait = AdaptiveWait(batch_wait_timeout_s, enabled=adaptive_batch_wait)
-        self._wait_now = batch_wait_timeout_s
+        self.backend = load_backend(
+            self.manifest, artifact, device=device, precision=cfg.precision
+        )
+        self._predict_rows.set_max_batch_size(cfg.max_batch_size)  # type: ignore[attr-defined]
+        self._predict_rows.set_batch_wait_timeout_s(  # type: ignore[attr-defined]
+            cfg.batch_wait_timeout_s
+        )
+        self._wait = AdaptiveWait(cfg.batch_wait_timeout_s, enabled=cfg.adaptive_batch_wait)
+        self._wait_now = cfg.batch_wait_timeout_s
         self.input_shape = tuple(self.manifest.input_shape)
-        self.error_rate = 0.0
-        self.delay_s = 0.0
         self.calls = 0  # backend calls, for the batching tests and the bench
         self.rows = 0
         self._probe = np.zeros((1, *self.input_shape), dtype=np.float32)
@@ -89,15 +85,11 @@ class ModelDeployment:
             self.manifest.framework,
             time.perf_counter() - started,
             device,
-            precision,
+            cfg.precision,
         )
 
     async def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a batch; merged with concurrent callers' batches."""
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        if self.error_rate and random.random() < self.error_rate:
-            raise InjectedFault(f"injected fault in {self.manifest.version}")
         wait = self._wait.arrival()
         if wait != self._wait_now:  # read by Serve's batch queue when a batch starts
             self._predict_rows.set_batch_wait_timeout_s(wait)  # type: ignore[attr-defined]
@@ -107,7 +99,8 @@ class ModelDeployment:
             raise result
         return result
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, batch_size_fn=_rows)
+    # Sized in rows; max_batch_size and the wait are set from the config in __init__.
+    @serve.batch(batch_size_fn=_rows)
     async def _predict_rows(self, items: list[np.ndarray]) -> list[Any]:
         results: list[Any] = [None] * len(items)
         good: list[int] = []
@@ -132,15 +125,6 @@ class ModelDeployment:
                 start += n
         return results
 
-    def set_fault(self, error_rate: float = 0.0, delay_s: float = 0.0) -> int:
-        """Make this replica fail or slow down on purpose (tests, chaos drills).
-
-        Returns this replica's PID, so a drill can tell when every replica has it.
-        """
-        self.error_rate = float(error_rate)
-        self.delay_s = float(delay_s)
-        return os.getpid()
-
     def stats(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
         return {"version": self.manifest.version, "calls": self.calls, "rows": self.rows,
@@ -158,3 +142,7 @@ class ModelDeployment:
         out = self.backend.predict(self._probe)
         if out.shape != (1, len(self.manifest.class_labels)) or not np.all(np.isfinite(out)):
             raise RuntimeError(f"health probe returned {out.shape}, not a probability row")
+
+
+# No options here: serve/app.py sets every one from the config (.options), once.
+ModelDeployment = serve.deployment(ModelReplica)

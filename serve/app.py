@@ -21,6 +21,10 @@ __all__ = ["CONTROLLER_DEPLOYMENT", "ROUTER_DEPLOYMENT", "build_app", "model_dep
 
 ROUTER_DEPLOYMENT = "router"
 CONTROLLER_DEPLOYMENT = "controller"
+# The controller answers polls and admin calls in microseconds: a sliver of a CPU, and
+# room for every router replica's poll plus admin calls at once.
+CONTROLLER_NUM_CPUS = 0.05
+CONTROLLER_MAX_ONGOING = 1000
 
 
 def model_deployment_name(model: str, version: str) -> str:
@@ -59,15 +63,22 @@ def _replicas(num_replicas: int, autoscaling: AutoscalingConfig | None) -> dict[
 
 
 def _code_relevant(m: ModelConfig) -> dict[str, Any]:
-    """What restarts a version's replicas: not its autoscaling bounds (Serve applies
-    those to running replicas)."""
+    """What a version's replicas are built from, and so what restarts them: not its
+    autoscaling bounds (Serve applies those to running replicas)."""
     return m.model_dump(mode="json", exclude={"autoscaling"})
 
 
-def build_app(config: AbserveConfig) -> Application:
-    from deployments.model import ModelDeployment
+def build_app(config: AbserveConfig, *, model_deployment: Any = None) -> Application:
+    """The application for ``config``: one deployment per version, the controller, the router.
+
+    ``model_deployment`` replaces the production model deployment; only drills
+    and tests pass one (benchmarks/faulty_model.py).
+    """
     from router.controlplane.controller import ExperimentController
     from router.ingress import Router
+
+    if model_deployment is None:
+        from deployments.model import ModelDeployment as model_deployment
 
     handles: dict[str, Any] = {}
     for m in config.models:
@@ -76,29 +87,25 @@ def build_app(config: AbserveConfig) -> Application:
             actor_options["num_gpus"] = m.num_gpus
         if m.resources:
             actor_options["resources"] = dict(m.resources)
-        handles[m.version] = ModelDeployment.options(  # type: ignore[attr-defined]
+        settings = _code_relevant(m)
+        handles[m.version] = model_deployment.options(
             name=model_deployment_name(config.model, m.version),
             **_replicas(m.num_replicas, m.autoscaling),
             ray_actor_options=actor_options,
             max_ongoing_requests=m.max_ongoing_requests,
             max_queued_requests=m.max_queued_requests,
-            version=_version(config.registry, config.model, _code_relevant(m)),
+            version=_version(config.registry, config.model, settings),
             _internal=True,
-        ).bind(
-            config.registry,
-            config.model,
-            m.version,
-            max_batch_size=m.max_batch_size,
-            batch_wait_timeout_s=m.batch_wait_timeout_s,
-            adaptive_batch_wait=m.adaptive_batch_wait,
-            precision=m.precision,
-            num_gpus=m.num_gpus,
-        )
+        ).bind(config.registry, config.model, settings)
     config_dict = config.model_dump(mode="json")
     controller = ExperimentController.options(  # type: ignore[attr-defined]
         name=CONTROLLER_DEPLOYMENT,
-        # The durable state is a file on the head node's disk (state.dir).
-        ray_actor_options={"num_cpus": 0.05, "resources": {"node:__internal_head__": 0.001}},
+        # One replica: the single writer of the experiment state. Its durable state is
+        # a file on the head node's disk (state.dir), so it runs there.
+        num_replicas=1,
+        max_ongoing_requests=CONTROLLER_MAX_ONGOING,
+        ray_actor_options={"num_cpus": CONTROLLER_NUM_CPUS,
+                           "resources": {"node:__internal_head__": 0.001}},
     ).bind(config_dict)
     return Router.options(  # type: ignore[attr-defined]
         name=ROUTER_DEPLOYMENT,

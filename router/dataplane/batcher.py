@@ -36,9 +36,11 @@ import numpy as np
 
 from router.dataplane.adaptive import AdaptiveWait
 
-__all__ = ["HopBatcher"]
+__all__ = ["ArmCall", "HopBatcher"]
 
-ModelCall = Callable[[str, np.ndarray, float], Awaitable[np.ndarray]]
+# (version, batch, timeout_s) -> probabilities: one call to one version. The router
+# replica's call to a handle is one; a HopBatcher, which merges them, is one too.
+ArmCall = Callable[[str, np.ndarray, float], Awaitable[np.ndarray]]
 
 
 @dataclass
@@ -52,7 +54,7 @@ class _Group:
 class HopBatcher:
     def __init__(
         self,
-        call: ModelCall,
+        call: ArmCall,
         *,
         max_rows: int = 64,
         wait_s: float = 0.0,

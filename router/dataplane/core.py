@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from router.dataplane.bandit import ThompsonPolicy
+from router.dataplane.batcher import ArmCall
 from router.dataplane.cache import PredictionCache, cache_key
 from router.dataplane.fallback import BreakerState, CircuitBreaker
 from router.dataplane.measures import ArmMetrics
@@ -38,7 +39,6 @@ def _retrieve(fut: asyncio.Future[np.ndarray]) -> None:
     if not fut.cancelled():
         fut.exception()
 
-ModelCall = Callable[[str, np.ndarray, float], Awaitable[np.ndarray]]
 SHADOW_DELAY_S = 0.002
 # A finished flight answers latecomers a little longer, while its cache write lands.
 FLIGHT_LINGER_S = 0.5
@@ -67,12 +67,12 @@ class ArmStats:
 @dataclass
 class RouterCore:
     config: AbserveConfig
-    call: ModelCall
+    call: ArmCall
     cache: PredictionCache
     clock: Callable[[], float]
     rng: random.Random = field(default_factory=random.Random)
     # Shadow copies may take a slower, more patient path (bigger merged calls).
-    shadow_call: ModelCall | None = None
+    shadow_call: ArmCall | None = None
     # Ray metrics (router/dataplane/recorder.py); counts on the request path must stay cheap.
     recorder: Recorder = field(default_factory=NullRecorder)
 
@@ -143,7 +143,7 @@ class RouterCore:
         arm = self.choose(user_key, pinned)
         started = self.clock()
         try:
-            pred = await self._answer(arm, batch)
+            pred = await self._serve_from_cache_or_arm(arm, batch)
         except ServiceUnavailable:
             ms = (self.clock() - started) * 1000.0
             self.metrics[arm].record(ms, error=True)
@@ -182,7 +182,8 @@ class RouterCore:
         stats.record(primary, out)
         self.recorder.shadow(version, stats.compared - compared, stats.agreed - agreed, ms)
 
-    async def _answer(self, arm: str, batch: np.ndarray) -> Prediction:
+    async def _serve_from_cache_or_arm(self, arm: str, batch: np.ndarray) -> Prediction:
+        """The cache's rows, the arm's for the rest, or the baseline's when the arm fails."""
         self.stats[arm].requests += 1
         keys: Sequence[str] = ()
         cached: list[list[float] | None] = [None] * len(batch)

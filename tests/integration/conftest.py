@@ -213,9 +213,12 @@ def deploy(config: Any, timeout_s: float = 240, route_prefix: str = "/") -> None
     """Deploy and wait until /ready answers 200 (every arm up)."""
     from ray import serve
 
+    from benchmarks.faulty_model import FaultInjectingDeployment
     from serve.app import build_app
 
-    serve.run(build_app(config), name=config.app_name, route_prefix=route_prefix)
+    # The tests' model replicas take set_fault (drills); production's do not.
+    app = build_app(config, model_deployment=FaultInjectingDeployment)
+    serve.run(app, name=config.app_name, route_prefix=route_prefix)
     deadline = time.monotonic() + timeout_s
     url = f"http://127.0.0.1:{config.http.port}{route_prefix.rstrip('/')}/ready"
     while True:
