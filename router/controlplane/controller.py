@@ -19,7 +19,9 @@ from typing import Any
 
 from ray import serve
 
+from router.controlplane import operations
 from router.controlplane.canary import CanaryPlan, CanaryStatus
+from router.controlplane.client import SyncReply, SyncReport
 from router.controlplane.experiment import ExperimentState, apply_operation, effective_weights
 from router.controlplane.ledger import Ledger
 from router.controlplane.rollout import Rollout
@@ -94,6 +96,28 @@ class ExperimentController:
         self.state = new
         log.info("experiment revision %d: %s by %s", new.revision, op, who)
         return new.to_dict()
+
+    # ------------------------------------------------------------ typed (ControlClient)
+
+    def current_state(self) -> ExperimentState:
+        return self.state
+
+    async def apply_op(self, op: operations.Operation, who: str) -> ExperimentState:
+        async with self.lock:
+            new, entry = operations.apply_operation(
+                self.state, op, deployed=self.deployed, who=who
+            )
+            self.store.save(new.to_dict(), entry)  # durable before it is visible
+            self.state = new
+            log.info("experiment revision %d: %s by %s", new.revision, op.kind, who)
+            return new
+
+    async def sync_report(self, replica_id: str, report: SyncReport) -> SyncReply:
+        reply = await self.sync(replica_id, {"metrics": report.metrics,
+                                             "shadows": report.shadows,
+                                             "served": report.served})
+        return SyncReply(reply["revision"], reply["bandit"]["successes"],
+                         reply["bandit"]["failures"])
 
     def audit(self, limit: int = 100) -> list[dict[str, Any]]:
         return self.store.audit(limit)
