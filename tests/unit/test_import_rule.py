@@ -13,36 +13,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Every module of the planes that decide (the data plane but its Ray door, the codecs, the
+# control plane but its Ray deployment and client), the base, and a few pure helpers.
+ADAPTERS = {"router.dataplane.upstream", "router.controlplane.controller",
+            "router.controlplane.client"}
+
+
+def _modules(package: str) -> list[str]:
+    root = ROOT / package.replace(".", "/")
+    names = [package, *(f"{package}.{p.stem}" for p in sorted(root.glob("*.py"))
+                        if p.stem != "__init__")]
+    return [n for n in names if n not in ADAPTERS]
+
+
 PURE = [
-    "router.dataplane.policy",
-    "router.dataplane.fallback",
-    "router.dataplane.cache",
-    "router.protocol.request",
-    "router.dataplane.core",
-    "router.dataplane.batcher",
-    "router.controlplane.experiment",
-    "router.http.auth",
-    "router.controlplane.store",
-    "router.controlplane.ledger",
-    "router.controlplane.analysis",
-    "router.dataplane.shadow",
-    "router.controlplane.canary",
-    "router.controlplane.rollout",
-    "router.dataplane.bandit",
-    "router.protocol.oip",
-    "router.controlplane.report_html",
-    "serve.config",
-    "serve.errors",
-    "serve.local.env",
-    "serve.scaling",
-    "router.dataplane.recorder",
-    "models",
-    "models.registry",
-    "models.register",
-    "models.activity.data",
-    "models.activity.features",
-    "models.activity.train",
-    "deployments.backends",
+    *_modules("router.dataplane"), *_modules("router.protocol"),
+    *_modules("router.controlplane"),
+    "serve.config", "serve.errors", "serve.telemetry", "serve.local.env", "router.http.auth",
+    "models", "models.registry", "models.register", "models.activity.data",
+    "models.activity.features", "models.activity.train", "deployments.backends",
 ]
 BLOCKED = ["ray", "torch", "tensorflow", "keras", "sklearn", "joblib", "fastapi", "starlette"]
 
