@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import tempfile
 import time
@@ -58,12 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--registry", help="registry with activity v1, v2 (default: train one)")
     args = p.parse_args(argv)
 
-    from benchmarks.runner import _isolate_ray_ports, stop_local_ray
-    from serve.local.env import ray_env
+    from serve.local import free_port, private_ray
 
-    os.environ.update(ray_env("throughput"))
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    _isolate_ray_ports()
     with tempfile.TemporaryDirectory(prefix="abserve-callcost-") as tmp:
         registry = args.registry
         if registry is None:
@@ -71,18 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
             registry = str(Path(tmp) / "registry")
             train_all(Path(registry), n_train=1500, n_test=300, quiet=True, versions=("v1", "v2"))
-        import ray
-        from ray import serve
-
-        from serve.cli import free_port
-
-        ray.init(address="local", num_cpus=4, include_dashboard=False,
-                 logging_level=logging.ERROR, log_to_driver=False)
-        try:
-            serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-            asyncio.run(_run(registry, args.seconds))  # shuts Serve down when it completes
-        finally:
-            stop_local_ray(None)
+        with private_ray("throughput", num_cpus=4, http_port=free_port()) as cluster:
+            cluster.shutdown_serve = None  # _run shuts Serve down on its handles' loop
+            asyncio.run(_run(registry, args.seconds))
     return 0
 
 

@@ -33,14 +33,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import LoadResult, open_loop, run_wrk, unique_bodies, write_bodies
+from serve.local.pids import psutil_module, stop_pid
+from serve.local.ports import free_port
+from serve.local.private_ray import private_ray
+from serve.local.redis_server import start_redis
 
-__all__ = ["VARIANTS", "BenchOptions", "VariantResult", "main", "run", "run_from_args"]
+__all__ = ["VARIANTS", "BenchOptions", "VariantResult", "run", "run_from_args"]
 
 log = logging.getLogger("abserve.bench")
 
@@ -100,19 +104,11 @@ class VariantResult:
 # ---------------------------------------------------------------- processes
 
 
-def _psutil() -> Any:
-    """psutil ships inside Ray (``ray/thirdparty_files``), on the path once ray is imported."""
-    import importlib
-
-    importlib.import_module("ray")
-    return importlib.import_module("psutil")
-
-
 class ProcessGroup:
     """Labelled server processes: CPU seconds between two points, peak RSS between them."""
 
     def __init__(self, groups: dict[str, list[int]]) -> None:
-        psutil = _psutil()
+        psutil = psutil_module()
         self._procs: dict[str, list[Any]] = {}
         for label, pids in groups.items():
             procs = []
@@ -128,7 +124,7 @@ class ProcessGroup:
         return {label: [p.pid for p in procs] for label, procs in self._procs.items()}
 
     def cpu_seconds(self) -> dict[str, float]:
-        psutil = _psutil()
+        psutil = psutil_module()
         out: dict[str, float] = {}
         for label, procs in self._procs.items():
             total = 0.0
@@ -140,7 +136,7 @@ class ProcessGroup:
         return out
 
     def rss_mb(self) -> dict[str, float]:
-        psutil = _psutil()
+        psutil = psutil_module()
         out: dict[str, float] = {}
         for label, procs in self._procs.items():
             total = 0
@@ -176,14 +172,14 @@ class ProcessGroup:
 
 def _host_busy_s() -> float:
     """CPU seconds the host spent busy, all cores (steal, time the hypervisor took, excluded)."""
-    t = _psutil().cpu_times()
+    t = psutil_module().cpu_times()
     not_busy = ("idle", "iowait", "steal", "guest", "guest_nice")  # guest is inside user
     return float(sum(t) - sum(getattr(t, f, 0.0) for f in not_busy))
 
 
 def _all_cpu() -> dict[int, tuple[str, float]]:
     """Every process's (name, CPU seconds): to name whatever else loaded the host."""
-    psutil = _psutil()
+    psutil = psutil_module()
     out: dict[int, tuple[str, float]] = {}
     for p in psutil.process_iter(["name", "cmdline", "cpu_times"]):
         t = p.info.get("cpu_times")
@@ -221,7 +217,7 @@ def serve_process_groups(
     """
     import ray._private.state as ray_state
 
-    psutil = _psutil()
+    psutil = psutil_module()
     groups: dict[str, list[int]] = {}
     proxy: list[int] = []
     for actor in ray_state.actors().values():
@@ -333,6 +329,11 @@ class HandleLoop:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
 
+    def shutdown_serve_and_close(self) -> None:
+        """The private Ray's way to shut Serve down while this loop holds handles."""
+        self.shutdown_serve()
+        self.close()
+
 
 def _batch_note(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     calls = after.get("calls", 0) - before.get("calls", 0)
@@ -362,8 +363,6 @@ def _router_note(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
 
 @contextlib.contextmanager
 def _naive_server(registry: str, port: int, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    from serve.cli import stop_pid
-
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.naive_server", "--registry", registry,
@@ -376,29 +375,6 @@ def _naive_server(registry: str, port: int, log_path: Path) -> Iterator[subproce
         yield proc
     finally:
         stop_pid(proc.pid, timeout_s=15)
-
-
-def _isolate_ray_ports() -> None:
-    """Fixed default ports of Serve's throughput mode, moved to free ones.
-
-    HAProxy's stats (8404) and metrics (9101) ports, the fallback proxy (8500,
-    9500) and the direct-ingress port ranges (30000+, 40000+) would collide
-    with another Serve instance on this machine (a test session, `abserve up`).
-    A value already in the environment wins.
-    """
-    from serve.cli import free_port
-
-    for var in ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
-                "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
-        os.environ.setdefault(var, str(free_port()))
-    # Deleting an ingress app waits out a 30 s drain for clients still connected
-    # directly; the bench deletes (b) and shuts down only after its load stopped.
-    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
-    for proto in ("HTTP", "GRPC"):
-        base = free_port()
-        base = min(base, 65535 - 200)
-        os.environ.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MIN_{proto}_PORT", str(base))
-        os.environ.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MAX_{proto}_PORT", str(base + 100))
 
 
 def _registry(opts: BenchOptions, workdir: Path) -> str:
@@ -541,12 +517,10 @@ class Bench:
     # -- (a)
 
     def run_naive(self, registry: str) -> None:
-        from serve.cli import free_port
-
         port = free_port()
         url = f"http://127.0.0.1:{port}/predict"
         with _naive_server(registry, port, self.workdir / "naive.log") as proc:
-            psutil = _psutil()
+            psutil = psutil_module()
             pids = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
             self.measure(
                 "a", lambda: {"naive-uvicorn": pids},
@@ -655,8 +629,6 @@ class Bench:
 def run(opts: BenchOptions) -> dict[str, Any]:
     """Run the selected variants; write bench.md, bench.json, bench.png; return the report."""
     from benchmarks import report
-    from serve.cli import free_port, start_redis, stop_pid
-    from serve.local.env import ray_env
 
     unknown = sorted(set(opts.variants) - set(SELECTABLE))
     if unknown:
@@ -668,85 +640,34 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         workdir = Path(tmp)
         bench = Bench(opts, workdir)
         registry = _registry(opts, workdir)
-        needs_ray = bool(set(opts.variants) & {"b", "c", "d", "e"})
-        needs_platform = bool(set(opts.variants) & {"c", "d", "e"})
-
-        os.environ.update(ray_env(opts.ingress))  # type: ignore[arg-type]
         # The (e-shadow) variant turns shadowing on through the admin API.
         os.environ.setdefault("ABSERVE_ADMIN_TOKEN", secrets.token_urlsafe(24))
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if opts.ingress == "throughput":
-            _isolate_ray_ports()
         redis_proc: subprocess.Popen[bytes] | None = None
-        ray_up = False
         try:
-            http_port = free_port()
-            if needs_ray:
-                import ray
-                from ray import serve
-
-                ray.init(address="local", num_cpus=cores * 2, include_dashboard=False,
-                         logging_level=logging.ERROR, log_to_driver=False)
-                ray_up = True
-                bench.handles = HandleLoop()
-                serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-            if "a" in opts.variants:
-                bench.run_naive(registry)
-            if "b" in opts.variants:
-                bench.run_plain(registry, http_port)
-            if needs_platform:
-                redis_port = free_port()
-                redis_proc = start_redis(redis_port, workdir / "redis.log")
-                bench.run_platform(registry, http_port, f"redis://127.0.0.1:{redis_port}/0",
-                                   redis_proc.pid)
+            with contextlib.ExitStack() as ray_running:
+                http_port = free_port()
+                if set(opts.variants) & {"b", "c", "d", "e"}:
+                    mode: Any = opts.ingress
+                    cluster = ray_running.enter_context(
+                        private_ray(mode, num_cpus=cores * 2, http_port=http_port))
+                    handles = bench.handles = HandleLoop()
+                    cluster.shutdown_serve = handles.shutdown_serve_and_close
+                if "a" in opts.variants:
+                    bench.run_naive(registry)
+                if "b" in opts.variants:
+                    bench.run_plain(registry, http_port)
+                if set(opts.variants) & {"c", "d", "e"}:
+                    redis_port = free_port()
+                    redis_proc = start_redis(redis_port, workdir / "redis.log")
+                    bench.run_platform(registry, http_port, f"redis://127.0.0.1:{redis_port}/0",
+                                       redis_proc.pid)
         finally:
-            if ray_up:
-                handles = bench.handles
-
-                def shutdown_serve() -> None:
-                    if handles is not None:
-                        handles.shutdown_serve()
-                        handles.close()
-
-                stop_local_ray(shutdown_serve)
             if redis_proc is not None:
                 stop_pid(redis_proc.pid)
     machine = report.machine_info(opts, cores)
     data = report.build(bench.results, opts, machine, wall_s=time.time() - started)
     report.write_all(data, opts.out)
     return data
-
-
-def _haproxy_pids() -> list[int]:
-    with contextlib.suppress(Exception):
-        psutil = _psutil()
-        return [p.pid for p in psutil.Process().children(recursive=True)
-                if p.name() == "haproxy"]
-    return []
-
-
-def stop_local_ray(shutdown_serve: Callable[[], None] | None,
-                   seen_haproxy: Iterable[int] = ()) -> None:
-    """Stop what a benchmark's local Ray started: Serve, Ray, then HAProxy by PID.
-
-    ``shutdown_serve`` (None: Serve is already down) may fail: ``ray.shutdown()``
-    stops the actors anyway. The HAProxy processes Serve's proxy spawned on our
-    behalf are listed before Serve goes (HAProxy restarts on reloads, so the
-    PIDs are looked up now, plus any in ``seen_haproxy``) and stopped after.
-    """
-    import ray
-
-    from serve.cli import stop_pid
-
-    haproxy = sorted(set(seen_haproxy) | set(_haproxy_pids()))
-    if shutdown_serve is not None:
-        try:
-            shutdown_serve()
-        except Exception as exc:  # noqa: BLE001 - ray.shutdown() below stops it all
-            log.warning("serve shutdown failed: %s", exc)
-    ray.shutdown()
-    for pid in haproxy:
-        stop_pid(pid, timeout_s=5)
 
 
 def options_from_args(args: Any) -> BenchOptions:
@@ -765,7 +686,7 @@ def options_from_args(args: Any) -> BenchOptions:
 
 
 def run_from_args(args: Any) -> int:
-    """The CLI's entry: print the markdown table; exit 0 even when a target is missed."""
+    """``abserve bench``'s entry: print the markdown table; exit 0 even when a target is missed."""
     from benchmarks import report
 
     opts = options_from_args(args)
@@ -774,13 +695,3 @@ def run_from_args(args: Any) -> int:
     print(report.markdown(data))
     print(f"wrote {opts.out / 'bench.md'}, {opts.out / 'bench.json'}, {opts.out / 'bench.png'}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from serve.cli import main as cli_main
-
-    return cli_main(["bench", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -29,7 +29,6 @@ import random
 import secrets
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -39,8 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.faultload import Event, FaultLoad, summarize, write_jsonl
+from serve.local.pids import stop_pid
+from serve.local.ports import free_port
+from serve.local.private_ray import private_ray
+from serve.local.redis_server import start_redis
 
-__all__ = ["FAULTS", "SoakOptions", "evaluate", "key_bound", "render_markdown", "run_from_args"]
+__all__ = [
+    "FAULTS", "SoakOptions", "evaluate", "key_bound", "render_markdown", "run_from_args",
+]
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +205,6 @@ class _Redis:
     """The soak's own redis-server: stopped, started and frozen by PID."""
 
     def __init__(self, workdir: Path) -> None:
-        from serve.cli import free_port
-
         self.port = free_port()
         self.log = workdir / "redis.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -212,14 +215,10 @@ class _Redis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> int:
-        from serve.cli import start_redis
-
         self.proc = start_redis(self.port, self.log)
         return self.proc.pid
 
     def stop(self) -> None:
-        from serve.cli import stop_pid
-
         if self.proc is not None:
             self.thaw()
             stop_pid(self.proc.pid)
@@ -387,45 +386,31 @@ def _sampler(router_pid: int, redis: _Redis, load: FaultLoad, samples: list[Samp
 def run(opts: SoakOptions) -> dict[str, Any]:
     import httpx
 
-    from benchmarks.runner import _haproxy_pids, _isolate_ray_ports, stop_local_ray
-    from serve.cli import free_port
-    from serve.local.env import ray_env
+    from benchmarks.faults import shutdown_serve
 
     opts.out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(opts.seed)
     with tempfile.TemporaryDirectory(prefix="abserve-soak-") as tmp:
         workdir = Path(tmp)
         registry = _registry(opts, workdir)
-        os.environ.update(ray_env(opts.ingress))  # type: ignore[arg-type]
         os.environ.setdefault("ABSERVE_ADMIN_TOKEN", secrets.token_urlsafe(24))
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if opts.ingress == "throughput":
-            _isolate_ray_ports()
         redis = _Redis(workdir)
         redis.start()
-        ray_up = False
-        haproxy: list[int] = []
         try:
-            import ray
-            from ray import serve
-
-            ray.init(address="local", num_cpus=4, include_dashboard=False,
-                     logging_level=logging.ERROR, log_to_driver=False)
-            ray_up = True
             port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            config = _config(registry, redis.url, port, str(workdir / "state"), opts.ttl_s)
-            print(f"deploying {APP} (v1 70 %, v2 30 % x{CANDIDATE_REPLICAS}) ...", flush=True)
-            url = f"http://127.0.0.1:{port}"
-            _deploy(config, url)
-            router_pid = int(httpx.get(f"{url}/stats", timeout=30).json()["pid"])
-            haproxy = _haproxy_pids()
-            report = _soak(opts, url, router_pid, redis, rng)
+            mode: Any = opts.ingress
+            with private_ray(mode, num_cpus=4, http_port=port) as cluster:
+                cluster.shutdown_serve = shutdown_serve
+                config = _config(registry, redis.url, port, str(workdir / "state"), opts.ttl_s)
+                print(f"deploying {APP} (v1 70 %, v2 30 % x{CANDIDATE_REPLICAS}) ...",
+                      flush=True)
+                url = f"http://127.0.0.1:{port}"
+                _deploy(config, url)
+                router_pid = int(httpx.get(f"{url}/stats", timeout=30).json()["pid"])
+                # The faults restart Serve's processes: the HAProxy of now is stopped too.
+                cluster.remember_haproxy()
+                report = _soak(opts, url, router_pid, redis, rng)
         finally:
-            if ray_up:
-                from benchmarks.faults import shutdown_serve
-
-                stop_local_ray(shutdown_serve, haproxy)
             redis.stop()
     (opts.out / "soak.json").write_text(json.dumps(report, indent=2, default=str))
     (opts.out / "soak.md").write_text(render_markdown(report))
@@ -504,9 +489,3 @@ def run_from_args(args: Any) -> int:
     print(render_markdown(report))
     print(f"written: {Path(args.out) / 'soak.md'}, soak.json, requests.jsonl")
     return 0 if report["passed"] else 1
-
-
-if __name__ == "__main__":
-    from serve.cli import main
-
-    sys.exit(main(["soak", *sys.argv[1:]]))

@@ -3,12 +3,12 @@ free loopback port (never 6379, Ray's GCS default), real model files.
 
 Like Ray's own ``serve_instance`` fixture, the cluster is shared by the whole
 session; each module deploys its application and deletes it afterwards.
-Every process started here is stopped by PID.
+Every process started here is stopped by PID (serve/local/: the same code the
+CLI and the benchmarks use, Serve's HAProxy included).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
@@ -22,9 +22,8 @@ import httpx
 import pytest
 
 from router.http.auth import TOKEN_ENV
-from serve.cli import free_port, start_redis, stop_pid
 from serve.config import HttpConfig
-from serve.local.env import ray_env
+from serve.local import free_port, private_ray, start_redis, stop_pid
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -128,20 +127,15 @@ class ServeInstance:
 
 @pytest.fixture(scope="session")
 def serve_instance() -> Iterator[ServeInstance]:
+    """The session's private Ray and Serve; stopped at the end, Serve's HAProxy by PID too."""
     # The suite runs in the config's default ingress mode unless told otherwise.
-    mode = os.environ.get("ABSERVE_TEST_INGRESS") or HttpConfig().ingress
-    os.environ.update(ray_env(mode, haproxy_ports=(free_port(), free_port())))  # type: ignore[arg-type]
+    mode: Any = os.environ.get("ABSERVE_TEST_INGRESS") or HttpConfig().ingress
     os.environ[TOKEN_ENV] = ADMIN_TOKEN  # router replicas inherit it from the raylet
-    # Deleting an app waits out direct ingress' drain period (30 s by default): tests
-    # delete and redeploy apps, and have no clients to drain.
-    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
-    import ray
-    from ray import serve
-
-    metrics_port, dashboard_port = free_port(), free_port()
-    ray.init(
-        address="local",  # never join a cluster someone else started
+    metrics_port, dashboard_port, port = free_port(), free_port(), free_port()
+    with private_ray(
+        mode,
         num_cpus=4,
+        http_port=port,
         num_gpus=2,  # logical GPUs, no hardware: test_gpu_placement checks Ray's assignment
         # The dashboard (for test_observability's Serve page) costs ~2.5 s at start, ~1 GB
         # RSS and ~2 % of a core; metrics reach the export port every 2 s instead of 10 s.
@@ -150,15 +144,9 @@ def serve_instance() -> Iterator[ServeInstance]:
         dashboard_port=dashboard_port,
         _metrics_export_port=metrics_port,
         _system_config={"metrics_report_interval_ms": 2000},
-        logging_level=logging.ERROR,
-        log_to_driver=False,
         runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}},
-    )
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield ServeInstance(port, metrics_port, dashboard_port)
-    serve.shutdown()
-    ray.shutdown()
+    ):
+        yield ServeInstance(port, metrics_port, dashboard_port)
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ from benchmarks.faults import (
     wait_serve_answers,
 )
 from serve.app import model_deployment_name
-from serve.cli import free_port
+from serve.local import free_port
 from tests.integration.conftest import RedisServer, ServeInstance, serve_app, small_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]

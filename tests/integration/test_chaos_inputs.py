@@ -26,7 +26,7 @@ import pytest
 
 from models.activity.data import make_windows
 from router.dataplane.cache import cache_key
-from serve.cli import free_port, redis_command, start_redis, stop_pid
+from serve.local import free_port, redis_command, start_redis, stop_pid
 from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, serve_app, small_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]

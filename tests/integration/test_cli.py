@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from serve.cli import _pid_alive, free_port
+from serve.local import free_port, pid_alive
 from tests.integration.conftest import ADMIN_TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,15 +41,15 @@ def cli(tmp_path: Path, registry_root: str) -> Iterator[tuple[Any, dict[str, Any
     }
     path = tmp_path / "abserve.yaml"
     path.write_text(yaml.safe_dump(config))
+    # Not the session's Serve settings (its HAProxy and direct-ingress ports are taken).
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")},
         "ABSERVE_STATE_DIR": str(tmp_path / ".abserve"),
         "ABSERVE_ADMIN_TOKEN": ADMIN_TOKEN,
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
     }
-    for key in ("RAY_ADDRESS", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
-        env.pop(key, None)
+    env.pop("RAY_ADDRESS", None)
 
     def run(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
@@ -98,7 +98,7 @@ def test_up_traffic_deploy_version_down_up(cli: tuple[Any, dict[str, Any]]) -> N
     out = _ok(run("status"))
     assert "v3" in out and "tensorflow" in out
     _ok(run("down", timeout=120))
-    assert not _pid_alive(ray_pid) and not _pid_alive(redis_pid)
+    assert not pid_alive(ray_pid) and not pid_alive(redis_pid)
     assert not info["state_file"].exists()
 
     _ok(run("up", "--config", info["config"], "--redis-port", str(free_port())))

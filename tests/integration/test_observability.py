@@ -23,8 +23,8 @@ import pytest
 
 from models.activity.data import make_windows
 from serve.app import model_deployment_name
-from serve.cli import free_port, stop_pid
 from serve.config import AbserveConfig
+from serve.local import free_port, stop_pid
 from tests.integration.conftest import APP, ServeInstance
 
 ROOT = Path(__file__).resolve().parents[2]

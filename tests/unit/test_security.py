@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from router.dataplane.cache import RedisCache, redact_url
-from serve.cli import ray_head_command, redis_command
 from serve.config import AbserveConfig, CacheConfig, parse_config
+from serve.local import ray_head_command, redis_command
 
 CONFIG = parse_config({
     "models": [{"version": "v1"}],
