@@ -4,7 +4,7 @@ Each call to the version is slowed to 100 ms (the fault hook), so 8 concurrent
 clients keep ~8 requests in flight against a target of 2 per replica; the router
 merges nothing (batch_max_rows 1), so every request is one ongoing request at
 the model. The steps are timed by the same code as `abserve scale-history`
-(serve/scaling.py), sampling the replica counts every 0.25 s.
+(serve/cli/scaling.py), sampling the replica counts every 0.25 s.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 
 from models.activity.data import sample_window
 from serve.app import model_deployment_name
-from serve.scaling import ScaleStep, format_step, replica_counts, watch
+from serve.cli.scaling import ScaleStep, format_step, replica_counts, watch
 from tests.integration.conftest import ServeInstance, serve_app, small_app
 
 APP, PREFIX = "autoscale", "/autoscale"

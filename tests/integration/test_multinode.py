@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import yaml
 
-from serve.cli import free_port, start_redis, stop_pid
+from serve.local import free_port, start_redis, stop_pid
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "multinode"
@@ -39,7 +39,7 @@ PROBE = """
 import json, logging, sys
 import ray
 ray.init(address=sys.argv[1], logging_level=logging.ERROR, log_to_driver=False)
-from serve.scaling import replica_counts
+from serve.cli.scaling import replica_counts
 nodes = [{"id": n["NodeID"], "alive": n["Alive"], "resources": n["Resources"]}
          for n in ray.nodes()]
 replicas = {k: list(v.nodes) for k, v in replica_counts(sys.argv[2]).items()}

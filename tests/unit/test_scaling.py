@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serve.scaling import ReplicaCount, ScaleStep, ScaleTracker, format_step
+from serve.cli.scaling import ReplicaCount, ScaleStep, ScaleTracker, format_step
 
 
 def rc(target: int, running: int, total: int | None = None) -> ReplicaCount:

@@ -1,0 +1,229 @@
+"""Commands of the admin API (they need ABSERVE_ADMIN_TOKEN): the experiment's weights,
+shadows, arms and audit log; the automated canary; the experiment report.
+
+Each one is one HTTP call to the running router (``--url``, default: the one
+``abserve up`` recorded); the router checks the token, this side only sends it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from serve.cli.state import read_state
+from serve.config import load_config
+from serve.errors import AbserveError
+
+__all__ = ["ADMIN_COMMANDS", "add_parsers", "admin_call", "cmd_admin", "cmd_canary", "cmd_report",
+           "print_experiment"]
+
+
+# The admin commands that are one call each, with their help.
+ADMIN_COMMANDS = {
+    "experiment": "show the live experiment (weights, baseline, revision)",
+    "traffic": "set weights: abserve traffic v1=80 v2=20",
+    "shadow": "set shadow versions: abserve shadow v3=0.2 (no arguments: shadows off)",
+    "add-candidate": "add a deployed version as an arm",
+    "remove-arm": "remove a candidate; its weight returns to the baseline",
+    "promote": "the candidate becomes the baseline",
+    "rollback": "a candidate's weight to 0 at once (every candidate if none named)",
+    "pause": "send all traffic to the baseline, keeping the weights",
+    "resume": "resume the weights after a pause",
+    "audit": "the audit log: time, who, operation, before, after",
+}
+
+
+def _admin_token(args: argparse.Namespace, state: dict[str, Any]) -> str:
+    from router.http.auth import TOKEN_ENV, load_admin_token
+    from serve.config import AdminConfig
+
+    config_path = getattr(args, "config", None) or state.get("config")
+    admin = load_config(config_path).admin if config_path else AdminConfig()
+    token = load_admin_token(admin)
+    if token is None:
+        raise AbserveError(f"no admin token: set {TOKEN_ENV} (or admin.token_file in the config)")
+    return token.decode()
+
+
+def admin_call(args: argparse.Namespace, method: str, path: str,
+               body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One admin API call with the bearer token; a non-200 answer becomes an AbserveError."""
+    import getpass
+
+    import httpx
+
+    state = read_state()
+    url = args.url or state.get("url") or "http://127.0.0.1:8000"
+    headers = {"Authorization": f"Bearer {_admin_token(args, state)}",
+               "X-Admin-User": getpass.getuser()}
+    r = httpx.request(method, f"{url}{path}", json=body, headers=headers, timeout=30)
+    data = r.json()
+    if r.status_code != 200:
+        raise AbserveError(f"{r.status_code}: {data.get('error', data)}")
+    return dict(data)
+
+
+def print_experiment(data: dict[str, Any]) -> None:
+    exp = data["experiment"]
+    paused = "  PAUSED (all traffic to the baseline)" if data.get("paused") else ""
+    print(f"experiment {exp['name']}  revision {data['revision']}  baseline {exp['baseline']}"
+          f"  by {data.get('updated_by')}{paused}")
+    eff = data.get("effective_weights", {})
+    for s in exp.get("shadows", []):
+        print(f"  shadow {s['version']}: {s['share'] * 100:g}% of requests copied")
+    for arm in exp["arms"]:
+        mark = " (baseline)" if arm["version"] == exp["baseline"] else ""
+        effective = eff.get(arm["version"], 0)
+        print(f"  {arm['version']:<10}{arm['weight']:>7g}%  effective {effective:g}%{mark}")
+
+
+def _parse_weights(pairs: list[str]) -> dict[str, float]:
+    weights = {}
+    for pair in pairs:
+        version, sep, value = pair.partition("=")
+        if not sep:
+            raise AbserveError(f"expected VERSION=PERCENT, got {pair!r}")
+        try:
+            weights[version] = float(value)
+        except ValueError:
+            raise AbserveError(f"{pair!r}: {value!r} is not a number") from None
+    return weights
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    op = args.command
+    if op == "experiment":
+        print_experiment(admin_call(args, "GET", "/admin/experiment"))
+    elif op == "traffic":
+        print_experiment(admin_call(args, "PUT", "/admin/weights",
+                                      {"weights": _parse_weights(args.weights)}))
+    elif op == "shadow":
+        shares = _parse_weights(args.shares)  # VERSION=SHARE, share in 0..1
+        shadows = [{"version": v, "share": s} for v, s in shares.items()]
+        print_experiment(admin_call(args, "PUT", "/admin/shadows", {"shadows": shadows}))
+    elif op == "add-candidate":
+        print_experiment(admin_call(args, "POST", "/admin/candidates",
+                                      {"version": args.version, "weight": args.weight}))
+    elif op == "remove-arm":
+        print_experiment(admin_call(args, "DELETE", f"/admin/candidates/{args.version}"))
+    elif op in ("promote", "rollback"):
+        body = {"version": args.version} if args.version else {}
+        print_experiment(admin_call(args, "POST", f"/admin/{op}", body))
+    elif op in ("pause", "resume"):
+        print_experiment(admin_call(args, "POST", f"/admin/{op}"))
+    elif op == "audit":
+        for e in admin_call(args, "GET", f"/admin/audit?limit={args.limit}")["entries"]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
+            before = (e.get("before") or {}).get("weights")
+            print(f"{when}  r{e['revision']:<4} {e['who']:<12} {e['operation']:<14} "
+                  f"{before} -> {e['after']['weights']}")
+    return 0
+
+
+def _print_canary(data: dict[str, Any]) -> None:
+    plan, state = data.get("plan"), data.get("state")
+    if not plan or not state:
+        print("no canary plan")
+        return
+    steps = ", ".join(f"{s:g}" for s in plan["steps"])
+    print(f"canary {plan['candidate']} vs {plan['baseline']}: {state['status']}, "
+          f"step {state['step'] + 1}/{len(plan['steps'])} at {state['weight']:g}%  "
+          f"(steps {steps}; every {plan['interval_s']:g}s, >= {plan['min_requests']} requests)")
+    for d in state.get("history", [])[-10:]:
+        when = time.strftime("%H:%M:%S", time.localtime(d["time"]))
+        print(f"  {when} {d['action']:<9} {d['verdict']:<7} {d['weight']:g}% -> "
+              f"{d['new_weight']:g}%  {'; '.join(d['reasons'])}")
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    if args.action == "start":
+        if not args.candidate:
+            raise AbserveError("canary start needs the candidate version")
+        plan: dict[str, Any] = {"candidate": args.candidate, "interval_s": args.interval,
+                                "min_requests": args.min_requests,
+                                "steps": [float(s) for s in args.steps.split(",")]}
+        if args.gates:
+            plan["gates"] = json.loads(args.gates)
+        _print_canary(admin_call(args, "POST", "/admin/canary", plan))
+    elif args.action == "status":
+        _print_canary(admin_call(args, "GET", "/admin/canary"))
+    else:
+        _print_canary(admin_call(args, "POST", f"/admin/canary/{args.action}"))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    report = admin_call(args, "GET", "/admin/report")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"experiment {report.get('experiment')}  revision {report.get('revision')}  "
+          f"baseline {report['baseline']}  alpha {report['alpha']}")
+    head = (f"{'arm':<8}{'requests':>9}{'share':>8}{'weight':>8}{'errors':>8}{'fallbk':>8}"
+            f"{'p50ms':>8}{'p99ms':>8}{'accuracy':>10}{'95% CI':>16}{'n':>6}{'p-value':>9}"
+            f"{'n ok':>6}")
+    print(head)
+
+    def pct(x: Any) -> str:
+        return "-" if x is None else f"{x * 100:.1f}%"
+
+    def num(x: Any, spec: str = ".1f") -> str:
+        return "-" if x is None else format(x, spec)
+
+    for arm, r in report["arms"].items():
+        ci = r.get("accuracy_ci95")
+        ci_txt = f"[{ci[0] * 100:.1f},{ci[1] * 100:.1f}]" if ci and r.get("accuracy") else "-"
+        reached = "-" if r.get("sample_size_reached") is None else str(r["sample_size_reached"])
+        print(f"{arm + ('*' if r.get('baseline') else ''):<8}{r['requests']:>9}"
+              f"{pct(r.get('traffic_share')):>8}{num(r.get('weight'), 'g'):>8}"
+              f"{pct(r.get('error_rate')):>8}{pct(r.get('fallback_rate')):>8}"
+              f"{num(r.get('p50_ms')):>8}{num(r.get('p99_ms')):>8}{pct(r.get('accuracy')):>10}"
+              f"{ci_txt:>16}{r.get('feedback_n', 0):>6}{num(r.get('p_value'), '.4f'):>9}"
+              f"{reached:>6}")
+    for version, s in report.get("shadows", {}).items():
+        print(f"shadow {version}: compared {s['compared']}, agreement {pct(s['agreement_rate'])},"
+              f" mean |dp| {num(s['mean_abs_diff'], '.4f')}, errors {s['errors']}, "
+              f"p99 {num(s['p99_ms'])} ms")
+    print("* baseline; p-value: two-proportion z-test of accuracy against the baseline")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    c = sub.add_parser("canary", help="automated canary analysis: start | status | pause | "
+                                      "resume | abort (admin API)")
+    c.add_argument("action", choices=["start", "status", "pause", "resume", "abort"])
+    c.add_argument("candidate", nargs="?")
+    c.add_argument("--steps", default="5,10,25,50,100")
+    c.add_argument("--interval", type=float, default=300.0, help="seconds per step, at least")
+    c.add_argument("--min-requests", type=int, default=500, help="candidate requests per step")
+    c.add_argument("--gates", help='JSON, e.g. \'{"max_fallback_rate": 0.02}\'')
+    c.add_argument("--url")
+    c.add_argument("--config")
+    c.set_defaults(func=cmd_canary)
+
+    rp = sub.add_parser("report", help="the experiment report: per-arm traffic, errors, latency, "
+                                       "accuracy with 95%% CI, significance (admin API)")
+    rp.add_argument("--json", action="store_true")
+    rp.add_argument("--url")
+    rp.add_argument("--config")
+    rp.set_defaults(func=cmd_report)
+
+    for name, text in ADMIN_COMMANDS.items():
+        a = sub.add_parser(name, help=f"{text} (admin API; needs ABSERVE_ADMIN_TOKEN)")
+        a.add_argument("--url")
+        a.add_argument("--config", help="config whose admin.token_file to use")
+        if name == "traffic":
+            a.add_argument("weights", nargs="+", metavar="VERSION=PERCENT")
+        elif name == "shadow":
+            a.add_argument("shares", nargs="*", metavar="VERSION=SHARE")
+        elif name in ("add-candidate", "remove-arm", "promote"):
+            a.add_argument("version")
+        elif name == "rollback":
+            a.add_argument("version", nargs="?")
+        if name == "add-candidate":
+            a.add_argument("--weight", type=float, default=0.0)
+        if name == "audit":
+            a.add_argument("--limit", type=int, default=20)
+        a.set_defaults(func=cmd_admin)

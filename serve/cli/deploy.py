@@ -1,0 +1,328 @@
+"""Commands that change what runs: up, deploy-version, down.
+
+``up`` checks what it can before it starts anything (serve/cli/precheck.py),
+starts (or joins) a Ray cluster and a redis-server, deploys, and waits until
+every arm answers; when Serve reports the deployment failed it shows the
+replica's own error, not only the deployment's name. What it started is
+recorded in ``.abserve/state.json`` for ``down``, which stops exactly that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from serve.cli.precheck import check_before_deploy
+from serve.cli.state import (
+    DEFAULT_CONFIG,
+    STATE_DIR,
+    read_state,
+    record_extra_model,
+    state_file,
+    with_extra_models,
+    write_state,
+)
+from serve.config import AbserveConfig, load_config
+from serve.errors import AbserveError
+from serve.local.env import ray_env
+from serve.local.pids import pid_alive, stop_pid
+from serve.local.ports import free_port, port_free
+from serve.local.ray_head import connect, start_ray_head, stop_ray_head, wait_for_gcs
+from serve.local.redis_server import start_redis
+
+__all__ = [
+    "add_parsers", "cmd_deploy_version", "cmd_down", "cmd_up", "deploy_app", "failure_text",
+    "http_get", "replica_error", "wait_running",
+]
+
+# The redis-server `up` starts listens here when the port is free (else on any free one).
+DEFAULT_REDIS_PORT = 6390
+_FAILED = ("DEPLOY_FAILED", "UNHEALTHY")
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    """GET ``url``: its status and its JSON (or its text when it is not JSON)."""
+    import httpx
+
+    r = httpx.get(url, timeout=timeout)
+    try:
+        return r.status_code, r.json()
+    except ValueError:
+        return r.status_code, r.text
+
+
+# ---------------------------------------------------------------- deploying and waiting
+
+
+def replica_error(message: str) -> str:
+    """The replica's own exception, from a deployment's status message.
+
+    Serve writes "The deployment failed to start N times in a row. ... Error:"
+    and then the replica's traceback; its last unindented line names the
+    exception and says what went wrong. Other messages are returned whole.
+    """
+    _, sep, detail = message.partition("Error:\n")
+    if not sep:
+        return message.strip()
+    lines = [line.rstrip() for line in detail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if not line.startswith((" ", "\t")):
+            return line.strip()
+    return detail.strip()
+
+
+def failure_text(app_name: str, app: Any) -> str:
+    """What to print for a failed application: its status, then each failed deployment's
+    own error (``app``: an ``ApplicationStatusOverview`` from ``serve.status()``)."""
+    lines = [f"application {app_name} {app.status.value}: {app.message}"]
+    for name, dep in sorted(app.deployments.items()):
+        if dep.status.value in _FAILED and dep.message:
+            lines.append(f"  {name}: {replica_error(dep.message)}")
+    if len(lines) > 1:
+        lines.append("  (the whole traceback: serve.status() or the Ray dashboard's Serve page)")
+    return "\n".join(lines)
+
+
+def _progress_line(app: Any) -> str:
+    parts = []
+    for name, dep in sorted(app.deployments.items()):
+        states = dep.replica_states or {}
+        counts = {str(getattr(k, "value", k)): n for k, n in states.items()}
+        parts.append(f"{name} {counts.get('RUNNING', 0)}/{sum(counts.values())} "
+                     f"{dep.status.value}")
+    return f"  [{app.status.value}] " + "; ".join(parts)
+
+
+def wait_running(app_name: str, timeout_s: float) -> None:
+    """Print progress until ``app_name`` is RUNNING; raise with the replicas' errors if not."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        app = serve.status().applications.get(app_name)
+        if app is not None:
+            line = _progress_line(app)
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if app.status.value == "RUNNING":
+                return
+            if app.status.value in _FAILED:
+                raise AbserveError(failure_text(app_name, app))
+        if time.monotonic() > deadline:
+            raise AbserveError(f"application {app_name} not running after {timeout_s:.0f}s")
+        time.sleep(1)
+
+
+def deploy_app(config: AbserveConfig) -> None:
+    """Submit the application without blocking, so `up` can show progress."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    serve.run_many(
+        [serve.RunTarget(build_app(config), name=config.app_name, route_prefix="/")],
+        wait_for_applications_running=False,
+    )
+
+
+def _replicas_text(m: Any) -> str:
+    a = m.autoscaling
+    return str(m.num_replicas) if a is None else f"{a.min_replicas}-{a.max_replicas} (autoscaling)"
+
+
+def _with_cache_url(config: AbserveConfig, redis_url: str) -> AbserveConfig:
+    return config.model_copy(
+        update={"cache": config.cache.model_copy(update={"redis_url": redis_url})}
+    )
+
+
+# ---------------------------------------------------------------- up
+
+
+def _cluster_to_use(args: argparse.Namespace,
+                    config: AbserveConfig) -> tuple[dict[str, Any], str | None]:
+    """The recorded state still valid for this run, and the cluster address (None: start one)."""
+    state = read_state()
+    if state.get("ray_pid") and pid_alive(int(state["ray_pid"])):
+        print(f"a cluster started by abserve is already running (pid {state['ray_pid']}); "
+              "redeploying onto it")
+        args.address = args.address or state.get("ray_address")
+    address = args.address or os.environ.get("RAY_ADDRESS") or config.cluster.address
+    kept = ("ray_pid", "redis_pid", "redis_url")
+    same_cluster = address is not None and state.get("ray_address") == address
+    return ({k: v for k, v in state.items() if k in kept} if same_cluster else {}), address
+
+
+def _start_redis_if_needed(config: AbserveConfig, state: dict[str, Any],
+                           redis_port: int | None) -> AbserveConfig:
+    """Redis first: the router reads its URL from the config it is given."""
+    redis_url = config.cache.redis_url or state.get("redis_url")
+    if config.cache.enabled and not redis_url:
+        port = redis_port or (DEFAULT_REDIS_PORT if port_free(DEFAULT_REDIS_PORT)
+                              else free_port())
+        try:
+            proc = start_redis(port, STATE_DIR.resolve() / "redis.log")
+        except FileNotFoundError:
+            print("warning: redis-server is not installed and cache.redis_url is empty: "
+                  "using an in-process LRU cache per router replica", file=sys.stderr)
+        else:
+            redis_url = f"redis://127.0.0.1:{port}/0"
+            state.update(redis_pid=proc.pid, redis_url=redis_url)
+            print(f"started redis-server on 127.0.0.1:{port} (pid {proc.pid})")
+    return _with_cache_url(config, redis_url) if redis_url else config
+
+
+def _start_head(config: AbserveConfig, state: dict[str, Any]) -> str:
+    log_path = STATE_DIR.resolve() / "ray.log"
+    proc, address = start_ray_head(config, log_path)
+    state["ray_pid"] = proc.pid
+    print(f"starting a local Ray cluster at {address} (pid {proc.pid})", flush=True)
+    wait_for_gcs(config.cluster.gcs_port, proc, timeout_s=60, log_path=log_path)
+    return address
+
+
+def _wait_ready(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(Exception):
+            status, _ = http_get(f"{url}/ready")
+            if status == 200:
+                return
+        if time.monotonic() > deadline:
+            raise AbserveError(f"{url}/ready did not answer 200 within {timeout_s}s")
+        time.sleep(1)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from router.dataplane.cache import redact_url
+
+    config = with_extra_models(load_config(args.config))
+    state, address = _cluster_to_use(args, config)
+    needs_redis = config.cache.enabled and not (config.cache.redis_url or state.get("redis_url"))
+    check_before_deploy(config, starting_cluster=address is None,
+                        redis_port=args.redis_port if needs_redis else None)
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    config = _start_redis_if_needed(config, state, args.redis_port)
+
+    # Serve reads its ingress flags from the environment at import: the driver too.
+    os.environ.update(ray_env(config.http.ingress))
+    if address is None:
+        address = _start_head(config, state)
+    state["ray_address"] = address
+    write_state(state)
+
+    connect(address)
+    from ray import serve
+
+    serve.start(proxy_location=config.http.proxy_location,
+                http_options={"host": config.http.host, "port": config.http.port})
+    print(f"deploying {config.app_name}: "
+          + ", ".join(f"{config.model}:{m.version} x{_replicas_text(m)}" for m in config.models),
+          flush=True)
+    deploy_app(config)
+    wait_running(config.app_name, args.timeout)
+    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
+    url = f"http://{host}:{config.http.port}"
+    _wait_ready(url, args.timeout)
+    dashboard = f"http://{config.cluster.dashboard_host}:{config.cluster.dashboard_port}"
+    state.update(url=url, app_name=config.app_name, dashboard=dashboard,
+                 config=str(Path(args.config).resolve()))
+    write_state(state)
+    redis_url = config.cache.redis_url
+    print(f"ready: every arm answers\n  endpoint:  {url}/predict   (docs: {url}/docs)\n"
+          f"  dashboard: {dashboard}\n"
+          f"  cache:     {redact_url(redis_url) if redis_url else 'in-process LRU'}\n"
+          "  stop with: abserve down")
+    return 0
+
+
+# ---------------------------------------------------------------- deploy-version, down
+
+
+def cmd_deploy_version(args: argparse.Namespace) -> int:
+    """Add a registered version to the running application at weight 0."""
+    from models.registry import Registry
+    from serve.cli.admin import admin_call, print_experiment
+    from serve.config import ModelConfig
+
+    state = read_state()
+    config_path = args.config or state.get("config")
+    if not config_path or not state.get("ray_address"):
+        raise AbserveError("no running application recorded; run `abserve up` first")
+    config = with_extra_models(load_config(config_path))
+    if args.version in {m.version for m in config.models}:
+        raise AbserveError(f"version {args.version} is already deployed")
+    registry = Registry(config.registry)
+    registry.verified_artifact(registry.manifest(config.model, args.version))
+    entry = ModelConfig.model_validate({
+        "version": args.version, "num_replicas": args.replicas, "num_cpus": args.num_cpus,
+        "num_gpus": args.num_gpus, "max_batch_size": args.max_batch_size,
+    })
+    new = config.model_copy(update={"models": [*config.models, entry]})
+    if state.get("redis_url") and not new.cache.redis_url:
+        new = _with_cache_url(new, state["redis_url"])
+    os.environ.update(ray_env(new.http.ingress))
+    connect(state["ray_address"])
+    print(f"deploying {config.model}:{args.version} beside the running versions", flush=True)
+    deploy_app(new)
+    wait_running(new.app_name, args.timeout)
+    record_extra_model(config, entry.model_dump(mode="json"))
+    # Only now, with its replicas ready, does it become an arm (at weight 0).
+    args.url = None
+    print_experiment(admin_call(args, "POST", "/admin/candidates",
+                                {"version": args.version, "weight": 0}))
+    print(f"{args.version} is ready at weight 0; raise it with `abserve traffic`")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    state = read_state()
+    if not state:
+        print("nothing to stop (no .abserve/state.json)")
+        return 0
+    if state.get("ray_address") and not state.get("ray_pid") and state.get("app_name"):
+        # A cluster we did not start: remove only our application from it.
+        with contextlib.suppress(Exception):
+            connect(state["ray_address"])
+            from ray import serve
+
+            serve.delete(state["app_name"])
+            print(f"deleted application {state['app_name']} from {state['ray_address']}")
+    if state.get("ray_pid"):
+        stop_ray_head(int(state["ray_pid"]), timeout_s=60)
+        print(f"stopped the Ray cluster (pid {state['ray_pid']})")
+    if state.get("redis_pid"):
+        stop_pid(int(state["redis_pid"]))
+        print(f"stopped redis-server (pid {state['redis_pid']})")
+    state_file().unlink(missing_ok=True)
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    u = sub.add_parser("up", help="start (or join) a Ray cluster and deploy the config")
+    u.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    u.add_argument("--address", help="existing Ray cluster (or set RAY_ADDRESS)")
+    u.add_argument("--redis-port", type=int, help="port of the local redis-server to start")
+    u.add_argument("--timeout", type=float, default=300)
+    u.set_defaults(func=cmd_up)
+
+    dv = sub.add_parser("deploy-version",
+                        help="deploy a registered version into the running app, at weight 0")
+    dv.add_argument("version")
+    dv.add_argument("--config", "-c")
+    dv.add_argument("--replicas", type=int, default=1)
+    dv.add_argument("--num-cpus", type=float, default=0.25)
+    dv.add_argument("--num-gpus", type=float, default=0.0)
+    dv.add_argument("--max-batch-size", type=int, default=64)
+    dv.add_argument("--timeout", type=float, default=300)
+    dv.set_defaults(func=cmd_deploy_version)
+
+    d = sub.add_parser("down", help="stop what `abserve up` started, by PID")
+    d.set_defaults(func=cmd_down)
