@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One command from a fresh clone to a served prediction: set-up, train the demo
-# versions, start a local Ray cluster + redis-server, deploy, send a request.
+# One command from a fresh clone to a served prediction: set-up (what running needs:
+# redis-server, wrk, .venv with the project; the tests' extras come with scripts/test.sh),
+# train the demo versions, start a local Ray cluster + redis-server, deploy, send a request.
 # Leaves the application running; stop it with `.venv/bin/abserve down`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
-# Set-up for a fresh Debian/Ubuntu machine with Python 3.11: OS packages
-# (redis-server, wrk, prometheus, chromium), a virtualenv in .venv, and this project with its dev extras.
+# Set-up for a fresh Debian/Ubuntu machine with Python 3.11.
+#   bash scripts/setup.sh           what running and the benchmarks need: redis-server, wrk,
+#                                   a virtualenv in .venv with this project
+#   bash scripts/setup.sh --tests   that, plus what only the tests need: prometheus, chromium,
+#                                   chromium-driver, and the project's dev extras
+# scripts/quickstart.sh runs the first, scripts/test.sh the second.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+TESTS=0
+for arg in "$@"; do
+  case "$arg" in
+    --tests) TESTS=1 ;;
+    *) echo "usage: bash scripts/setup.sh [--tests]" >&2; exit 2 ;;
+  esac
+done
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -15,12 +27,14 @@ apt_install() {
   $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-command -v redis-server >/dev/null || apt_install redis-server
+command -v redis-server >/dev/null || apt_install redis-server  # the cache `abserve up` starts
 command -v wrk >/dev/null || apt_install wrk  # load generator of `abserve bench`
-# tests/integration/test_observability.py: a real Prometheus scraping Ray's metrics port,
-# and headless Chromium (driven by selenium) opening the Ray dashboard's Serve page.
-command -v prometheus >/dev/null || apt_install prometheus
-{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || apt_install chromium chromium-driver
+if [ "$TESTS" = 1 ]; then
+  # tests/integration/test_observability.py: a real Prometheus scraping Ray's metrics port,
+  # and headless Chromium (driven by selenium) opening the Ray dashboard's Serve page.
+  command -v prometheus >/dev/null || apt_install prometheus
+  { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || apt_install chromium chromium-driver
+fi
 
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
@@ -30,6 +44,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv 2>/dev/null || { apt_install python3-venv python3.11-venv || apt_install python3-venv; "$PY" -m venv .venv; }
 fi
 # torch==2.13.0 is pinned in pyproject.toml: on these machines pip takes the CPU
-# build; for CUDA see README ("GPUs").
-.venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+# build; for CUDA see docs/operations.md ("GPUs").
+TARGET="."
+if [ "$TESTS" = 1 ]; then TARGET=".[dev]"; fi
+.venv/bin/pip install -q --disable-pip-version-check -e "$TARGET" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import ray, torch, tensorflow, sklearn, redis; print('python deps ok: ray', ray.__version__, '| torch', torch.__version__, '| tensorflow', tensorflow.__version__)" 2>&1 | grep -v "^WARNING\|oneDNN\|cuda\|TF-TRT\|rebuild TensorFlow\|AVX" || true
+if [ "$TESTS" = 1 ]; then
+  .venv/bin/python -c "import pytest, selenium, schemathesis, tritonclient.http; print('test deps ok: pytest', pytest.__version__)"
+fi
