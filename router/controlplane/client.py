@@ -12,10 +12,10 @@ No Ray import at run time: the handle is only a type annotation here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from router.controlplane.experiment import ExperimentState
+from router.controlplane.messages import SyncReply, SyncReport
 from router.controlplane.operations import Operation
 from router.dataplane.upstream import call, unwrap
 
@@ -23,24 +23,6 @@ if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
 
 __all__ = ["ControlClient", "ControlPlane", "SyncReply", "SyncReport"]
-
-
-@dataclass(frozen=True)
-class SyncReport:
-    """A router replica's cumulative counters and the predictions served since its last report."""
-
-    metrics: dict[str, dict]  # version -> ArmMetrics.to_dict()
-    shadows: dict[str, dict]  # version -> ShadowStats.to_dict()
-    served: list[tuple[str, str, int]]  # (request id, version, predicted label)
-
-
-@dataclass(frozen=True)
-class SyncReply:
-    """The experiment's revision now, and the feedback counts the bandit policy uses."""
-
-    revision: int
-    bandit_successes: dict[str, int]
-    bandit_failures: dict[str, int]
 
 
 class ControlPlane(Protocol):

@@ -3,11 +3,11 @@
 ``Rollout`` holds a plan, its state and the metric snapshot at the start of
 the current window. ``tick`` turns the experiment's cumulative metrics into
 the window's, asks ``router.controlplane.canary.evaluate`` for a decision, and says which
-experiment operation (``router.controlplane.experiment``) carries it out:
+experiment operation (``router.controlplane.operations``) carries it out:
 
-    advance  -> set_weights  {candidate: step %, baseline: the rest}
-    promote  -> promote      (the candidate becomes the baseline)
-    rollback -> rollback     (the candidate to 0 % at once)
+    advance  -> SetWeights({candidate: step %, baseline: the rest})
+    promote  -> Promote(candidate)   (the candidate becomes the baseline)
+    rollback -> Rollback(candidate)  (the candidate to 0 % at once)
 """
 
 from __future__ import annotations
@@ -28,12 +28,11 @@ from router.controlplane.canary import (
     resume,
     start,
 )
+from router.controlplane.operations import Operation, Promote, Rollback, SetWeights
 from router.dataplane.measures import ArmMetrics
 from router.dataplane.shadow import ShadowStats
 
 __all__ = ["Rollout", "weights_for"]
-
-Operation = tuple[str, dict[str, Any]]
 
 
 def weights_for(
@@ -77,10 +76,10 @@ class Rollout:
         return (cand.subtract(self.base[self.plan.candidate]),
                 base.subtract(self.base[self.plan.baseline]))
 
-    def start(self, weights: Mapping[str, float], now: float) -> Operation:
+    def start(self, weights: Mapping[str, float], now: float) -> SetWeights:
         self.state = start(self.plan, self.state, now)
-        return "set_weights", {"weights": weights_for(
-            weights, self.plan.baseline, self.plan.candidate, self.state.weight)}
+        return SetWeights(weights_for(
+            weights, self.plan.baseline, self.plan.candidate, self.state.weight))
 
     def pause(self, now: float) -> None:
         self.state = pause(self.state, now, "operator")
@@ -88,9 +87,9 @@ class Rollout:
     def resume(self, now: float) -> None:
         self.state = resume(self.state, now)
 
-    def abort(self, now: float) -> Operation:
+    def abort(self, now: float) -> Rollback:
         self.state = abort(self.state, now, "operator")
-        return "rollback", {"version": self.plan.candidate}
+        return Rollback(self.plan.candidate)
 
     def tick(
         self,
@@ -102,10 +101,10 @@ class Rollout:
         cand, base = self._window(merged)
         self.state, decision = evaluate(self.plan, self.state, cand, base, now, shadow=shadow)
         if decision.action is Action.ADVANCE:
-            return decision, ("set_weights", {"weights": weights_for(
-                weights, self.plan.baseline, self.plan.candidate, decision.new_weight)})
+            return decision, SetWeights(weights_for(
+                weights, self.plan.baseline, self.plan.candidate, decision.new_weight))
         if decision.action is Action.PROMOTE:
-            return decision, ("promote", {"version": self.plan.candidate})
+            return decision, Promote(self.plan.candidate)
         if decision.action is Action.ROLLBACK:
-            return decision, ("rollback", {"version": self.plan.candidate})
+            return decision, Rollback(self.plan.candidate)
         return decision, None

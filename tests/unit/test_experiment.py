@@ -8,7 +8,21 @@ from typing import Any
 
 import pytest
 
-from router.controlplane.experiment import ExperimentState, apply_operation, effective_weights
+from router.controlplane.experiment import ExperimentState, effective_weights
+from router.controlplane.operations import (
+    OPERATION_TYPES,
+    AddCandidate,
+    Operation,
+    Pause,
+    Promote,
+    RemoveArm,
+    Resume,
+    Rollback,
+    SetShadows,
+    SetWeights,
+    apply_operation,
+    from_params,
+)
 from router.controlplane.store import FileStore
 from router.http.auth import AdminAuth, load_admin_token
 from serve.config import AdminConfig, ExperimentConfig
@@ -23,17 +37,23 @@ def state() -> ExperimentState:
     return ExperimentState(exp)
 
 
-def apply(s: ExperimentState, op: str, **params: Any) -> ExperimentState:
-    new, entry = apply_operation(s, op, params, deployed=DEPLOYED, who="tester", clock=lambda: 5.0)
+def apply(s: ExperimentState, op: Operation) -> ExperimentState:
+    new, entry = apply_operation(s, op, deployed=DEPLOYED, who="tester", clock=lambda: 5.0)
     assert entry["revision"] == new.revision == s.revision + 1
     assert entry["before"]["weights"] == s.weights() and entry["after"]["weights"] == new.weights()
     assert entry["who"] == "tester" and entry["time"] == 5.0
+    assert entry["operation"] == op.kind and entry["params"] == op.params()
     return new
 
 
+def refuse(op: Operation, s: ExperimentState | None = None) -> None:
+    apply_operation(s or state(), op, deployed=DEPLOYED, who="t")
+
+
 def test_set_weights() -> None:
-    new = apply(state(), "set_weights", weights={"v1": 50, "v2": 50})
+    new = apply(state(), SetWeights({"v1": 50, "v2": 50}))
     assert new.weights() == {"v1": 50, "v2": 50}
+    assert new.updated_by == "tester" and new.updated_at == 5.0
 
 
 @pytest.mark.parametrize(
@@ -50,40 +70,84 @@ def test_set_weights() -> None:
 def test_invalid_weights_refused_and_state_unchanged(weights: dict[str, Any], needle: str) -> None:
     s = state()
     with pytest.raises(InvalidInput, match=needle):
-        apply_operation(s, "set_weights", {"weights": weights}, deployed=DEPLOYED, who="t")
+        refuse(SetWeights(weights), s)
     assert s.weights() == {"v1": 90, "v2": 10} and s.revision == 1
 
 
 def test_add_candidate_takes_from_baseline_and_must_be_deployed() -> None:
-    new = apply(state(), "add_candidate", version="v3", weight=5)
+    new = apply(state(), AddCandidate("v3", weight=5))
     assert new.weights() == {"v1": 85, "v2": 10, "v3": 5}
+    assert apply(state(), AddCandidate("v3")).weights() == {"v1": 90, "v2": 10, "v3": 0}
     with pytest.raises(InvalidInput, match="not deployed"):
-        apply_operation(state(), "add_candidate", {"version": "v7"}, deployed=DEPLOYED, who="t")
+        refuse(AddCandidate("v7"))
     with pytest.raises(InvalidInput, match="already an arm"):
-        apply_operation(state(), "add_candidate", {"version": "v2"}, deployed=DEPLOYED, who="t")
+        refuse(AddCandidate("v2"))
+    with pytest.raises(InvalidInput, match="expected a version name"):
+        refuse(AddCandidate(None))
+    with pytest.raises(InvalidInput, match="weight: expected a finite number"):
+        refuse(AddCandidate("v3", weight="5"))
 
 
 def test_remove_promote_rollback_pause() -> None:
     s = state()
-    assert apply(s, "remove_arm", version="v2").weights() == {"v1": 100}
-    promoted = apply(s, "promote", version="v2")
+    assert apply(s, RemoveArm("v2")).weights() == {"v1": 100}
+    promoted = apply(s, Promote("v2"))
     assert promoted.experiment.baseline == "v2" and promoted.weights() == {"v1": 0, "v2": 100}
-    back = apply(s, "rollback", version="v2")
+    back = apply(s, Rollback("v2"))
     assert back.weights() == {"v1": 100, "v2": 0}
-    paused = apply(s, "pause")
-    assert paused.weights() == {"v1": 90, "v2": 10}
+    assert apply(s, Rollback()).weights() == {"v1": 100, "v2": 0}  # every candidate
+    paused = apply(s, Pause())
+    assert paused.weights() == {"v1": 90, "v2": 10} and paused.paused
     assert effective_weights(paused) == {"v1": 100, "v2": 0}
-    assert effective_weights(apply(paused, "resume")) == {"v1": 90, "v2": 10}
+    assert effective_weights(apply(paused, Resume())) == {"v1": 90, "v2": 10}
     with pytest.raises(InvalidInput, match="baseline"):
-        apply_operation(s, "remove_arm", {"version": "v1"}, deployed=DEPLOYED, who="t")
+        refuse(RemoveArm("v1"), s)
+    with pytest.raises(InvalidInput, match="already the baseline"):
+        refuse(Promote("v1"), s)
+    with pytest.raises(InvalidInput, match="cannot roll back the baseline"):
+        refuse(Rollback("v1"), s)
     with pytest.raises(NotFound):
-        apply_operation(s, "promote", {"version": "v5"}, deployed=DEPLOYED, who="t")
+        refuse(Promote("v5"), s)
     with pytest.raises(NotFound):
-        apply_operation(s, "explode", {}, deployed=DEPLOYED, who="t")
+        refuse(RemoveArm(["v2"]), s)
+    with pytest.raises(InvalidInput, match="not an experiment operation"):
+        refuse("promote", s)  # type: ignore[arg-type]
+
+
+def test_audit_names_stay_the_old_strings() -> None:
+    kinds = [cls.kind for cls in OPERATION_TYPES]
+    assert kinds == ["set_weights", "set_shadows", "add_candidate", "remove_arm", "promote",
+                     "rollback", "pause", "resume"]
+    assert Rollback().params() == {} and Rollback("v2").params() == {"version": "v2"}
+    assert AddCandidate("v3", 5).params() == {"version": "v3", "weight": 5}
+    assert Pause().params() == {}
+
+
+def test_from_params_refuses_unknown_keys_and_fills_defaults() -> None:
+    assert from_params(AddCandidate, {"version": "v3"}) == AddCandidate("v3", 0)
+    assert from_params(Rollback, {}) == Rollback(None)
+    assert from_params(SetWeights, {}) == SetWeights(None)  # refused when applied
+    assert from_params(Promote, {"version": "v2"}) == Promote("v2")
+    assert from_params(Resume, {}) == Resume()
+    with pytest.raises(InvalidInput, match=r"promote: unexpected parameters \['verison'\]"):
+        from_params(Promote, {"verison": "v2"})
+    with pytest.raises(InvalidInput, match=r"add_candidate: unexpected parameters"):
+        from_params(AddCandidate, {"version": "v3", "weigth": 5})
+    with pytest.raises(InvalidInput, match="pause takes no parameters"):
+        from_params(Pause, {"x": 1})
+    with pytest.raises(InvalidInput, match="weights: expected an object"):
+        refuse(from_params(SetWeights, {}))
+
+
+def test_operations_are_frozen_values() -> None:
+    op = SetWeights({"v1": 100})
+    with pytest.raises(AttributeError):
+        op.weights = {}  # type: ignore[misc]
+    assert op == SetWeights({"v1": 100}) and Pause() == Pause() and Pause() != Resume()
 
 
 def test_state_round_trip_and_store(tmp_path: Path) -> None:
-    s = apply(state(), "set_weights", weights={"v1": 70, "v2": 30})
+    s = apply(state(), SetWeights({"v1": 70, "v2": 30}))
     store = FileStore(tmp_path, "app")
     assert store.load() is None
     store.save(s.to_dict(), {"revision": s.revision, "operation": "set_weights"})
@@ -132,11 +196,13 @@ def test_errors_carry_status() -> None:
 
 
 def test_set_shadows_validated_like_the_config() -> None:
-    new = apply(state(), "set_shadows", shadows=[{"version": "v3", "share": 0.25}])
+    new = apply(state(), SetShadows([{"version": "v3", "share": 0.25}]))
     assert [(s.version, s.share) for s in new.experiment.shadows] == [("v3", 0.25)]
-    assert apply(new, "set_shadows", shadows=[]).experiment.shadows == []
+    assert apply(new, SetShadows([])).experiment.shadows == []
     for bad, needle in (([{"version": "v9", "share": 0.1}], "deployed"),
                         ([{"version": "v3", "share": 1.5}], "share"),
+                        ([{"version": ["v3"], "share": 0.1}], "deployed"),
+                        (["v3"], "deployed"),
                         ("v3", "list")):
         with pytest.raises(InvalidInput, match=needle):
-            apply_operation(state(), "set_shadows", {"shadows": bad}, deployed=DEPLOYED, who="t")
+            refuse(SetShadows(bad))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from router.controlplane.canary import CanaryPlan, CanaryStatus, GateConfig
+from router.controlplane.operations import Promote, Rollback, SetWeights
 from router.controlplane.rollout import Rollout, weights_for
 from router.dataplane.measures import ArmMetrics
 
@@ -29,7 +30,7 @@ def test_weights_for_keeps_other_candidates() -> None:
 def test_healthy_candidate_advances_then_promotes() -> None:
     r = Rollout.create(PLAN)
     op = r.start({"v1": 100, "v2": 0}, now=0.0)
-    assert op == ("set_weights", {"weights": {"v2": 20, "v1": 80}})
+    assert op == SetWeights({"v2": 20, "v1": 80})
     merged = {"v1": ArmMetrics(), "v2": ArmMetrics()}
     ops = []
     t = 0.0
@@ -39,7 +40,8 @@ def test_healthy_candidate_advances_then_promotes() -> None:
         t += 2
         decision, op = r.tick(merged, {"v1": 80, "v2": 20}, t)
         ops.append(op)
-    assert [o[0] for o in ops if o] == ["set_weights", "set_weights", "promote"]
+    assert [type(o) for o in ops if o] == [SetWeights, SetWeights, Promote]
+    assert ops[-1] == Promote("v2") and ops[0] == SetWeights({"v2": 50, "v1": 50})
     assert r.state.status is CanaryStatus.PROMOTED
 
 
@@ -53,7 +55,7 @@ def test_failing_candidate_rolls_back_after_n_windows() -> None:
         merged = {"v1": grow(merged["v1"], 100), "v2": grow(merged["v2"], 100, fallbacks=20)}
         t += 2
         _, last = r.tick(merged, {"v1": 80, "v2": 20}, t)
-    assert last == ("rollback", {"version": "v2"})
+    assert last == Rollback("v2")
     assert r.state.status is CanaryStatus.ROLLED_BACK
 
 

@@ -1,0 +1,311 @@
+"""The experiment service without Ray: a FileStore in tmp_path and a fake clock.
+
+Everything the controller deployment does is driven here directly: the initial
+state, operations under the lock and their audit, sync and feedback, the report,
+and a canary plan through its steps, its operator actions and a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from router.controlplane.canary import CanaryStatus
+from router.controlplane.experiment import ExperimentState
+from router.controlplane.messages import SyncReply, SyncReport
+from router.controlplane.operations import (
+    AddCandidate,
+    Pause,
+    Promote,
+    RemoveArm,
+    Rollback,
+    SetWeights,
+)
+from router.controlplane.service import ExperimentService
+from router.controlplane.store import FileStore
+from router.dataplane.measures import ArmMetrics
+from serve.config import AbserveConfig, ExperimentConfig, parse_config
+from serve.errors import InvalidInput, NotFound
+
+T = TypeVar("T")
+
+CONFIG = parse_config({
+    "models": [{"version": "v1"}, {"version": "v2"}, {"version": "v3"}],
+    "experiment": {"name": "exp", "baseline": "v1",
+                   "arms": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}]},
+})
+PLAN = {"candidate": "v3", "steps": [50, 100], "interval_s": 10, "min_requests": 20}
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def service(tmp_path: Path, clock: Clock | None = None,
+            config: AbserveConfig = CONFIG) -> ExperimentService:
+    return ExperimentService(config, FileStore(tmp_path, "app"), clock=clock or Clock())
+
+
+def report(**requests: int) -> SyncReport:
+    metrics = {}
+    for version, n in requests.items():
+        m = ArmMetrics()
+        for _ in range(n):
+            m.record(5.0)
+        metrics[version] = m.to_dict()
+    return SyncReport(metrics=metrics, shadows={}, served=[])
+
+
+def test_initial_state_from_the_config_is_saved_with_an_init_entry(tmp_path: Path) -> None:
+    svc = service(tmp_path, Clock(7.0))
+    assert svc.state.revision == 1 and svc.state.weights() == {"v1": 90, "v2": 10}
+    assert svc.state.updated_at == 7.0 and not svc.state.paused
+    assert ExperimentState.from_dict(FileStore(tmp_path, "app").load() or {}) == svc.state
+    [entry] = svc.audit()
+    assert entry["operation"] == "init" and entry["who"] == "config" and entry["before"] is None
+    assert entry["after"] == {"weights": {"v1": 90, "v2": 10}, "baseline": "v1", "paused": False}
+
+
+def test_initial_state_from_a_saved_state(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    run(svc.apply(SetWeights({"v1": 60, "v2": 40}), "alice"))
+    again = service(tmp_path)
+    assert again.state == svc.state and again.state.revision == 2
+    assert again.state.updated_by == "alice"
+    assert [e["operation"] for e in again.audit()] == ["init", "set_weights"]  # no second init
+
+
+def test_a_saved_state_naming_undeployed_versions_is_ignored(tmp_path: Path) -> None:
+    exp = ExperimentConfig.model_validate(
+        {"baseline": "v1", "arms": [{"version": "v1", "weight": 50},
+                                    {"version": "v9", "weight": 50}]})
+    FileStore(tmp_path, "app").save(ExperimentState(exp, revision=12).to_dict())
+    svc = service(tmp_path)
+    assert svc.state.revision == 1 and svc.state.weights() == {"v1": 90, "v2": 10}
+
+
+def test_an_unreadable_saved_state_is_ignored(tmp_path: Path) -> None:
+    FileStore(tmp_path, "app").save({"experiment": {"arms": "nonsense"}})
+    assert service(tmp_path).state.revision == 1
+
+
+class FailingStore(FileStore):
+    """Fails the next save; records what the service showed while saving."""
+
+    def __init__(self, directory: Path, svc: list[ExperimentService]) -> None:
+        super().__init__(directory, "app")
+        self.fail = False
+        self.svc = svc
+        self.visible_during_save: list[int] = []
+
+    def save(self, state: dict[str, Any], audit_entry: dict[str, Any] | None = None) -> None:
+        if self.svc:
+            self.visible_during_save.append(self.svc[0].state.revision)
+        if self.fail:
+            raise OSError("disk full")
+        super().save(state, audit_entry)
+
+
+def test_apply_persists_before_the_new_state_is_visible(tmp_path: Path) -> None:
+    holder: list[ExperimentService] = []
+    store = FailingStore(tmp_path, holder)
+    svc = ExperimentService(CONFIG, store, clock=Clock())
+    holder.append(svc)
+    new = run(svc.apply(Promote("v2"), "bob"))
+    assert store.visible_during_save == [1] and svc.state is new and new.revision == 2
+    store.fail = True
+    with pytest.raises(OSError):
+        run(svc.apply(Rollback("v1"), "bob"))
+    assert svc.state is new  # the failed save left the old state visible
+    assert [e["operation"] for e in svc.audit()] == ["init", "promote"]
+
+
+def test_audit_entries_name_who_what_before_and_after(tmp_path: Path) -> None:
+    clock = Clock(50.0)
+    svc = service(tmp_path, clock)
+    clock.t = 60.0
+    run(svc.apply(AddCandidate("v3", 5), "carol"))
+    run(svc.apply(Pause(), "dave"))
+    _, add, pause = svc.audit()
+    assert add == {
+        "time": 60.0, "who": "carol", "operation": "add_candidate",
+        "params": {"version": "v3", "weight": 5}, "revision": 2,
+        "before": {"weights": {"v1": 90, "v2": 10}, "baseline": "v1", "paused": False},
+        "after": {"weights": {"v1": 85, "v2": 10, "v3": 5}, "baseline": "v1", "paused": False},
+    }
+    assert pause["operation"] == "pause" and pause["params"] == {}
+    assert pause["after"]["paused"] and pause["revision"] == 3
+    assert [e["revision"] for e in svc.audit(limit=1)] == [3]
+
+
+def test_a_refused_operation_changes_nothing(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    before = svc.state
+    saved = FileStore(tmp_path, "app").load()
+    for op, error in ((SetWeights({"v1": 95, "v2": 10}), InvalidInput),
+                      (AddCandidate("v9"), InvalidInput),
+                      (Promote("v7"), NotFound)):
+        with pytest.raises(error):
+            run(svc.apply(op, "eve"))
+    assert svc.state is before and FileStore(tmp_path, "app").load() == saved
+    assert len(svc.audit()) == 1
+
+
+def test_sync_returns_the_revision_and_the_bandit_counts(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    served = [("r1", "v1", 1), ("r2", "v2", 0), ("r3", "v2", 1)]
+    reply = svc.sync("replica-a", SyncReport(metrics={}, shadows={}, served=served))
+    assert reply == SyncReply(revision=1, bandit_successes={}, bandit_failures={})
+    assert svc.record_feedback("r1", 1)["correct"] is True
+    assert svc.record_feedback("r2", 1)["correct"] is False
+    assert svc.record_feedback("r3", 1)["status"] == "recorded"
+    run(svc.apply(SetWeights({"v1": 50, "v2": 50}), "x"))
+    reply = svc.sync("replica-a", report(v1=3))
+    assert reply == SyncReply(2, {"v1": 1, "v2": 1}, {"v1": 0, "v2": 1})
+
+
+def test_feedback_joins_once_and_unknown_ids_are_not_found(tmp_path: Path) -> None:
+    clock = Clock()
+    svc = ExperimentService(CONFIG.model_copy(update={"feedback": CONFIG.feedback.model_copy(
+        update={"ttl_s": 60})}), FileStore(tmp_path, "app"), clock=clock)
+    svc.sync("a", SyncReport(metrics={}, shadows={}, served=[("r1", "v2", 1), ("r2", "v1", 0)]))
+    assert svc.record_feedback("r1", 1) == {"request_id": "r1", "status": "recorded",
+                                            "counted": True, "version": "v2", "correct": True}
+    assert svc.record_feedback("r1", 1)["status"] == "duplicate"
+    with pytest.raises(NotFound, match="unknown or expired"):
+        svc.record_feedback("nope", 1)
+    clock.t += 61  # the ledger's ttl runs on the injected clock
+    with pytest.raises(NotFound):
+        svc.record_feedback("r2", 0)
+
+
+def test_report_sums_the_replicas(tmp_path: Path) -> None:
+    clock = Clock(5.0)
+    svc = service(tmp_path, clock)
+    svc.sync("a", report(v1=30, v2=4))
+    svc.sync("b", report(v1=10))
+    svc.sync("a", report(v1=30, v2=4))  # a repeated report changes nothing
+    out = svc.report()
+    assert out["experiment"] == "exp" and out["revision"] == 1 and out["generated_at"] == 5.0
+    assert out["arms"]["v1"]["requests"] == 40 and out["arms"]["v2"]["requests"] == 4
+
+
+def status(svc: ExperimentService) -> str:
+    return svc.canary_status()["state"]["status"]
+
+
+def test_a_canary_advances_and_promotes_on_the_fake_clock(tmp_path: Path) -> None:
+    clock = Clock(0.0)
+    svc = service(tmp_path, clock)
+    run(svc.apply(Rollback("v2"), "ops"))  # room for v3 at 100 %
+    out = run(svc.start_canary(PLAN, "ops"))
+    assert out["state"]["status"] == "running" and "controller_pid" in out
+    assert svc.state.weights() == {"v1": 50, "v2": 0, "v3": 50}  # added, then 50 %
+    run(svc.canary_tick())  # opens the window's snapshot; too early to judge
+    assert svc.state.revision == 4
+    svc.sync("a", report(v1=40, v2=40, v3=40))
+    clock.t = 11.0
+    run(svc.canary_tick())
+    assert svc.state.weights() == {"v1": 0, "v2": 0, "v3": 100} and svc.state.revision == 5
+    run(svc.canary_tick())  # a new window: nothing yet
+    svc.sync("a", report(v1=80, v2=80, v3=80))
+    clock.t = 22.0
+    run(svc.canary_tick())
+    assert svc.state.experiment.baseline == "v3" and status(svc) == "promoted"
+    ops = [(e["operation"], e["who"]) for e in svc.audit()]
+    assert ops == [("init", "config"), ("rollback", "ops"), ("add_candidate", "ops"),
+                   ("set_weights", "ops"),
+                   ("canary", "canary"), ("set_weights", "canary"), ("canary", "canary"),
+                   ("promote", "canary"), ("canary", "canary")]
+    assert svc.audit()[4]["params"] == {"action": "start", "verdict": "manual"}
+    assert svc.audit()[-1]["params"] == {"action": "promote", "verdict": "pass"}
+    assert svc.audit()[-1]["reasons"] and "metrics" in svc.audit()[-1]
+    run(svc.canary_tick())  # done: ticking changes nothing
+    assert svc.state.revision == 6
+
+
+def test_a_canary_whose_operation_is_refused_is_aborted(tmp_path: Path) -> None:
+    clock = Clock(0.0)
+    svc = service(tmp_path, clock)
+    run(svc.apply(Rollback("v2"), "ops"))
+    run(svc.start_canary(PLAN, "ops"))
+    run(svc.canary_tick())
+    run(svc.apply(RemoveArm("v3"), "operator"))  # the arms changed under the canary
+    svc.sync("a", report(v1=40, v2=40, v3=40))
+    clock.t = 11.0
+    run(svc.canary_tick())  # SetWeights for an arm that is gone: refused
+    assert status(svc) == "rolled_back" and svc.state.weights() == {"v1": 100, "v2": 0}
+    assert svc.audit()[-1]["operation"] == "canary"
+
+
+def test_canary_pause_resume_abort(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    with pytest.raises(NotFound, match="no canary plan"):
+        run(svc.canary_action("pause", "ops"))
+    run(svc.start_canary(PLAN, "ops"))
+    assert run(svc.canary_action("pause", "ops"))["state"]["status"] == "paused"
+    with pytest.raises(InvalidInput, match="cannot pause"):
+        run(svc.canary_action("pause", "ops"))
+    revision = svc.state.revision
+    run(svc.canary_tick())  # paused: not judged
+    assert svc.state.revision == revision
+    assert run(svc.canary_action("resume", "ops"))["state"]["status"] == "running"
+    with pytest.raises(NotFound, match="unknown canary action 'explode'"):
+        run(svc.canary_action("explode", "ops"))
+    run(svc.canary_action("abort", "ops"))
+    assert status(svc) == "rolled_back" and svc.state.weights()["v3"] == 0
+    assert svc.audit()[-2]["operation"] == "rollback"
+    assert svc.audit()[-2]["params"] == {"version": "v3"}
+    with pytest.raises(InvalidInput, match="already"):
+        run(svc.canary_action("abort", "ops"))
+    run(svc.start_canary(PLAN, "ops"))  # a finished canary makes room for a new one
+    assert status(svc) == "running"
+
+
+@pytest.mark.parametrize("plan, needle", [
+    ({**PLAN, "stepz": [100]}, r"unknown key\(s\) \['stepz'\]"),
+    ({**PLAN, "candidate": "v9"}, "not deployed"),
+    ({**PLAN, "baseline": "v2"}, "must be the experiment's baseline"),
+    ({**PLAN, "steps": [50, 90]}, "last step must be 100"),
+    ({"steps": [100]}, "canary plan"),
+])
+def test_a_bad_plan_is_refused_and_changes_nothing(
+    tmp_path: Path, plan: dict[str, Any], needle: str
+) -> None:
+    svc = service(tmp_path)
+    with pytest.raises(InvalidInput, match=needle):
+        run(svc.start_canary(plan, "ops"))
+    assert svc.rollout is None and svc.state.revision == 1
+
+
+def test_a_second_canary_is_refused_while_one_runs(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    run(svc.start_canary(PLAN, "ops"))
+    with pytest.raises(InvalidInput, match="abort it first"):
+        run(svc.start_canary({**PLAN, "candidate": "v2"}, "ops"))
+
+
+def test_canary_state_survives_a_new_service_over_the_same_store(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    run(svc.start_canary(PLAN, "ops"))
+    run(svc.canary_action("pause", "ops"))
+    again = service(tmp_path)
+    assert again.rollout is not None and status(again) == "paused"
+    assert again.canary_status()["plan"] == svc.canary_status()["plan"]
+    assert again.state == svc.state
+    run(again.canary_action("resume", "ops"))
+    assert again.rollout.state.status is CanaryStatus.RUNNING
+    run(again.canary_action("abort", "ops"))
+    assert status(service(tmp_path)) == "rolled_back"
