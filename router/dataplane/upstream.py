@@ -11,17 +11,26 @@ tests/unit/test_upstream.py, not across the router:
 - ``translate(exc)``: a handle call's exception -> ours.
 - ``RayRuntime``: replica counts behind a handle, this replica's id and the
   request id, the only reads of Ray's private attributes.
+- ``Arms``: the model versions' handles (predict, readiness, stats, the
+  in-flight limit per version from its replica count).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from serve.config import ModelConfig
 from serve.errors import AbserveError, InvalidInput, UpstreamError
 
-__all__ = ["RAY_ERRORS", "RayRuntime", "call", "translate", "unwrap"]
+__all__ = ["RAY_ERRORS", "Arms", "RayRuntime", "call", "translate", "unwrap"]
+
+log = logging.getLogger("ray.serve")
 
 # (module, class name) -> (UpstreamError.reason, message). Reasons:
 # timeout, backpressure, unavailable (the arm cannot take calls now: the
@@ -142,3 +151,74 @@ class RayRuntime:
 
         rid = context._get_serve_request_context().request_id  # noqa: SLF001
         return rid or uuid.uuid4().hex
+
+
+class Arms:
+    """The model versions behind their Serve handles: predict, readiness, stats, replica counts.
+
+    ``predict`` is the ``call`` that ``RouterCore`` and the batchers are given;
+    it raises only our errors (``translate``).
+    """
+
+    def __init__(
+        self,
+        handles: Mapping[str, Any],
+        runtime: RayRuntime,
+        models: Sequence[ModelConfig],
+        in_flight_per_replica: int,
+    ) -> None:
+        self._handles = dict(handles)
+        self._runtime = runtime
+        self._models = {m.version: m for m in models}
+        self._in_flight_per_replica = in_flight_per_replica
+        self._predict_handles: dict[str, Any] = {}
+
+    @property
+    def versions(self) -> list[str]:
+        return sorted(self._handles)
+
+    async def predict(self, version: str, batch: np.ndarray, timeout_s: float) -> np.ndarray:
+        handle = self._predict_handles.get(version)
+        if handle is None:  # made once, on the event loop (``handle.predict`` builds a new one)
+            handle = self._predict_handles[version] = self._handles[version].options(
+                method_name="predict"
+            )
+        response = handle.remote(batch)
+        try:
+            return await call(response, timeout_s)
+        except Exception as exc:  # noqa: BLE001 - translated at this boundary, by table
+            translated = translate(exc)
+            if isinstance(translated, UpstreamError) and translated.reason == "error":
+                log.warning("arm %s failed: %s", version, str(exc).splitlines()[-1][:300])
+            raise translated from None
+
+    async def ready(self, version: str, timeout_s: float) -> bool:
+        """The version's replica answers its readiness call in time."""
+        try:
+            return bool(await call(self._handles[version].ready.remote(), timeout_s))
+        except Exception as exc:  # noqa: BLE001 - not ready, whatever the reason
+            log.warning("readiness probe of %s failed: %r", version, exc)
+            return False
+
+    async def stats(self, version: str, timeout_s: float) -> dict[str, Any] | None:
+        """One replica's own counters; None when the version does not answer in time."""
+        try:
+            return dict(await call(self._handles[version].stats.remote(), timeout_s))
+        except Exception:  # noqa: BLE001 - a down version shows as null
+            return None
+
+    def running_replicas(self, version: str) -> int | None:
+        return self._runtime.running_replicas(self._handles[version])
+
+    def hop_limit(self, version: str) -> int:
+        """Calls out at once to a version: batch_in_flight_per_replica per running replica.
+
+        Until the handle knows its replicas (before the first call) the config's
+        count stands in: num_replicas, or with autoscaling the initial replicas.
+        """
+        n = self.running_replicas(version)
+        if n is None:
+            m = self._models[version]
+            auto = m.autoscaling
+            n = m.num_replicas if auto is None else auto.initial_replicas or auto.min_replicas
+        return self._in_flight_per_replica * n
