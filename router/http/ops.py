@@ -1,0 +1,120 @@
+"""Operations routes: /health, /ready, /models, /stats, /feedback and the /report page.
+
+None of them is shed by admission control: a loaded router still answers
+its probes and its counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, Response
+
+from router.controlplane.client import ControlPlane
+from router.controlplane.report_html import render_report_html
+from router.dataplane.core import RouterCore
+from router.http.follower import Follower
+from router.http.oip import arms_ready
+from router.http.serving import ModelInfo, UpstreamArms
+from router.http.wire import json_body, json_response
+from serve.config import AbserveConfig
+from serve.errors import InvalidInput
+
+__all__ = ["feedback_label", "register"]
+
+
+def feedback_label(model: ModelInfo, data: Any) -> tuple[str, int]:
+    """A /feedback body -> (request id, label index); InvalidInput if it is not one."""
+    if not isinstance(data, dict) or set(data) != {"request_id", "label"}:
+        raise InvalidInput('body must be {"request_id": "...", "label": "..."}')
+    rid, label = data["request_id"], data["label"]
+    if not isinstance(rid, str) or not 0 < len(rid) <= 256:
+        raise InvalidInput("request_id: expected a string", field="request_id")
+    if isinstance(label, str) and label in model.label_index:
+        return rid, model.label_index[label]
+    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(model.labels):
+        return rid, label
+    raise InvalidInput(f"label: one of {list(model.labels)} (or its index)", field="label")
+
+
+def register(
+    app: FastAPI,
+    *,
+    config: AbserveConfig,
+    model: ModelInfo,
+    core: RouterCore,
+    follower: Follower,
+    control: ControlPlane,
+    arms: UpstreamArms,
+    replica_stats: Callable[[], dict[str, Any]],
+) -> None:
+    """``replica_stats``: this replica's own counters for /stats (the app gathers them)."""
+    probe_timeout_s = config.router.probe_timeout_s
+
+    @app.get("/health")
+    async def health() -> Response:
+        """Liveness: the router answers."""
+        return json_response({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        """Readiness: every arm answers within router.probe_timeout_s."""
+        ready = await arms_ready(arms, probe_timeout_s)
+        ok = all(ready.values())
+        return json_response({"ready": ok, "arms": ready}, status=200 if ok else 503)
+
+    @app.get("/models")
+    async def models() -> Response:
+        """Deployed versions, their manifests and current weights."""
+        await follower.ensure_synced()
+        weights = {a.version: a.weight for a in core.arms}
+        versions = []
+        for version, manifest in model.manifests.items():
+            entry = manifest.to_dict()
+            entry["weight"] = weights.get(version, 0.0)
+            entry["baseline"] = version == core.baseline
+            entry["breaker"] = core.breakers[version].state.value
+            versions.append(entry)
+        return json_response(
+            {
+                "model": model.name,
+                "experiment": config.experiment.name,
+                "baseline": core.baseline,
+                "revision": core.revision,
+                "paused": follower.paused,
+                "input_shape": list(model.input_shape),
+                "class_labels": list(model.labels),
+                "versions": versions,
+            }
+        )
+
+    @app.post("/feedback")
+    async def feedback(request: Request) -> Response:
+        """Ground truth for a served prediction: {"request_id": ..., "label": ...}.
+
+        For /predict/batch, item i of request R is "R/i". Unknown or expired id: 404;
+        a second feedback for one id is accepted but not counted again.
+        """
+        await follower.ensure_synced()
+        rid, index = feedback_label(model, await json_body(request, config.http.max_body_bytes))
+        await follower.sync()  # our own recent predictions reach the controller first
+        return json_response(await control.record_feedback(rid, index))
+
+    @app.get("/report", response_class=HTMLResponse)
+    async def report_page() -> HTMLResponse:
+        """The report as a page with charts (traffic share over time, latency, accuracy)."""
+        await follower.ensure_synced()
+        await follower.sync()
+        return HTMLResponse(render_report_html(await control.report()))
+
+    @app.get("/stats")
+    async def stats() -> Response:
+        """This router replica's counters: per arm, the cache, and one replica per version."""
+        versions = arms.versions
+        replicas = await asyncio.gather(*(arms.stats(v, probe_timeout_s) for v in versions))
+        return json_response(
+            {**replica_stats(), "models": dict(zip(versions, replicas, strict=True))}
+        )

@@ -1,0 +1,86 @@
+"""What the route modules share of the data plane: the model they serve and one prediction's path.
+
+``Predictions.run`` is the same for /predict, /predict/batch and the OIP infer
+routes: the core answers, Serve's request id names the answer, and the
+follower keeps it for the feedback join.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from models.registry import Manifest
+from router.dataplane.core import Prediction, RouterCore
+from router.http.follower import Follower
+
+__all__ = ["ModelInfo", "Predictions", "Runtime", "UpstreamArms"]
+
+
+class Runtime(Protocol):
+    """router.dataplane.upstream.RayRuntime, or a fake in tests."""
+
+    def replica_id(self) -> str: ...
+
+    def request_id(self) -> str: ...
+
+
+class UpstreamArms(Protocol):
+    """router.dataplane.upstream.Arms, or a fake in tests."""
+
+    @property
+    def versions(self) -> list[str]: ...
+
+    async def predict(self, version: str, batch: np.ndarray, timeout_s: float) -> np.ndarray: ...
+
+    async def ready(self, version: str, timeout_s: float) -> bool: ...
+
+    async def stats(self, version: str, timeout_s: float) -> dict[str, Any] | None: ...
+
+    def running_replicas(self, version: str) -> int | None: ...
+
+    def hop_limit(self, version: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The one model a router serves: its versions' manifests, input shape and labels."""
+
+    name: str
+    manifests: Mapping[str, Manifest]
+    input_shape: tuple[int, ...]
+    labels: tuple[str, ...]
+    label_index: Mapping[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label_index", {lb: i for i, lb in enumerate(self.labels)})
+
+    @classmethod
+    def from_manifests(cls, name: str, manifests: Mapping[str, Manifest]) -> ModelInfo:
+        shapes = {tuple(m.input_shape) for m in manifests.values()}
+        labels = {tuple(m.class_labels) for m in manifests.values()}
+        if len(shapes) != 1 or len(labels) != 1:
+            raise ValueError(
+                "every version of one model must share its input shape and class labels; "
+                f"got shapes {shapes} and labels {labels}"
+            )
+        return cls(name, dict(manifests), shapes.pop(), labels.pop())
+
+
+class Predictions:
+    def __init__(self, core: RouterCore, follower: Follower, runtime: Runtime) -> None:
+        self.core = core
+        self.follower = follower
+        self.runtime = runtime
+
+    async def run(
+        self, batch: np.ndarray, user_key: str | None, pinned: str | None
+    ) -> tuple[str, Prediction]:
+        """The prediction and its request id (the caller has awaited ``ensure_synced``)."""
+        pred = await self.core.predict(batch, user_key=user_key, pinned=pinned)
+        rid = self.runtime.request_id()
+        self.follower.remember(rid, pred)
+        return rid, pred
