@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from serve.local import free_port, pid_alive
-from tests.integration.conftest import ADMIN_TOKEN
+from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, small_app
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,3 +113,32 @@ def test_up_traffic_deploy_version_down_up(cli: tuple[Any, dict[str, Any]]) -> N
     audit = _ok(run("audit"))
     assert "set_weights" in audit and "add_candidate" in audit
     _ok(run("down", timeout=120))
+
+
+def test_a_failed_deploy_shows_the_replicas_own_error(
+    serve_instance: ServeInstance, registry_root: str, state_dir: str, tmp_path: Path
+) -> None:
+    """The router's constructor refuses a short admin token (here from admin.token_file, past
+    `up`'s precheck): what `up` prints is that ConfigError, not only the deployment's name."""
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.cli.deploy import wait_running
+    from serve.errors import AbserveError
+
+    token = tmp_path / "short-token"
+    token.write_text("short\n")
+    config = small_app(serve_instance, registry_root, state_dir, "clifail", ("v1",),
+                       {"baseline": "v1", "arms": [{"version": "v1", "weight": 100}]},
+                       admin={"token_file": str(token)})
+    serve.run_many([serve.RunTarget(build_app(config), name="clifail", route_prefix="/clifail")],
+                   wait_for_applications_running=False)
+    try:
+        with pytest.raises(AbserveError) as exc:
+            wait_running("clifail", timeout_s=180)
+    finally:
+        serve.delete("clifail")
+    lines = exc.value.message.splitlines()
+    assert lines[0].startswith("application clifail DEPLOY_FAILED")
+    assert any(line.startswith("  router: ") and "ConfigError: the admin token is shorter than"
+               in line for line in lines), exc.value.message

@@ -121,3 +121,23 @@ def test_the_replicas_own_error_is_shown() -> None:
     assert lines[1] == ("  router: serve.errors.ConfigError: the admin token is shorter than "
                         "16 characters; use e.g. X")
     assert len(lines) == 3 and "activity-v1" not in "\n".join(lines)
+
+
+def test_up_refuses_before_starting_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    import serve.cli.state
+    from serve.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(serve.cli.state, "STATE_DIR", tmp_path / ".abserve")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("ABSERVE_ADMIN_TOKEN", "short")
+    path = tmp_path / "abserve.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path).model_dump(mode="json")))
+    assert main(["up", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not deploying, nothing was started" in err
+    assert "models[v1]" in err and "ABSERVE_ADMIN_TOKEN: the admin token is shorter" in err
+    assert not (tmp_path / ".abserve").exists()
