@@ -187,6 +187,8 @@ class ModelConfig(_Replicas):
 
 
 class ArmConfig(_Frozen):
+    """One arm of the experiment: a deployed version and its share of traffic."""
+
     version: str = Field(description="A version listed under models.")
     weight: float = Field(ge=0, le=100, description="Traffic share in percent.")
     timeout_ms: float | None = Field(
@@ -195,6 +197,8 @@ class ArmConfig(_Frozen):
 
 
 class BreakerConfig(_Frozen):
+    """The circuit breaker every router replica keeps per arm."""
+
     failure_threshold: int = Field(
         5, ge=1, description="Consecutive failures that open an arm's circuit."
     )
@@ -204,11 +208,18 @@ class BreakerConfig(_Frozen):
 
 
 class ShadowConfig(_Frozen):
+    """A version that gets a background copy of a share of the requests."""
+
     version: str = Field(description="A deployed version that also receives a copy of requests.")
     share: float = Field(ge=0, le=1, description="Share of requests copied to it (0..1).")
 
 
 class ExperimentConfig(_Frozen):
+    """The experiment the router runs: arms, baseline, timeouts, breaker, shadows and the
+    routing policy. Once the application runs, the live experiment in `state.dir` wins over
+    this block (see [experiments](experiments.md)).
+    """
+
     name: str = Field("default", pattern=NAME_RE, description="Experiment name (metrics, logs).")
     baseline: str = Field(description="The version that answers when a candidate fails.")
     arms: list[ArmConfig] = Field(min_length=1, description="Baseline and candidates with weights.")
@@ -252,6 +263,8 @@ class ExperimentConfig(_Frozen):
 
 
 class FeedbackConfig(_Frozen):
+    """How long served predictions wait for a ground-truth label (`POST /feedback`)."""
+
     ttl_s: float = Field(86_400, gt=0, description="How long a prediction accepts feedback.")
     max_entries: int = Field(
         1_000_000, ge=1, description="Most predictions remembered for feedback (oldest dropped)."
@@ -259,6 +272,8 @@ class FeedbackConfig(_Frozen):
 
 
 class CacheConfig(_Frozen):
+    """The prediction cache in Redis (or an in-process LRU when there is none)."""
+
     enabled: bool = Field(True, description="Cache predictions keyed by version and input.")
     redis_url: str | None = Field(
         None,
@@ -295,6 +310,8 @@ class CacheConfig(_Frozen):
 
 
 class HttpConfig(_Frozen):
+    """The HTTP endpoint: address, limits, header names, Serve's ingress mode."""
+
     host: str = Field("127.0.0.1", description="Address the HTTP proxy binds.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger bodies get 413.")
@@ -314,6 +331,10 @@ class HttpConfig(_Frozen):
 
 
 class RouterConfig(_Replicas):
+    """The router (ingress) deployment: replicas, load shedding, batching of calls to the
+    versions.
+    """
+
     num_replicas: int = Field(1, ge=1, description="Router (ingress) replicas.")
     num_cpus: float = Field(0.25, gt=0, description="CPUs per router replica.")
     max_ongoing_requests: int = Field(1000, ge=1, description="Concurrent requests per router.")
@@ -393,6 +414,8 @@ class RouterConfig(_Replicas):
 
 
 class AdminConfig(_Frozen):
+    """The admin API (`/admin`): where its bearer token comes from."""
+
     token_file: str | None = Field(
         None,
         description="File holding the admin bearer token; else the environment variable "
@@ -401,6 +424,8 @@ class AdminConfig(_Frozen):
 
 
 class StateConfig(_Frozen):
+    """The experiment controller's durable state and the routers' polling of it."""
+
     dir: str = Field(
         ".abserve/state",
         description="Directory of the durable experiment state and audit log (relative to the "
@@ -430,6 +455,8 @@ class StateConfig(_Frozen):
 
 
 class ClusterConfig(_Frozen):
+    """The Ray cluster `abserve up` deploys onto, or starts."""
+
     address: str | None = Field(
         None, description="Existing Ray cluster to deploy onto; empty starts a local one."
     )
@@ -442,6 +469,8 @@ class ClusterConfig(_Frozen):
 
 
 class AbserveConfig(_Frozen):
+    """The top level of the file."""
+
     app_name: str = Field("abserve", pattern=NAME_RE, description="Ray Serve application name.")
     model: str = Field("activity", pattern=NAME_RE, description="Registered model name.")
     registry: str = Field("registry", description="Registry directory (relative to the config).")

@@ -50,25 +50,6 @@ DOCS = ROOT / "docs"
 EXAMPLE = ROOT / "abserve.yaml"
 
 # What a section is for, where its model has no docstring of its own (the docstring wins).
-SECTION_NOTES: dict[str, str] = {
-    "AbserveConfig": "The top level of the file.",
-    "ArmConfig": "One arm of the experiment: a deployed version and its share of traffic.",
-    "BreakerConfig": "The circuit breaker every router replica keeps per arm.",
-    "ShadowConfig": "A version that gets a background copy of a share of the requests.",
-    "ExperimentConfig": "The experiment the router runs: arms, baseline, timeouts, breaker, "
-    "shadows and the routing policy. Once the application runs, the live experiment in "
-    "`state.dir` wins over this block (see [experiments](experiments.md)).",
-    "FeedbackConfig": "How long served predictions wait for a ground-truth label "
-    "(`POST /feedback`).",
-    "CacheConfig": "The prediction cache in Redis (or an in-process LRU when there is none).",
-    "HttpConfig": "The HTTP endpoint: address, limits, header names, Serve's ingress mode.",
-    "RouterConfig": "The router (ingress) deployment: replicas, load shedding, batching of "
-    "calls to the versions.",
-    "AdminConfig": "The admin API (`/admin`): where its bearer token comes from.",
-    "StateConfig": "The experiment controller's durable state and the routers' polling of it.",
-    "ClusterConfig": "The Ray cluster `abserve up` deploys onto, or starts.",
-}
-
 # The rules pydantic's validators hold across fields, which a field table cannot show.
 RULES = (
     "Unknown keys are refused (`extra=\"forbid\"`), naming the key.",
@@ -193,7 +174,7 @@ def section_note(model: type[BaseModel]) -> str:
     doc = (model.__doc__ or "").strip()
     if doc and not doc.startswith(("A base class", "Usage docs")):  # pydantic's own docstring
         return " ".join(doc.split())
-    return SECTION_NOTES.get(model.__name__, "")
+    return ""
 
 
 def config_reference() -> str:
