@@ -1,8 +1,11 @@
-"""The experiment control plane: the live experiment, its operations, canaries,
-the ledger of served predictions and feedback, and the report's statistics.
+"""The experiment control plane: the live experiment, its typed operations, the
+service that applies them (store and clock injected), canaries, the ledger of
+served predictions and feedback, and the report's statistics.
 
 Pure Python but for ``controller`` (the thin Serve deployment around the
-service) and ``client`` (the router's typed view of it).
+service); ``client`` (the router's typed view of it) touches Ray only through
+the handle it is given. Kept apart from the data plane so that the request
+path never depends on how the experiment is decided.
 """
 
 from router.controlplane.experiment import ExperimentState, effective_weights

@@ -91,6 +91,10 @@ class _Op:
 
     kind: ClassVar[str]
 
+    def __init_subclass__(cls, *, kind: str, **rest: Any) -> None:
+        super().__init_subclass__(**rest)
+        cls.kind = kind
+
     def params(self) -> dict[str, Any]:
         """The audit entry's params: the fields that were given (None means not given)."""
         return {
@@ -107,11 +111,10 @@ class _Op:
 
 
 @dataclass(frozen=True)
-class SetWeights(_Op):
+class SetWeights(_Op, kind="set_weights"):
     """Replace the weights of the listed arms; arms not listed keep theirs."""
 
     weights: Any
-    kind: ClassVar[str] = "set_weights"
 
     def apply(self, exp: ExperimentConfig, deployed: Collection[str]) -> ExperimentConfig:
         weights = self.weights
@@ -133,11 +136,10 @@ class SetWeights(_Op):
 
 
 @dataclass(frozen=True)
-class SetShadows(_Op):
+class SetShadows(_Op, kind="set_shadows"):
     """Replace the shadow list: [{"version": "v3", "share": 0.2}, ...] ([] turns shadows off)."""
 
     shadows: Any
-    kind: ClassVar[str] = "set_shadows"
 
     def apply(self, exp: ExperimentConfig, deployed: Collection[str]) -> ExperimentConfig:
         if not isinstance(self.shadows, list):
@@ -153,12 +155,11 @@ class SetShadows(_Op):
 
 
 @dataclass(frozen=True)
-class AddCandidate(_Op):
+class AddCandidate(_Op, kind="add_candidate"):
     """Add a deployed version as an arm; its weight comes out of the baseline's."""
 
     version: Any
     weight: Any = 0
-    kind: ClassVar[str] = "add_candidate"
 
     def apply(self, exp: ExperimentConfig, deployed: Collection[str]) -> ExperimentConfig:
         version = self.version
@@ -176,11 +177,10 @@ class AddCandidate(_Op):
 
 
 @dataclass(frozen=True)
-class RemoveArm(_Op):
+class RemoveArm(_Op, kind="remove_arm"):
     """Remove a candidate; its weight goes back to the baseline."""
 
     version: Any
-    kind: ClassVar[str] = "remove_arm"
 
     def apply(self, exp: ExperimentConfig, deployed: Collection[str]) -> ExperimentConfig:
         version = _require_arm(exp, self.version)
@@ -196,14 +196,13 @@ class RemoveArm(_Op):
 
 
 @dataclass(frozen=True)
-class Promote(_Op):
+class Promote(_Op, kind="promote"):
     """The candidate becomes the baseline and takes the old baseline's traffic.
 
     The old baseline stays an arm at weight 0, so a rollback is one call away.
     """
 
     version: Any
-    kind: ClassVar[str] = "promote"
 
     def apply(self, exp: ExperimentConfig, deployed: Collection[str]) -> ExperimentConfig:
         version = _require_arm(exp, self.version)
@@ -218,11 +217,10 @@ class Promote(_Op):
 
 
 @dataclass(frozen=True)
-class Rollback(_Op):
+class Rollback(_Op, kind="rollback"):
     """A candidate's weight to 0 at once (all candidates if no version is named)."""
 
     version: Any = None
-    kind: ClassVar[str] = "rollback"
 
     def apply(self, exp: ExperimentConfig, deployed: Collection[str]) -> ExperimentConfig:
         targets = (
@@ -244,17 +242,15 @@ class Rollback(_Op):
 
 
 @dataclass(frozen=True)
-class Pause(_Op):
+class Pause(_Op, kind="pause"):
     """All traffic to the baseline; the weights are kept for resume."""
 
-    kind: ClassVar[str] = "pause"
 
 
 @dataclass(frozen=True)
-class Resume(_Op):
+class Resume(_Op, kind="resume"):
     """Back to the stored weights."""
 
-    kind: ClassVar[str] = "resume"
 
 
 Operation = SetWeights | SetShadows | AddCandidate | RemoveArm | Promote | Rollback | Pause | Resume
