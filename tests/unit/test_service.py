@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from router.controlplane.canary import CanaryStatus
+from router.controlplane.client import ControlClient
 from router.controlplane.experiment import ExperimentState
 from router.controlplane.messages import SyncReply, SyncReport
 from router.controlplane.operations import (
@@ -309,3 +310,92 @@ def test_canary_state_survives_a_new_service_over_the_same_store(tmp_path: Path)
     assert again.rollout.state.status is CanaryStatus.RUNNING
     run(again.canary_action("abort", "ops"))
     assert status(service(tmp_path)) == "rolled_back"
+
+
+# ------------------------------------------------------------ the typed client over a fake handle
+
+
+class Wrapped(Exception):
+    """What Ray raises when the controller raises: the original as ``cause``."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
+
+
+class FakeResponse:
+    def __init__(self, result: Any = None, error: BaseException | None = None,
+                 delay_s: float = 0.0) -> None:
+        self.result, self.error, self.delay_s, self.cancelled = result, error, delay_s, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __await__(self) -> Any:
+        return self._run().__await__()
+
+    async def _run(self) -> Any:
+        await asyncio.sleep(self.delay_s)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class FakeMethod:
+    def __init__(self, handle: FakeHandle, name: str) -> None:
+        self.handle, self.name = handle, name
+
+    def remote(self, *args: Any) -> FakeResponse:
+        self.handle.calls.append((self.name, args))
+        return self.handle.responses.get(self.name, FakeResponse())
+
+
+class FakeHandle:
+    def __init__(self, **responses: FakeResponse) -> None:
+        self.responses = responses
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> FakeMethod:
+        return FakeMethod(self, name)
+
+
+def test_the_client_calls_the_controllers_typed_methods(tmp_path: Path) -> None:
+    state = service(tmp_path).state
+    reply = SyncReply(3, {"v1": 1}, {"v1": 0})
+    handle = FakeHandle(current_state=FakeResponse(state), sync_report=FakeResponse(reply),
+                        apply_op=FakeResponse(state), audit=FakeResponse([{"x": 1}]))
+    client = ControlClient(handle)  # type: ignore[arg-type]
+    sync = SyncReport(metrics={}, shadows={}, served=[("r", "v1", 1)])
+    assert run(client.get_state(1.0)) is state
+    assert run(client.sync("replica-a", sync, 1.0)) == reply
+    assert run(client.apply(Pause(), "ops")) is state
+    assert run(client.audit(5)) == [{"x": 1}]
+    run(client.start_canary(PLAN, "ops"))
+    run(client.canary_action("abort", "ops"))
+    assert [c[0] for c in handle.calls] == ["current_state", "sync_report", "apply_op", "audit",
+                                           "start_canary", "canary_action"]
+    assert handle.calls[1][1] == ("replica-a", sync) and handle.calls[2][1] == (Pause(), "ops")
+
+
+def test_the_client_unwraps_our_errors_and_passes_others() -> None:
+    refused = InvalidInput("weights: expected an object")
+    client = ControlClient(FakeHandle(  # type: ignore[arg-type]
+        apply_op=FakeResponse(error=Wrapped(refused)),
+        record_feedback=FakeResponse(error=Wrapped(NotFound("unknown request_id"))),
+        report=FakeResponse(error=Wrapped(KeyError("boom"))),
+    ))
+    with pytest.raises(InvalidInput) as info:
+        run(client.apply(SetWeights(None), "ops"))
+    assert info.value is refused
+    with pytest.raises(NotFound):
+        run(client.record_feedback("r1", 1))
+    with pytest.raises(Wrapped):  # not ours: propagates as Ray raised it
+        run(client.report())
+
+
+def test_the_client_times_out_and_cancels_the_call() -> None:
+    slow = FakeResponse(delay_s=5.0)
+    client = ControlClient(FakeHandle(current_state=slow))  # type: ignore[arg-type]
+    with pytest.raises(TimeoutError):
+        run(client.get_state(0.01))
+    assert slow.cancelled
