@@ -5,7 +5,7 @@ choose an arm, look the inputs up in the cache, ask the arm's breaker, call
 the arm with its timeout, fall back to the baseline on any failure, write the
 cache in the background. The model call is a plain async function
 ``call(version, batch, timeout_s)`` that raises ``UpstreamError`` on failure;
-the Ray adapter in ``router/ingress.py`` supplies the real one, unit tests a
+``router/dataplane/upstream.py`` (``Arms.predict``) supplies the real one, unit tests a
 fake one. No Ray import here.
 """
 
