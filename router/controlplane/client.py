@@ -64,15 +64,15 @@ class ControlClient:
         self.handle = handle
 
     async def get_state(self, timeout_s: float | None = None) -> ExperimentState:
-        return await _ask(self.handle.current_state.remote(), timeout_s)
+        return await _ask(self.handle.get_state.remote(), timeout_s)
 
     async def sync(
         self, replica_id: str, report: SyncReport, timeout_s: float | None = None
     ) -> SyncReply:
-        return await _ask(self.handle.sync_report.remote(replica_id, report), timeout_s)
+        return await _ask(self.handle.sync.remote(replica_id, report), timeout_s)
 
     async def apply(self, op: Operation, who: str) -> ExperimentState:
-        return await _ask(self.handle.apply_op.remote(op, who))
+        return await _ask(self.handle.apply.remote(op, who))
 
     async def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
         return await _ask(self.handle.record_feedback.remote(request_id, label))

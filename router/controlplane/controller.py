@@ -20,11 +20,10 @@ from ray import serve
 
 from router.controlplane.experiment import ExperimentState
 from router.controlplane.messages import SyncReply, SyncReport
-from router.controlplane.operations import OPERATION_TYPES, Operation, from_params
+from router.controlplane.operations import Operation
 from router.controlplane.service import ExperimentService
 from router.controlplane.store import FileStore
 from serve.config import parse_config
-from serve.errors import NotFound
 
 __all__ = ["ExperimentController"]
 
@@ -47,15 +46,15 @@ class ExperimentController:
             except Exception:  # noqa: BLE001 - one bad tick must not stop the clock
                 log.exception("canary tick failed")
 
-    # ------------------------------------------------------------ ControlClient's calls
+    # ------------------------------------------------------------ ControlClient's calls, typed
 
-    def current_state(self) -> ExperimentState:
+    def get_state(self) -> ExperimentState:
         return self.service.state
 
-    async def apply_op(self, op: Operation, who: str) -> ExperimentState:
+    async def apply(self, op: Operation, who: str) -> ExperimentState:
         return await self.service.apply(op, who)
 
-    async def sync_report(self, replica_id: str, report: SyncReport) -> SyncReply:
+    async def sync(self, replica_id: str, report: SyncReport) -> SyncReply:
         if self._ticker is None:  # the canary clock runs once routers report
             self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         return self.service.sync(replica_id, report)
@@ -77,26 +76,3 @@ class ExperimentController:
 
     async def canary_action(self, action: str, who: str) -> dict[str, Any]:
         return await self.service.canary_action(action, who)
-
-    # ------------------------------------------------------------ the string forms
-    # router/ingress.py still calls these until it switches to ControlClient.
-
-    def revision(self) -> int:
-        return self.service.state.revision
-
-    def get_state(self) -> dict[str, Any]:
-        return self.service.state.to_dict()
-
-    async def apply(self, op: str, params: dict[str, Any], who: str) -> dict[str, Any]:
-        by_kind = {cls.kind: cls for cls in OPERATION_TYPES}
-        if op not in by_kind:
-            raise NotFound(f"unknown operation {op!r}; one of {sorted(by_kind)}")
-        new = await self.service.apply(from_params(by_kind[op], params), who)
-        return new.to_dict()
-
-    async def sync(self, replica: str, payload: dict[str, Any]) -> dict[str, Any]:
-        report = SyncReport(payload.get("metrics", {}), payload.get("shadows", {}),
-                            payload.get("served", []))
-        reply = await self.sync_report(replica, report)
-        return {"revision": reply.revision, "bandit": {"successes": reply.bandit_successes,
-                                                       "failures": reply.bandit_failures}}

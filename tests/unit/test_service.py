@@ -362,8 +362,8 @@ class FakeHandle:
 def test_the_client_calls_the_controllers_typed_methods(tmp_path: Path) -> None:
     state = service(tmp_path).state
     reply = SyncReply(3, {"v1": 1}, {"v1": 0})
-    handle = FakeHandle(current_state=FakeResponse(state), sync_report=FakeResponse(reply),
-                        apply_op=FakeResponse(state), audit=FakeResponse([{"x": 1}]))
+    handle = FakeHandle(get_state=FakeResponse(state), sync=FakeResponse(reply),
+                        apply=FakeResponse(state), audit=FakeResponse([{"x": 1}]))
     client = ControlClient(handle)  # type: ignore[arg-type]
     sync = SyncReport(metrics={}, shadows={}, served=[("r", "v1", 1)])
     assert run(client.get_state(1.0)) is state
@@ -372,7 +372,7 @@ def test_the_client_calls_the_controllers_typed_methods(tmp_path: Path) -> None:
     assert run(client.audit(5)) == [{"x": 1}]
     run(client.start_canary(PLAN, "ops"))
     run(client.canary_action("abort", "ops"))
-    assert [c[0] for c in handle.calls] == ["current_state", "sync_report", "apply_op", "audit",
+    assert [c[0] for c in handle.calls] == ["get_state", "sync", "apply", "audit",
                                            "start_canary", "canary_action"]
     assert handle.calls[1][1] == ("replica-a", sync) and handle.calls[2][1] == (Pause(), "ops")
 
@@ -380,7 +380,7 @@ def test_the_client_calls_the_controllers_typed_methods(tmp_path: Path) -> None:
 def test_the_client_unwraps_our_errors_and_passes_others() -> None:
     refused = InvalidInput("weights: expected an object")
     client = ControlClient(FakeHandle(  # type: ignore[arg-type]
-        apply_op=FakeResponse(error=Wrapped(refused)),
+        apply=FakeResponse(error=Wrapped(refused)),
         record_feedback=FakeResponse(error=Wrapped(NotFound("unknown request_id"))),
         report=FakeResponse(error=Wrapped(KeyError("boom"))),
     ))
@@ -395,7 +395,7 @@ def test_the_client_unwraps_our_errors_and_passes_others() -> None:
 
 def test_the_client_times_out_and_cancels_the_call() -> None:
     slow = FakeResponse(delay_s=5.0)
-    client = ControlClient(FakeHandle(current_state=slow))  # type: ignore[arg-type]
+    client = ControlClient(FakeHandle(get_state=slow))  # type: ignore[arg-type]
     with pytest.raises(TimeoutError):
         run(client.get_state(0.01))
     assert slow.cancelled
