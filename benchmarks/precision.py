@@ -7,8 +7,7 @@ rows per second, the ratio to fp32, the largest probability difference from
 fp32 and the share of labels that agree. On a CPU, fp16 is not run (the
 backends fall back to fp32); on a GPU every precision is.
 
-    python -m benchmarks.precision --registry registry --device cuda --out bench-results
-    abserve bench-precision --device cuda
+    abserve bench-precision --device cuda --registry registry --out bench-results
 
 Figures are ratios measured side by side in one run; absolute rows/s on a
 shared machine are noisy.
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PrecisionResult", "main", "run"]
+__all__ = ["PrecisionResult", "markdown", "run", "run_from_args"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -109,21 +108,6 @@ def markdown(results: list[PrecisionResult]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="abserve bench-precision", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run_from_args(p.parse_args(argv))
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--registry", default="registry")
-    p.add_argument("--model", default="activity")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per row")
-    p.add_argument("--out", default="bench-results")
-
-
 def run_from_args(args: argparse.Namespace) -> int:
     results = run(Path(args.registry), args.model, args.device, args.batch, args.seconds)
     table = markdown(results)
@@ -137,6 +121,3 @@ def run_from_args(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'precision.md'} and {out / 'precision.json'}")
     return 0 if results else 1
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -58,8 +58,8 @@ def add_parsers(sub: Any) -> None:
     sk.add_argument("--out", default="soak-results")
     sk.set_defaults(func=cmd_soak)
 
-    # The same options as `python -m benchmarks.precision` (benchmarks/precision.py's
-    # add_arguments), declared here so that building the parser imports no benchmark.
+    # Declared here, not in benchmarks/precision.py, so that building the parser imports
+    # no benchmark.
     bp = sub.add_parser("bench-precision",
                         help="fp32 vs fp16/bf16 rows/s and drift per framework on this device")
     bp.add_argument("--registry", default="registry")

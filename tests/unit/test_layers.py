@@ -44,7 +44,6 @@ LAYERS: dict[str, tuple[int, str]] = {
     "serve.cli": (TOP, "top"),
     "serve.local": (TOP, "top"),
     "serve.docgen": (TOP, "top"),
-    "serve.scaling": (TOP, "top"),
     "benchmarks": (TOP, "top"),
 }
 
