@@ -140,18 +140,16 @@ def _default(field: FieldInfo) -> str:
     return _literal(field.default)
 
 
+_BOUNDS = ((at.Ge, "ge", "≥"), (at.Gt, "gt", ">"), (at.Le, "le", "≤"), (at.Lt, "lt", "<"))
+
+
 def _constraints(field: FieldInfo) -> str:
     out = []
     for meta in field.metadata:
-        if isinstance(meta, at.Ge):
-            out.append(f"≥ {meta.ge}")
-        elif isinstance(meta, at.Gt):
-            out.append(f"> {meta.gt}")
-        elif isinstance(meta, at.Le):
-            out.append(f"≤ {meta.le}")
-        elif isinstance(meta, at.Lt):
-            out.append(f"< {meta.lt}")
-        elif isinstance(meta, at.MinLen):
+        for kind, attr, symbol in _BOUNDS:
+            if isinstance(meta, kind):
+                out.append(f"{symbol} {getattr(meta, attr)}")
+        if isinstance(meta, at.MinLen):
             out.append(f"at least {meta.min_length} item{'s' * (meta.min_length != 1)}")
         elif isinstance(meta, at.MaxLen):
             out.append(f"at most {meta.max_length} item{'s' * (meta.max_length != 1)}")

@@ -569,59 +569,38 @@ def evaluate(
     failed = [r.name for r in results if r.status == "fail"]
     where = f"step {step + 1}/{len(plan.steps)} ({weight:g}%)"
     window = state.window + 1
+
+    def decide(
+        action: Action, verdict: Verdict, to_weight: float, reason: str, **changes: Any
+    ) -> tuple[CanaryState, Decision]:
+        reasons.append(reason)
+        d = Decision(now, action, verdict, step, weight, to_weight, tuple(reasons), metrics)
+        return _record(state, d, step_started_at=now, window=window, **changes), d
+
     if failed:
         n = state.consecutive_failures + 1
         limit = plan.gates.failures_to_rollback
         if n >= limit:
-            reasons.append(
+            return decide(
+                Action.ROLLBACK, Verdict.FAIL, 0.0,
                 f"rollback at {where}: {n} consecutive failed windows "
-                f"(limit {limit}); failed: {', '.join(failed)}"
+                f"(limit {limit}); failed: {', '.join(failed)}",
+                status=CanaryStatus.ROLLED_BACK, weight=0.0, consecutive_failures=n,
             )
-            d = Decision(
-                now, Action.ROLLBACK, Verdict.FAIL, step, weight, 0.0, tuple(reasons), metrics
-            )
-            new = _record(
-                state,
-                d,
-                status=CanaryStatus.ROLLED_BACK,
-                weight=0.0,
-                consecutive_failures=n,
-                step_started_at=now,
-                window=window,
-            )
-            return new, d
-        reasons.append(
+        return decide(
+            Action.HOLD, Verdict.FAIL, weight,
             f"hold at {where}: failed window {n} of {limit} before rollback "
-            f"({', '.join(failed)}); a new window starts"
+            f"({', '.join(failed)}); a new window starts",
+            consecutive_failures=n,
         )
-        d = Decision(now, Action.HOLD, Verdict.FAIL, step, weight, weight, tuple(reasons), metrics)
-        new = _record(state, d, consecutive_failures=n, step_started_at=now, window=window)
-        return new, d
     if step == len(plan.steps) - 1:
-        reasons.append(f"promote: every gate passed at {where}")
-        d = Decision(
-            now, Action.PROMOTE, Verdict.PASS, step, weight, 100.0, tuple(reasons), metrics
+        return decide(
+            Action.PROMOTE, Verdict.PASS, 100.0, f"promote: every gate passed at {where}",
+            status=CanaryStatus.PROMOTED, weight=100.0, consecutive_failures=0,
         )
-        new = _record(
-            state,
-            d,
-            status=CanaryStatus.PROMOTED,
-            weight=100.0,
-            consecutive_failures=0,
-            step_started_at=now,
-            window=window,
-        )
-        return new, d
     nxt = plan.steps[step + 1]
-    reasons.append(f"advance: every gate passed at {where}; next {nxt:g}%")
-    d = Decision(now, Action.ADVANCE, Verdict.PASS, step, weight, nxt, tuple(reasons), metrics)
-    new = _record(
-        state,
-        d,
-        step=step + 1,
-        weight=nxt,
-        consecutive_failures=0,
-        step_started_at=now,
-        window=window,
+    return decide(
+        Action.ADVANCE, Verdict.PASS, nxt,
+        f"advance: every gate passed at {where}; next {nxt:g}%",
+        step=step + 1, weight=nxt, consecutive_failures=0,
     )
-    return new, d
