@@ -32,7 +32,8 @@ __all__ = ["Router"]
 log = logging.getLogger("ray.serve")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+# No options here: serve/app.py sets every one from the config (.options), once.
+@serve.deployment
 @serve.ingress()
 class Router:
     def __init__(

@@ -2,7 +2,8 @@
 
 The status lives on the class (BentoML's habit), so raising the right type is
 the whole decision; ``to_http`` only reads it. Foreign exceptions (Ray's,
-asyncio's) are translated at the boundary in ``router/ingress.py``.
+asyncio's) are translated at the boundary, from one table, in
+``router/dataplane/upstream.py``.
 """
 
 from __future__ import annotations

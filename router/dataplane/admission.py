@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
-__all__ = ["Admission", "AdmissionMiddleware", "AdmissionStats", "ReplicaState", "is_shed_path"]
+__all__ = ["Admission", "AdmissionMiddleware", "AdmissionStats", "is_shed_path"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -56,23 +56,14 @@ class Admission:
         retry_after_s: float = 1.0,
         key_header: str = "X-User-Id",
     ) -> None:
-        self.configure(max_inflight, max_inflight_per_key, retry_after_s, key_header)
-        self.inflight = 0
-        self.per_key: dict[str, int] = {}
-        self.stats = AdmissionStats()
-
-    def configure(
-        self,
-        max_inflight: int | None,
-        max_inflight_per_key: int | None,
-        retry_after_s: float,
-        key_header: str = "X-User-Id",
-    ) -> None:
         self.max_inflight = max_inflight
         self.key_header = key_header.lower().encode()
         self.max_inflight_per_key = max_inflight_per_key
         # Retry-After is whole seconds (RFC 9110); round up, never 0 (an instant retry storm).
         self.retry_after = str(max(1, math.ceil(retry_after_s)))
+        self.inflight = 0
+        self.per_key: dict[str, int] = {}
+        self.stats = AdmissionStats()
 
     def try_enter(self, key: str | None) -> int:
         """0 if admitted (the caller must ``leave(key)``), else the status to answer."""
@@ -108,42 +99,36 @@ _BODIES = {
 }
 
 
-class ReplicaState(Protocol):
-    """What the middleware reads on every request."""
-
-    admission: Admission
-    routes: dict[str, ASGIApp]  # path (without the route prefix) -> raw ASGI handler
-
-
 class AdmissionMiddleware:
     """Pure ASGI: admit or reject before routing, parsing or reading the body.
 
-    ``state.routes`` serves an admitted request straight from here, skipping the
-    framework's routing, request and response objects: on the hot path that is a
-    fifth of the router's CPU per request. Any other path goes on to the app.
-
-    ``state`` is read on every call, never copied: ``serve.ingress`` pickles a
-    copy of the app, middleware arguments included, so an ``Admission`` passed
-    in directly would be a copy the replica never configures. The router passes
-    a class (pickled by reference), whose attributes the replica fills in.
+    ``routes`` (path without the route prefix -> raw ASGI handler) serves an
+    admitted request straight from here, skipping the framework's routing,
+    request and response objects: on the hot path that is a fifth of the
+    router's CPU per request. Any other path goes on to the app. Both are the
+    replica's own objects: the router builds its app after ``__init__``
+    (``serve.ingress()`` late binding), so nothing here is a pickled copy.
     """
 
-    def __init__(self, app: ASGIApp, state: ReplicaState) -> None:
+    def __init__(
+        self, app: ASGIApp, admission: Admission, routes: dict[str, ASGIApp]
+    ) -> None:
         self.app = app
-        self.state = state
+        self.admission = admission
+        self.routes = routes
 
     def _target(self, scope: Scope) -> ASGIApp:
         path = scope["path"]
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root):]
-        return self.state.routes.get(path, self.app)
+        return self.routes.get(path, self.app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not is_shed_path(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
-        admission = self.state.admission
+        admission = self.admission
         key = None
         if admission.max_inflight_per_key is not None:
             for name, value in scope.get("headers", ()):

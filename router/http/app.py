@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from router.controlplane.client import ControlPlane
-from router.dataplane.admission import Admission, AdmissionMiddleware, ASGIApp
+from router.dataplane.admission import Admission, AdmissionMiddleware
 from router.dataplane.batcher import HopBatcher
 from router.dataplane.cache import CacheBackend, LocalCache, PredictionCache, RedisCache
 from router.dataplane.core import RouterCore
@@ -157,14 +157,6 @@ def assemble(
     )
 
 
-class _FastRoutes:
-    """The admission middleware's view of the replica (``ReplicaState``)."""
-
-    def __init__(self, admission: Admission, routes: dict[str, ASGIApp]) -> None:
-        self.admission = admission
-        self.routes = routes
-
-
 def build_app(parts: ReplicaParts) -> FastAPI:
     app = FastAPI(
         title="abserve",
@@ -193,5 +185,5 @@ def build_app(parts: ReplicaParts) -> FastAPI:
         app, config=config, model=parts.model, core=parts.core, follower=parts.follower,
         control=parts.control, arms=parts.arms, replica_stats=parts.stats,
     )
-    app.add_middleware(AdmissionMiddleware, state=_FastRoutes(parts.admission, fast_routes))
+    app.add_middleware(AdmissionMiddleware, admission=parts.admission, routes=fast_routes)
     return app

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -58,7 +57,7 @@ def test_middleware_rejects_without_calling_the_app_and_releases_on_error() -> N
             await gate.wait()
             raise RuntimeError("the app failed")
 
-    mw = AdmissionMiddleware(inner, SimpleNamespace(admission=adm, routes={}))
+    mw = AdmissionMiddleware(inner, adm, {})
 
     async def go() -> list[Any]:
         sent: list[Any] = []
@@ -100,7 +99,7 @@ def test_per_key_limit_reads_the_configured_header() -> None:
             if msg["type"] == "http.response.start":
                 statuses.append(msg["status"])
 
-        mw = AdmissionMiddleware(inner, SimpleNamespace(admission=adm, routes={}))
+        mw = AdmissionMiddleware(inner, adm, {})
         await asyncio.gather(mw(_scope("/predict", key), None, send),  # type: ignore[arg-type]
                              mw(_scope("/predict", key), None, send))  # type: ignore[arg-type]
         return statuses
@@ -123,8 +122,7 @@ def test_admitted_requests_go_to_the_raw_route_for_their_path_without_the_prefix
         return app
 
     adm = Admission(max_inflight=10)
-    mw = AdmissionMiddleware(handler("framework"), SimpleNamespace(
-        admission=adm, routes={"/predict": handler("raw")}))
+    mw = AdmissionMiddleware(handler("framework"), adm, {"/predict": handler("raw")})
 
     async def go() -> None:
         await mw(_scope("/predict"), None, None)  # type: ignore[arg-type]

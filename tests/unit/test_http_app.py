@@ -205,10 +205,10 @@ class Replica:
 
     def drop_fast_routes(self) -> None:
         """Serve /predict from the FastAPI schema routes instead of the raw ASGI table."""
-        (state,) = [m.kwargs["state"] for m in self.app.user_middleware
-                    if m.cls is AdmissionMiddleware]
-        assert set(state.routes) == {"/predict", "/predict/batch"}
-        state.routes.clear()
+        (routes,) = [m.kwargs["routes"] for m in self.app.user_middleware
+                     if m.cls is AdmissionMiddleware]
+        assert set(routes) == {"/predict", "/predict/batch"}
+        routes.clear()
 
 
 def replica(token: str | None = TOKEN) -> Replica:

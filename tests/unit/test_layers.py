@@ -37,7 +37,6 @@ LAYERS: dict[str, tuple[int, str]] = {
     "deployments": (PLANES, "deployments"),
     "router.http": (ADAPTERS, "adapters"),
     "router.ingress": (ADAPTERS, "adapters"),
-    "router.follower": (ADAPTERS, "adapters"),
     "router.controlplane.controller": (ADAPTERS, "adapters"),
     "router.controlplane.client": (ADAPTERS, "adapters"),
     "serve.app": (TOP, "top"),
