@@ -365,37 +365,31 @@ def start(plan: CanaryPlan, state: CanaryState, now: float) -> CanaryState:
     )
 
 
+def _manual(
+    state: CanaryState, now: float, action: Action, to_weight: float, reason: str,
+    **changes: Any,
+) -> CanaryState:
+    """An operator's decision, recorded like the gates' own."""
+    d = Decision(now, action, Verdict.MANUAL, state.step, state.weight, to_weight, (reason,))
+    return _record(state, d, **changes)
+
+
 def pause(state: CanaryState, now: float, reason: str = "") -> CanaryState:
     """Stop judging and advancing; the candidate keeps its current weight."""
     if state.status is not CanaryStatus.RUNNING:
         raise ValueError(f"cannot pause a canary that is {state.status}")
-    d = Decision(
-        now,
-        Action.PAUSE,
-        Verdict.MANUAL,
-        state.step,
-        state.weight,
-        state.weight,
-        (f"paused{': ' + reason if reason else ''}",),
-    )
-    return _record(state, d, status=CanaryStatus.PAUSED)
+    return _manual(state, now, Action.PAUSE, state.weight,
+                   f"paused{': ' + reason if reason else ''}", status=CanaryStatus.PAUSED)
 
 
 def resume(state: CanaryState, now: float) -> CanaryState:
     """Continue at the same step with a fresh window (paused time proves nothing)."""
     if state.status is not CanaryStatus.PAUSED:
         raise ValueError(f"cannot resume a canary that is {state.status}")
-    d = Decision(
-        now,
-        Action.RESUME,
-        Verdict.MANUAL,
-        state.step,
-        state.weight,
-        state.weight,
-        (f"resumed at step {state.step + 1} ({state.weight:g}%)",),
-    )
-    return _record(
-        state, d, status=CanaryStatus.RUNNING, step_started_at=now, window=state.window + 1
+    return _manual(
+        state, now, Action.RESUME, state.weight,
+        f"resumed at step {state.step + 1} ({state.weight:g}%)",
+        status=CanaryStatus.RUNNING, step_started_at=now, window=state.window + 1,
     )
 
 
@@ -403,16 +397,11 @@ def abort(state: CanaryState, now: float, reason: str = "") -> CanaryState:
     """An operator's rollback: weight 0, status rolled_back."""
     if state.done:
         raise ValueError(f"cannot abort a canary that is already {state.status}")
-    d = Decision(
-        now,
-        Action.ROLLBACK,
-        Verdict.MANUAL,
-        state.step,
-        state.weight,
-        0.0,
-        (f"rolled back by an operator{': ' + reason if reason else ''}",),
+    return _manual(
+        state, now, Action.ROLLBACK, 0.0,
+        f"rolled back by an operator{': ' + reason if reason else ''}",
+        status=CanaryStatus.ROLLED_BACK, weight=0.0,
     )
-    return _record(state, d, status=CanaryStatus.ROLLED_BACK, weight=0.0)
 
 
 def _fmt(x: float | None, spec: str = ".4f") -> str:
