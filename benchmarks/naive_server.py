@@ -2,8 +2,10 @@
 
 A pydantic request model, the model loaded once at start, one ``predict`` per
 request (no batching), one uvicorn worker. It serves the very same registered
-v1 artifact as the platform (``Registry`` + ``load_backend``, digest checked).
-Access logs are off, which only makes this baseline faster.
+v1 artifact as the platform, as a user would: ``joblib.load`` (after the
+registry's sha256 check) and the estimator's own ``predict_proba``, not
+abserve's backend (``benchmarks/artifact.py``). Access logs are off, which only
+makes this baseline faster.
 
 Run as ``python -m benchmarks.naive_server --registry DIR --port N``; the bench
 starts it as a subprocess and stops it by PID.
@@ -26,19 +28,15 @@ class PredictRequest(BaseModel):
 
 
 def create_app(registry_root: str, model: str = "activity", version: str = "v1") -> FastAPI:
-    from deployments.backends import load_backend
-    from models.registry import Registry
+    from benchmarks.artifact import load_estimator
 
-    registry = Registry(registry_root)
-    manifest = registry.manifest(model, version)
-    backend = load_backend(manifest, registry.verified_artifact(manifest))
-    labels = list(manifest.class_labels)
+    estimator, labels = load_estimator(registry_root, model, version)
     app = FastAPI(title="naive")
 
     @app.post("/predict")
     def predict(request: PredictRequest) -> dict[str, Any]:
         x = np.asarray(request.features, dtype=np.float32)[None, ...]
-        probs = backend.predict(x)[0]
+        probs = estimator.predict_proba(x)[0]
         return {
             "label": labels[int(np.argmax(probs))],
             "probabilities": {label: float(p) for label, p in zip(labels, probs, strict=True)},

@@ -1,6 +1,8 @@
 """Variant (b): plain Ray Serve, the deployment a user would write from Serve's docs.
 
-One deployment, the same v1 artifact, ``@serve.batch`` (64, 5 ms), one replica
+One deployment, the same v1 artifact (``joblib.load`` after the registry's
+sha256 check, the estimator's own ``predict_proba``: not abserve's backend, see
+``benchmarks/artifact.py``), ``@serve.batch`` (64, 5 ms), one replica
 with the platform's v1 CPU share; it is its own ingress (raw Starlette
 request, ``await request.json()``, a dict back), so there is no router hop, no
 A/B split, no cache and no fallback. ``stats()`` counts backend calls, like the
@@ -24,20 +26,16 @@ PLAIN_DEPLOYMENT = "plain-model"
 @serve.deployment(max_ongoing_requests=256)
 class PlainModel:
     def __init__(self, registry_root: str, model: str, version: str) -> None:
-        from deployments.backends import load_backend
-        from models.registry import Registry
+        from benchmarks.artifact import load_estimator
 
-        registry = Registry(registry_root)
-        manifest = registry.manifest(model, version)
-        self.backend = load_backend(manifest, registry.verified_artifact(manifest))
-        self.labels = list(manifest.class_labels)
+        self.estimator, self.labels = load_estimator(registry_root, model, version)
         self.version = version
         self.calls = 0
         self.rows = 0
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def _predict(self, items: list[np.ndarray]) -> list[np.ndarray]:
-        out = self.backend.predict(np.stack(items))
+        out = self.estimator.predict_proba(np.stack(items))
         self.calls += 1
         self.rows += len(items)
         return list(out)
