@@ -1,11 +1,12 @@
 """Load generators: wrk (closed loop, throughput) and an open-loop asyncio client (latency).
 
-Both send the same bodies (``write_bodies``). wrk comes from the OS packages and
-runs ``wrk/predict.lua``, whose ``done()`` prints one JSON line: the harness
-parses that, never wrk's prose. The open-loop client sends at a fixed rate
-whatever the server does, and measures each latency from the moment the request
-was sent on schedule, including any wait for a free connection, so a stalled
-server cannot hide its queue (no coordinated omission).
+Both send the same bodies (``write_bodies``; as OIP v2 requests for MLServer).
+wrk comes from the OS packages and runs ``wrk/predict.lua``, whose ``done()``
+prints one JSON line: the harness parses that, never wrk's prose. The open-loop
+client sends at a fixed rate whatever the server does, and measures each
+latency from the moment the request was sent on schedule, including any wait
+for a free connection, so a stalled server cannot hide its queue (no
+coordinated omission).
 """
 
 from __future__ import annotations
@@ -63,22 +64,48 @@ def _windows(n: int, seed: int) -> list[list[list[float]]]:
     return [[[round(float(v), 4) for v in row] for row in w] for w in X]
 
 
-def write_bodies(path: Path, n: int = 64, seed: int = 7, *, unique: bool) -> Path:
+OIP_INPUT = "window"  # the one input tensor's name in an OIP body (any name decodes)
+
+
+def _body(window: list[Any], fmt: str) -> str:
+    """One request body as JSON text: abserve's ``{"features": ...}`` or an OIP v2 request.
+
+    The OIP body carries the window as one FP32 tensor of shape [1, window, channels],
+    its data flat in row-major order (so its first values are the first time step's,
+    as in the nested form), and asks for ``predict_proba`` (MLServer's sklearn runtime
+    answers ``predict``, the labels, when a request names no output).
+    """
+    if fmt == "abserve":
+        return json.dumps({"features": window}, separators=(",", ":"))
+    if fmt == "oip":
+        flat = [v for row in window for v in row]
+        return json.dumps({
+            "inputs": [{"name": OIP_INPUT, "shape": [1, len(window), len(window[0])],
+                        "datatype": "FP32", "data": flat}],
+            "outputs": [{"name": "predict_proba"}],
+        }, separators=(",", ":"))
+    raise ValueError(f"unknown body format {fmt!r}; use 'abserve' or 'oip'")
+
+
+def write_bodies(path: Path, n: int = 64, seed: int = 7, *, unique: bool,
+                 fmt: str = "abserve") -> Path:
     """``n`` request bodies, one per line; in unique mode with wrk's placeholders.
 
     The placeholders replace the first four accelerometer/gyroscope readings of
-    the first time step; every other number is a real generated window.
+    the first time step; every other number is a real generated window. ``fmt``
+    ``"oip"`` writes the same windows as Open Inference Protocol requests (see
+    ``_body``), placeholders in the same four readings.
     """
     lines = []
     for w in _windows(n, seed):
         if unique:
             marked: list[Any] = [list(row) for row in w]
             marked[0][:_PLACEHOLDERS] = [f"@{i}@" for i in range(_PLACEHOLDERS)]
-            text = json.dumps({"features": marked}, separators=(",", ":"))
+            text = _body(marked, fmt)
             for i in range(_PLACEHOLDERS):
                 text = text.replace(f'"@{i}@"', f"@{i}@")
         else:
-            text = json.dumps({"features": w}, separators=(",", ":"))
+            text = _body(w, fmt)
         lines.append(text)
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -3,7 +3,8 @@
 --
 --   wrk ... -s predict.lua URL -- BODIES_FILE MODE SALT
 --
--- BODIES_FILE: one JSON body per line. MODE "repeat": the lines are sent as
+-- BODIES_FILE: one JSON body per line (abserve's {"features": ...} or an OIP v2
+-- request for MLServer: the script never parses them). MODE "repeat": the lines are sent as
 -- they are, round robin (the same few inputs: cache hits). MODE "unique": each
 -- line holds the placeholders @0@ @1@ @2@ @3@, filled per request with the
 -- request counter (two cells), the thread number and SALT (a number that
