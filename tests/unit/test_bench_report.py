@@ -28,62 +28,173 @@ def _results(**over: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "a": _row("a", 100, 150, 300),
         "b": _row("b", 1000, 20, 40),
         "b1": _row("b1", 90, 10, 14),
+        "f": _row("f", 1200, 22, 45, rss={"mlserver": 250.0}),
         "c": _row("c", 1300, 30, 120, rss={"router": 210.0}),
-        "d": _row("d", 1600, 10, 30, rss={"router": 220.0}),
-        "e": _row("e", 70, 11.5, 20, rss={"router": 230.0}),
+        "d": _row("d", 3700, 10, 30, rss={"router": 220.0}),
+        "e": _row("e", 70, 10.9, 20, rss={"router": 230.0}),
     }
     rows.update(over)
     return rows
 
 
-def _status(results: dict[str, Any]) -> dict[str, str]:
-    return {t["target"]: t["status"] for t in report.targets(report._rows(results))}
+def _targets(results: dict[str, Any],
+             not_run: dict[str, dict[str, str]] | None = None) -> dict[str, dict[str, Any]]:
+    return {t["target"]: t for t in report.targets(report._rows(results), not_run)}
+
+
+def _status(results: dict[str, Any],
+            not_run: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
+    return {k: t["status"] for k, t in _targets(results, not_run).items()}
+
+
+F_TARGETS = ("(c) >= 1.0x (f) req/s", "(d) >= 3x (f) req/s")
 
 
 def test_targets_pass_and_fail_on_the_numbers() -> None:
     s = _status(_results())
     assert s == {
+        "(c) >= 1.0x (f) req/s": "PASS",
+        "(c) >= 0.8x (b) req/s": "PASS",
         "(c) >= 12x (a) req/s": "PASS",
         "(c) p99 <= 150 ms": "PASS",
-        "(c) >= 0.6x (b) req/s": "PASS",
-        "(d) >= 1.5x (b) req/s": "PASS",
-        "(e) p50 <= (b) p50 at concurrency 1 + 2 ms": "PASS",
+        "(d) >= 3x (f) req/s": "PASS",
+        "(e) p50 <= (b1) p50 + 1 ms": "PASS",
         "zero errors in every run": "PASS",
         "router replica RSS < 400 MB": "PASS",
     }
+    assert list(s) == list(_status(_results()))  # a stable order: the table's
     s = _status(_results(c=_row("c", 1100, 30, 151, errors=3, rss={"router": 401.0}),
-                         e=_row("e", 70, 12.5, 20)))
-    assert s["(c) >= 12x (a) req/s"] == "FAIL"
+                         d=_row("d", 3500, 10, 30), e=_row("e", 70, 11.1, 20)))
+    assert s["(c) >= 1.0x (f) req/s"] == "FAIL"  # 1100 < 1200
+    assert s["(c) >= 0.8x (b) req/s"] == "PASS"  # 1100 >= 800
+    assert s["(c) >= 12x (a) req/s"] == "FAIL"  # 1100 < 1200
     assert s["(c) p99 <= 150 ms"] == "FAIL"
-    assert s["(c) >= 0.6x (b) req/s"] == "PASS"
-    assert s["(e) p50 <= (b) p50 at concurrency 1 + 2 ms"] == "FAIL"
+    assert s["(d) >= 3x (f) req/s"] == "FAIL"  # 3500 < 3600
+    assert s["(e) p50 <= (b1) p50 + 1 ms"] == "FAIL"  # 11.1 > 10 + 1
     assert s["zero errors in every run"] == "FAIL"
     assert s["router replica RSS < 400 MB"] == "FAIL"
+    s = _status(_results(c=_row("c", 790, 30, 100)))
+    assert s["(c) >= 0.8x (b) req/s"] == "FAIL"
+
+
+def test_targets_hold_at_their_bounds_and_show_their_numbers() -> None:
+    t = _targets(_results(c=_row("c", 1200, 30, 150, rss={"router": 399.9}),
+                          d=_row("d", 3600, 10, 30), e=_row("e", 70, 11.0, 20)))
+    assert {k: v["status"] for k, v in t.items()} == dict.fromkeys(t, "PASS")
+    assert t["(c) >= 1.0x (f) req/s"]["detail"] == "c 1200 req/s vs 1 x f 1200 = 1200 (x1.00)"
+    assert t["(c) >= 0.8x (b) req/s"]["detail"] == "c 1200 req/s vs 0.8 x b 1000 = 800 (x1.20)"
+    assert t["(c) >= 12x (a) req/s"]["detail"] == "c 1200 req/s vs 12 x a 100 = 1200 (x12.00)"
+    assert t["(d) >= 3x (f) req/s"]["detail"] == "d 3600 req/s vs 3 x f 1200 = 3600 (x3.00)"
+    assert t["(e) p50 <= (b1) p50 + 1 ms"]["detail"] == (
+        "e p50 11.00 ms vs b1 p50 10.00 + 1 = 11.00 ms")
 
 
 def test_missing_variants_skip_their_targets() -> None:
-    s = _status({"a": _row("a", 100, 150, 300)})
-    assert s["(c) >= 12x (a) req/s"] == "SKIP"
-    assert s["router replica RSS < 400 MB"] == "SKIP"
-    assert s["zero errors in every run"] == "PASS"
+    t = _targets({"a": _row("a", 100, 150, 300)})
+    assert t["(c) >= 12x (a) req/s"]["status"] == "SKIP"
+    assert t["(c) >= 1.0x (f) req/s"]["detail"] == "needs variants c and f"
+    assert t["(e) p50 <= (b1) p50 + 1 ms"]["status"] == "SKIP"
+    assert t["router replica RSS < 400 MB"]["status"] == "SKIP"
+    assert t["zero errors in every run"]["status"] == "PASS"
+
+
+def test_an_unbuildable_mlserver_skips_the_f_targets_saying_why() -> None:
+    reason = "MLServer virtualenv could not be built: pip install exited 1: ERROR: no network"
+    results = _results()
+    del results["f"]
+    t = _targets(results, {"f": {"status": "skipped", "reason": reason}})
+    for name in F_TARGETS:
+        assert t[name]["status"] == "SKIP"
+        assert t[name]["detail"] == f"(f) skipped: {reason}"
+    others = {k: v["status"] for k, v in t.items() if k not in F_TARGETS}
+    assert set(others.values()) == {"PASS"}  # the rest is judged as usual
+
+
+def test_an_mlserver_with_wrong_answers_fails_the_f_targets() -> None:
+    reason = "MLServer's predict_proba differs from the artifact's by up to 0.02 (> 1e-06)"
+    results = _results()
+    del results["f"]
+    t = _targets(results, {"f": {"status": "failed", "reason": reason}})
+    for name in F_TARGETS:
+        assert t[name]["status"] == "FAIL" and reason in t[name]["detail"]
 
 
 def test_ratios_compare_like_with_like() -> None:
-    rows = {r["name"]: r for r in report._rows(_results())}
+    results = _results(**{"c-open": _row("c-open", 650, 20, 40),
+                          "e-shadow": _row("e-shadow", 69, 11.2, 21)})
+    rows = {r["name"]: r for r in report._rows(results)}
     assert rows["c"]["ratio_a"] == 13.0 and rows["c"]["ratio_b"] == 1.3
-    assert rows["e"]["ratio_a"] is None and rows["e"]["ratio_b"] == round(70 / 90, 2)
+    assert rows["c"]["ratio_f"] == round(1300 / 1200, 2)
+    assert rows["d"]["ratio_f"] == round(3700 / 1200, 2)
+    assert (rows["f"]["ratio_a"], rows["f"]["ratio_b"], rows["f"]["ratio_f"]) == (12.0, 1.2, 1.0)
+    for name in ("e", "e-shadow", "b1"):  # concurrency 1: against b1 only
+        assert rows[name]["ratio_a"] is None and rows[name]["ratio_f"] is None, name
+    assert rows["e"]["ratio_b"] == round(70 / 90, 2)
+    assert rows["c-open"]["ratio_a"] is rows["c-open"]["ratio_f"] is None  # rate-limited
+    no_f = _results()
+    del no_f["f"]
+    assert all(r["ratio_f"] is None for r in report._rows(no_f))
+
+
+def test_rows_come_in_the_report_order_with_their_system_named() -> None:
+    results = _results(**{"c-open": _row("c-open", 650, 20, 40),
+                          "e-shadow": _row("e-shadow", 69, 11.2, 21)})
+    rows = report._rows(dict(reversed(list(results.items()))))
+    assert [r["name"] for r in rows] == ["a", "b", "b1", "f", "c", "c-open", "d", "e",
+                                         "e-shadow"]
+    assert [r["system"] for r in rows] == [
+        "naive FastAPI", "plain Ray Serve", "plain Ray Serve, c=1", "MLServer",
+        "abserve miss 90/10", "abserve miss open loop", "abserve hit", "abserve c=1",
+        "abserve c=1 + shadow"]
+
+
+def _opts(**over: Any) -> SimpleNamespace:
+    values = {"ingress": "throughput", "duration_s": 3.0, "warmup_s": 1.0, "connections": 32,
+              "threads": 2, "short": True, "variants": report.DEFAULT_VARIANTS}
+    values.update(over)
+    return SimpleNamespace(**values)
 
 
 def test_markdown_has_every_row_target_and_the_machine() -> None:
-    opts = SimpleNamespace(ingress="throughput", duration_s=3.0, warmup_s=1.0, connections=32,
-                           threads=2, short=True, variants=("a", "b", "c", "d", "e"))
+    opts = _opts()
     data = report.build(_results(), opts, report.machine_info(opts, 2), wall_s=1.0)
     md = report.markdown(data)
     assert "Machine: 2 cores" in md and "`abserve bench --short`" in md
-    for name in ("a", "b", "b1", "c", "d", "e"):
-        assert f"| {name} |" in md
-    assert md.count("**PASS**") == 7
+    assert "| × (a) | × (b) | × (f) |" in md
+    for name in ("a", "b", "b1", "f", "c", "d", "e"):
+        assert f"| {report.SYSTEMS[name]} | {name} |" in md
+    assert "| MLServer | f | f | 32 | 1200 | 22.00 | 45.00 | 0 | 100 | 12.00 | 1.20 | 1.00 |" in md
+    assert md.count("**PASS**") == 8
+    assert data["not_run"] == {}
     json.dumps(data)  # the JSON file holds all of it
+
+
+def test_markdown_names_a_variant_that_did_not_run() -> None:
+    opts = _opts(variants=("b", "f"))
+    reason = "MLServer virtualenv could not be built: pip install exited 1: ERROR: offline"
+    data = report.build({"b": _row("b", 1000, 20, 40)}, opts, report.machine_info(opts, 2),
+                        wall_s=1.0, not_run={"f": {"status": "skipped", "reason": reason}})
+    md = report.markdown(data)
+    assert f"| MLServer | f | **skipped**: {reason} |" in md
+    assert f"| (c) >= 1.0x (f) req/s | **SKIP** | (f) skipped: {reason} |" in md
+    assert f"| (d) >= 3x (f) req/s | **SKIP** | (f) skipped: {reason} |" in md
+    assert "| (c) >= 0.8x (b) req/s | **SKIP** | needs variants c and b |" in md
+    assert "`abserve bench --short --variants b,f`" in md
+
+
+def test_an_older_bench_json_still_renders() -> None:
+    """docs/data/bench.json may predate (f): no ratio_f, no system, no not_run."""
+    old = json.loads((Path(__file__).parents[2] / "docs" / "data" / "bench.json").read_text())
+    for row in old["variants"]:
+        row.pop("ratio_f", None)
+        row.pop("system", None)
+    old.pop("not_run", None)
+    md = report.markdown(old)
+    for row in old["variants"]:
+        assert f"| {report.SYSTEMS[row['name']]} | {row['name']} | {row['description']} |" in md
+    assert md.count("| - |\n") >= 1  # × (f): no MLServer row to compare with
+    for t in old["targets"]:  # shown as they were judged
+        assert f"| {t['target']} | **{t['status']}** | {t['detail']} |" in md
 
 
 def test_unique_bodies_are_distinct_float32_inputs(tmp_path: Path) -> None:
@@ -94,8 +205,25 @@ def test_unique_bodies_are_distinct_float32_inputs(tmp_path: Path) -> None:
     assert all(np.asarray(json.loads(b)["features"]).shape == (50, 9) for b in bodies[:8])
 
 
+def test_oip_bodies_carry_the_same_unique_windows_and_ask_for_predict_proba(
+    tmp_path: Path,
+) -> None:
+    ours = unique_bodies(write_bodies(tmp_path / "u.txt", n=4, seed=1, unique=True), 300, 5)
+    oip = unique_bodies(write_bodies(tmp_path / "o.txt", n=4, seed=1, unique=True, fmt="oip"),
+                        300, 5)
+    for mine, theirs in zip(ours, oip, strict=True):
+        body = json.loads(theirs)
+        assert body["outputs"] == [{"name": "predict_proba"}]
+        (tensor,) = body["inputs"]
+        assert tensor["shape"] == [1, 50, 9] and tensor["datatype"] == "FP32"
+        x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])[0]
+        assert np.array_equal(x, np.asarray(json.loads(mine)["features"], dtype=np.float32))
+    repeat = write_bodies(tmp_path / "r.txt", n=2, seed=1, unique=False, fmt="oip")
+    assert all("@" not in line for line in repeat.read_text().splitlines())
+
+
 def test_shadow_target_compares_e_shadow_with_e() -> None:
     target = "shadow at 100 %: p50 within 1 ms of shadow off"
-    assert _status(_results(**{"e-shadow": _row("e-shadow", 69, 12.4, 21)}))[target] == "PASS"
-    assert _status(_results(**{"e-shadow": _row("e-shadow", 60, 12.6, 25)}))[target] == "FAIL"
+    assert _status(_results(**{"e-shadow": _row("e-shadow", 69, 11.8, 21)}))[target] == "PASS"
+    assert _status(_results(**{"e-shadow": _row("e-shadow", 60, 12.0, 25)}))[target] == "FAIL"
     assert target not in _status(_results())
