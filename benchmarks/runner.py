@@ -4,6 +4,9 @@ One run, one machine, one model (the registered v1 artifact), one set of
 request bodies, one load generator (wrk + ``wrk/predict.lua``), in this order:
 
 - (a)  the naive per-request FastAPI + uvicorn server (a subprocess);
+- (f)  MLServer 1.7.1 + mlserver-sklearn, adaptive batching, its OIP REST
+       route (a subprocess from a virtualenv of its own, ``benchmarks/mlserver.py``;
+       its answers are checked against the artifact's before the load);
 - (b)  plain Ray Serve: one batched deployment, its own ingress; also at
        concurrency 1 (``b1``), the reference for (e);
 - (c)  the platform's full path, cache miss (every body unique), 90/10 A/B
@@ -14,11 +17,16 @@ request bodies, one load generator (wrk + ``wrk/predict.lua``), in this order:
 
 Ray is started once (``address="local"``) in the chosen ingress mode and
 shared by (b)-(e); (b)'s application is deleted before the platform is
-deployed. Every process the bench starts (uvicorn, redis-server, the Ray
-instance and the HAProxy it spawns) is stopped in ``finally`` blocks, by PID.
+deployed. One server is loaded at a time: (a)'s uvicorn and MLServer are
+stopped before (b) starts. (a), (b) and (f) serve the estimator's own
+``predict_proba`` (``benchmarks/artifact.py``), never abserve's backend. Every
+process the bench starts (uvicorn, MLServer, redis-server, the Ray instance
+and the HAProxy it spawns) is stopped in ``finally`` blocks, by PID.
 The targets are checked and reported, never asserted: a missed target is a
 finding, so only a failure of the harness itself makes the exit status
-non-zero.
+non-zero, and so does an (f) whose answers differ from the artifact's (the
+comparison would not be of the same model). An MLServer virtualenv that
+cannot be built skips (f), with the reason in the report.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ log = logging.getLogger("abserve.bench")
 
 VARIANTS: dict[str, str] = {
     "a": "naive FastAPI + uvicorn, per-request predict (v1)",
+    "f": "MLServer 1.7.1 + mlserver-sklearn, adaptive batching (64, 5 ms), "
+         "inference in the HTTP process, OIP REST (v1)",
     "b": "plain Ray Serve, one batched deployment (v1)",
     "b1": "plain Ray Serve at concurrency 1 (reference for e)",
     "c": "abserve full path, cache miss, 90/10 v1/v2, fallback armed",
@@ -58,7 +68,7 @@ VARIANTS: dict[str, str] = {
     "e": "abserve full path at concurrency 1, cache miss",
     "e-shadow": "as (e), with every request also shadowed to v2 (shadow share 100 %)",
 }
-SELECTABLE = ("a", "b", "c", "d", "e")
+SELECTABLE = ("a", "b", "c", "d", "e", "f")
 MODEL = "activity"
 APP = "abserve-bench"
 MODEL_NUM_CPUS = 0.25  # the platform's default per model replica; (b) gets the same
@@ -77,6 +87,7 @@ class BenchOptions:
     variants: tuple[str, ...] = SELECTABLE
     short: bool = False
     open_loop_fraction: float = 0.5
+    mlserver_venv: Path | None = None  # default: benchmarks.mlserver.default_venv()
 
 
 @dataclass
@@ -445,12 +456,17 @@ class Bench:
         self.opts = opts
         self.workdir = workdir
         self.results: dict[str, VariantResult] = {}
+        # Variants selected but not measured: {"status": "skipped" | "failed", "reason": ...}.
+        self.not_run: dict[str, dict[str, str]] = {}
         self.salt = 0
         self.unique_file = write_bodies(workdir / "bodies-unique.txt", unique=True)
         # (d)'s few repeated inputs: the warm-up caches each of them under both arms.
         self.repeat_file = write_bodies(workdir / "bodies-repeat.txt", n=16, unique=False)
         self.probe_body = self.repeat_file.read_text().splitlines()[0].encode()
+        # (f)'s bodies: the same windows and placeholders, as OIP requests.
+        self.oip_file = write_bodies(workdir / "bodies-unique-oip.txt", unique=True, fmt="oip")
         self.handles: HandleLoop | None = None
+        self.mlserver_ready_s: float | None = None  # building or checking its virtualenv
 
     def _stats(self, app: str, deployment: str) -> dict[str, Any]:
         return self.handles.stats(app, deployment) if self.handles else {}
@@ -459,9 +475,10 @@ class Bench:
         self.salt += 1
         return self.salt
 
-    def _wrk(self, url: str, *, unique: bool, connections: int, duration_s: float) -> LoadResult:
+    def _wrk(self, url: str, *, unique: bool, connections: int, duration_s: float,
+             bodies: Path | None = None) -> LoadResult:
         return run_wrk(
-            url, self.unique_file if unique else self.repeat_file, unique=unique,
+            url, bodies or (self.unique_file if unique else self.repeat_file), unique=unique,
             salt=self._next_salt(), connections=connections,
             threads=self.opts.threads if connections > 1 else 1, duration_s=duration_s,
         )
@@ -527,6 +544,45 @@ class Bench:
                 lambda d: self._wrk(url, unique=True, connections=self.opts.connections,
                                     duration_s=d),
             )
+
+    # -- (f)
+
+    def build_mlserver(self) -> Path | None:
+        """MLServer's virtualenv (built now, before anything is measured), or None: skipped."""
+        from benchmarks import mlserver
+
+        started = time.monotonic()
+        try:
+            venv = mlserver.ensure_venv(self.opts.mlserver_venv)  # its log beside it
+        except mlserver.MLServerUnavailable as exc:
+            self.not_run["f"] = {"status": "skipped", "reason": str(exc)}
+            print(f"[f] skipped: {exc}", flush=True)
+            return None
+        self.mlserver_ready_s = round(time.monotonic() - started, 1)
+        return venv
+
+    def run_mlserver(self, registry: str, venv: Path) -> None:
+        from benchmarks import mlserver
+        from benchmarks.artifact import reference_artifact
+
+        artifact, _ = reference_artifact(registry, MODEL, "v1")
+        log_path = self.opts.out / "mlserver.log"  # kept: it explains a failed (f)
+        try:
+            with mlserver.start(venv, artifact, self.workdir, log_path) as server:
+                check = mlserver.check_answers(server.infer_url, artifact)
+                info = {"answer_check": check,
+                        "mlserver": {**mlserver.venv_info(venv), "settings": server.settings,
+                                     "venv_ready_s": self.mlserver_ready_s,
+                                     "route": server.route}}
+                self.measure(
+                    "f", lambda: {"mlserver": server.pids()},
+                    lambda d: self._wrk(server.infer_url, unique=True, bodies=self.oip_file,
+                                        connections=self.opts.connections, duration_s=d),
+                    after=lambda _: dict(info),
+                )
+        except mlserver.MLServerFailed as exc:
+            self.not_run["f"] = {"status": "failed", "reason": str(exc)}
+            print(f"[f] FAILED: {exc}", flush=True)
 
     # -- (b)
 
@@ -639,6 +695,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="abserve-bench-") as tmp:
         workdir = Path(tmp)
         bench = Bench(opts, workdir)
+        mlserver_venv = bench.build_mlserver() if "f" in opts.variants else None
         registry = _registry(opts, workdir)
         # The (e-shadow) variant turns shadowing on through the admin API.
         os.environ.setdefault("ABSERVE_ADMIN_TOKEN", secrets.token_urlsafe(24))
@@ -654,6 +711,8 @@ def run(opts: BenchOptions) -> dict[str, Any]:
                     cluster.shutdown_serve = handles.shutdown_serve_and_close
                 if "a" in opts.variants:
                     bench.run_naive(registry)
+                if mlserver_venv is not None:
+                    bench.run_mlserver(registry, mlserver_venv)
                 if "b" in opts.variants:
                     bench.run_plain(registry, http_port)
                 if set(opts.variants) & {"c", "d", "e"}:
@@ -665,7 +724,8 @@ def run(opts: BenchOptions) -> dict[str, Any]:
             if redis_proc is not None:
                 stop_pid(redis_proc.pid)
     machine = report.machine_info(opts, cores)
-    data = report.build(bench.results, opts, machine, wall_s=time.time() - started)
+    data = report.build(bench.results, opts, machine, wall_s=time.time() - started,
+                        not_run=bench.not_run)
     report.write_all(data, opts.out)
     return data
 
@@ -682,11 +742,16 @@ def options_from_args(args: Any) -> BenchOptions:
         out=Path(args.out),
         variants=variants,
         short=short,
+        mlserver_venv=Path(args.mlserver_venv) if getattr(args, "mlserver_venv", None) else None,
     )
 
 
 def run_from_args(args: Any) -> int:
-    """``abserve bench``'s entry: print the markdown table; exit 0 even when a target is missed."""
+    """``abserve bench``'s entry: print the markdown table; exit 0 even when a target is missed.
+
+    Exit 1 when a variant failed (MLServer's answers were not the artifact's, or it
+    never got ready), after the report is written.
+    """
     from benchmarks import report
 
     opts = options_from_args(args)
@@ -694,4 +759,7 @@ def run_from_args(args: Any) -> int:
     print()
     print(report.markdown(data))
     print(f"wrote {opts.out / 'bench.md'}, {opts.out / 'bench.json'}, {opts.out / 'bench.png'}")
-    return 0
+    failed = {k: v for k, v in data.get("not_run", {}).items() if v["status"] == "failed"}
+    for name, v in failed.items():
+        print(f"variant ({name}) FAILED: {v['reason']}", file=sys.stderr)
+    return 1 if failed else 0
