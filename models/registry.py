@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,12 +32,16 @@ __all__ = [
     "Registry",
     "check_name",
     "sha256_file",
+    "verify_attachment",
     "verify_digest",
 ]
 
 FRAMEWORKS: tuple[str, ...] = ("sklearn", "torch", "tensorflow")
 INPUT_DTYPES: tuple[str, ...] = ("float32", "float64")
 MANIFEST_FILE = "manifest.json"
+# Files registered beside the artifact (e.g. verification windows): extra["attachments"]
+# maps each plain file name to its sha256, so none can be swapped after registration.
+ATTACHMENTS_KEY = "attachments"
 # Names and versions become Ray deployment names and directory names.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CHUNK = 1 << 20
@@ -154,10 +159,63 @@ class Manifest:
             problems.append(f"artifact {self.artifact!r} must be a plain file name")
         if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
             problems.append("sha256 must be 64 lowercase hex digits")
+        problems.extend(_attachment_problems(self))
         if problems:
             raise ArtifactError(
                 f"invalid manifest for {self.name} {self.version}: " + "; ".join(problems)
             )
+
+
+def _plain_file_name(name: Any) -> bool:
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and Path(name).name == name
+        and not name.startswith(".")
+        and name != MANIFEST_FILE
+    )
+
+
+def _attachment_problems(manifest: Manifest) -> list[str]:
+    """What is wrong with ``extra["attachments"]``; old manifests have none, which is fine."""
+    found = manifest.extra.get(ATTACHMENTS_KEY)
+    if found is None:
+        return []
+    if not isinstance(found, dict):
+        return [f"extra.{ATTACHMENTS_KEY} must map file names to sha256 digests"]
+    problems = []
+    for name, digest in found.items():
+        if not _plain_file_name(name) or name == manifest.artifact:
+            problems.append(f"attachment {name!r} must be a plain file name beside the artifact")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            problems.append(f"attachment {name!r} needs a sha256 of 64 lowercase hex digits")
+    return problems
+
+
+def verify_attachment(manifest: Manifest, directory: str | Path, name: str) -> Path:
+    """Return ``directory/name`` if the manifest lists it and the file matches its sha256.
+
+    Raises ArtifactError when the manifest names no such attachment, the file is
+    missing, or its bytes changed after registration.
+    """
+    digests = manifest.extra.get(ATTACHMENTS_KEY) or {}
+    expected = digests.get(name) if isinstance(digests, dict) else None
+    if not isinstance(expected, str) or not _plain_file_name(name):
+        raise ArtifactError(
+            f"model {manifest.name} version {manifest.version} registered no attachment {name!r}"
+        )
+    path = Path(directory) / name
+    if not path.is_file():
+        raise ArtifactError(
+            f"attachment {path} of model {manifest.name} version {manifest.version} is missing"
+        )
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ArtifactError(
+            f"attachment {path} of model {manifest.name} version {manifest.version} fails its "
+            f"sha256 check: expected {expected}, got {actual}"
+        )
+    return path
 
 
 def verify_digest(manifest: Manifest, artifact: str | Path) -> Path:
@@ -261,6 +319,11 @@ class Registry:
         manifest.validate()
         return verify_digest(manifest, self.artifact_path(manifest))
 
+    def verified_attachment(self, manifest: Manifest, name: str) -> Path:
+        """An attachment's path, after checking that it exists and matches its sha256."""
+        manifest.validate()
+        return verify_attachment(manifest, self.version_dir(manifest.name, manifest.version), name)
+
     def register(
         self,
         name: str,
@@ -276,11 +339,14 @@ class Registry:
         extra: dict[str, Any] | None = None,
         description: str = "",
         overwrite: bool = False,
+        attachments: Mapping[str, str | Path] | None = None,
     ) -> Manifest:
         """Copy ``artifact_path`` into the registry and write its manifest.
 
         The sha256 is computed on the copy, so the digest describes the bytes that
-        will be served.
+        will be served. ``attachments`` maps plain file names to files copied beside
+        the artifact (verification windows, say); their digests, computed on the
+        copies too, go into ``extra["attachments"]``.
         """
         check_name(name, "name")
         check_name(version, "version")
@@ -296,6 +362,22 @@ class Registry:
             extra_json = json.loads(json.dumps(extra or {}))
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"extra must be JSON-serializable: {exc}", field="extra") from exc
+        attached = dict(attachments or {})
+        if attached and ATTACHMENTS_KEY in extra_json:
+            raise InvalidInput(
+                f"extra.{ATTACHMENTS_KEY} is written by the registry; "
+                "pass the files as attachments",
+                field="extra",
+            )
+        for att_name, att_source in attached.items():
+            if not _plain_file_name(att_name) or att_name.startswith("model."):
+                raise InvalidInput(
+                    f"attachment name {att_name!r} must be a plain file name not starting "
+                    "with 'model.'",
+                    field="attachments",
+                )
+            if not Path(att_source).is_file():
+                raise ArtifactError(f"attachment file {att_source} does not exist")
 
         version_dir = self.version_dir(name, version)
         manifest_path = version_dir / MANIFEST_FILE
@@ -310,9 +392,18 @@ class Registry:
 
         fd, tmp = tempfile.mkstemp(prefix=".artifact-", suffix=".tmp", dir=version_dir)
         os.close(fd)
+        att_tmps: dict[str, str] = {}
         try:
             shutil.copyfile(source, tmp)
             digest = sha256_file(tmp)
+            for att_name, att_source in attached.items():
+                fd, att_tmps[att_name] = tempfile.mkstemp(
+                    prefix=".attachment-", suffix=".tmp", dir=version_dir
+                )
+                os.close(fd)
+                shutil.copyfile(att_source, att_tmps[att_name])
+            if att_tmps:
+                extra_json[ATTACHMENTS_KEY] = {n: sha256_file(t) for n, t in att_tmps.items()}
             manifest = Manifest(
                 name=name,
                 version=version,
@@ -336,11 +427,16 @@ class Registry:
             # manifest with the new artifact.
             manifest_path.unlink(missing_ok=True)
             os.replace(tmp, target)
+            for att_name, att_tmp in att_tmps.items():
+                os.replace(att_tmp, version_dir / att_name)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
+            for att_tmp in att_tmps.values():
+                Path(att_tmp).unlink(missing_ok=True)
             raise
+        keep_names = {artifact_name, MANIFEST_FILE, *att_tmps}
         for stale in version_dir.iterdir():
-            keep = stale.name in (artifact_name, MANIFEST_FILE) or stale.name.startswith(".")
+            keep = stale.name in keep_names or stale.name.startswith(".")
             if not keep and stale.is_file():
                 stale.unlink()
         _write_json_atomic(manifest_path, manifest.to_dict())
