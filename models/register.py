@@ -1,18 +1,26 @@
 """Registering a user's own model file: validation of the framework-specific arguments.
 
-No framework is imported here; the artifact is only copied and hashed. It is first
-deserialized by a backend, after its sha256 has been checked again.
+No framework is imported at module level. torch and Keras artifacts are only copied
+and hashed; they are first deserialized by a backend, after their sha256 has been
+checked again. A scikit-learn artifact is also loaded once here, from a private copy
+whose bytes are the ones registered, to choose and record its inference path
+(``models.forest``) on the verification windows saved beside it (``verify.npy``).
 """
 
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from models.registry import Manifest, Registry
+from models.verify import VERIFY_FILE, probe_windows, sample_windows, write_windows
 from serve.errors import InvalidInput
 
 __all__ = ["FRAMEWORK_ALIASES", "OUTPUTS", "register_user_model"]
@@ -49,6 +57,7 @@ def register_user_model(
     output: str = "probabilities",
     description: str = "",
     overwrite: bool = False,
+    verify_windows: Any = None,
 ) -> Manifest:
     """Register a model file trained outside abserve.
 
@@ -57,6 +66,11 @@ def register_user_model(
       ``torch_class="pkg.module:Class"`` and the ``init_kwargs`` to build it; whole
       pickled modules are refused because they are loaded with ``weights_only=True``.
     - tensorflow / keras: a ``.keras`` file (``model.save("m.keras")``).
+
+    ``verify_windows``: held-out windows ``(n, *input_shape)`` (an array or a ``.npy``
+    path) on which a faster inference path must match the plain one; the first 64 are
+    saved beside the artifact. Without them a scikit-learn model is verified on a
+    seeded probe set (saved the same way) and torch / Keras models at load only.
     """
     fw = FRAMEWORK_ALIASES.get(str(framework).lower())
     if fw is None:
@@ -118,14 +132,51 @@ def register_user_model(
                 f"{source} is not a Keras v3 .keras archive; save it with model.save('m.keras')",
                 field="path",
             )
-    return registry.register(
-        name,
-        version,
-        fw,
-        source,
-        input_shape=shape,
-        class_labels=labels,
-        extra=extra,
-        description=description,
-        overwrite=overwrite,
-    )
+    windows = _windows(verify_windows, shape)
+    with tempfile.TemporaryDirectory(prefix="abserve-register-") as tmp:
+        attachments: dict[str, Path] = {}
+        if windows is not None or fw == "sklearn":
+            source_kind = "held-out" if windows is not None else "probe"
+            if windows is None:
+                windows = probe_windows(shape)
+            attachments[VERIFY_FILE] = write_windows(Path(tmp) / VERIFY_FILE, windows)
+            extra["verify_windows"] = {
+                "file": VERIFY_FILE, "rows": int(len(windows)), "source": source_kind,
+            }
+        if fw == "sklearn":
+            # Load a private copy: what is verified is what gets hashed and registered.
+            copy = Path(tmp) / ("model" + suffix)
+            shutil.copyfile(source, copy)
+            source = copy
+            from models.forest import registration_extra
+
+            assert windows is not None
+            extra.update(registration_extra(copy, shape, extra, windows))
+        return registry.register(
+            name,
+            version,
+            fw,
+            source,
+            input_shape=shape,
+            class_labels=labels,
+            extra=extra,
+            description=description,
+            overwrite=overwrite,
+            attachments=attachments,
+        )
+
+
+def _windows(given: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    if given is None:
+        return None
+    if isinstance(given, str | Path):
+        try:
+            given = np.load(given, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(
+                f"cannot read verification windows {given}: {exc}", field="verify_windows"
+            ) from exc
+    try:
+        return sample_windows(given, shape)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, field="verify_windows") from exc

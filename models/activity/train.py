@@ -24,6 +24,7 @@ import numpy as np
 
 from models.activity.data import CHANNELS, CLASS_LABELS, WINDOW, make_windows
 from models.registry import Manifest, Registry
+from models.verify import VERIFY_FILE, sample_windows, write_windows
 
 __all__ = ["MODEL_NAME", "train_all"]
 
@@ -170,7 +171,10 @@ def train_all(
 ) -> list[Manifest]:
     """Train v1 (sklearn), v2 (torch) and v3 (keras) and register them as ``activity``.
 
-    Accuracy is measured on a separately generated held-out set (another seed).
+    Accuracy is measured on a separately generated held-out set (another seed); its
+    first windows are registered beside each artifact (``verify.npy``) as the windows
+    on which a faster inference path must equal the plain one. For v1 the path is
+    chosen and recorded here (``extra["inference_path"]``, see ``models.forest``).
     Retraining overwrites the demo versions unless ``overwrite=False``.
     """
     unknown = [v for v in versions if v not in _TRAINERS]
@@ -189,12 +193,21 @@ def train_all(
     X, y = make_windows(n_train, seed)
     Xt, yt = make_windows(n_test, seed + TEST_SEED_OFFSET)
     manifests = []
+    held_out = sample_windows(Xt, INPUT_SHAPE)
     with tempfile.TemporaryDirectory(prefix="abserve-train-") as tmp:
+        verify = write_windows(Path(tmp) / VERIFY_FILE, held_out)
         for version in versions:
             framework, trainer = _TRAINERS[version]
             start = time.perf_counter()
             path, accuracy, extra, description = trainer(X, y, Xt, yt, Path(tmp), seed)
             seconds = time.perf_counter() - start
+            extra["verify_windows"] = {
+                "file": VERIFY_FILE, "rows": len(held_out), "source": "held-out",
+            }
+            if framework == "sklearn":
+                from models.forest import registration_extra
+
+                extra.update(registration_extra(path, INPUT_SHAPE, extra, held_out))
             manifest = registry.register(
                 MODEL_NAME,
                 version,
@@ -207,6 +220,7 @@ def train_all(
                 extra=extra,
                 description=description,
                 overwrite=overwrite,
+                attachments={VERIFY_FILE: verify},
             )
             manifests.append(manifest)
             if not quiet:
