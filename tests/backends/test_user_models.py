@@ -46,8 +46,13 @@ def test_sklearn_logistic_regression_on_flattened_windows(
     m = register_user_model(
         reg, "mine", "lr-1", "scikit-learn", path, input_shape=SHAPE, class_labels=CLASS_LABELS
     )
-    assert m.framework == "sklearn" and m.extra == {"output": "probabilities"}
+    assert m.framework == "sklearn" and m.extra["output"] == "probabilities"
+    # Not a forest: served by its own predict_proba, and the manifest says why.
+    assert m.extra["inference_path"] == "predict_proba"
+    assert "Pipeline" not in m.extra["inference_path_reason"]
+    assert "LogisticRegression is not a RandomForest" in m.extra["inference_path_reason"]
     backend = load_backend(m, reg.verified_artifact(m))
+    assert backend.inference_path == "predict_proba"  # type: ignore[attr-defined]
     out = backend.predict(X[:10])
     _check_rows(out, 10)
     np.testing.assert_allclose(out, est.predict_proba(flat[:10]), atol=1e-5)
