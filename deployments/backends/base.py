@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from models.registry import Manifest, verify_digest
+from models.verify import TOLERANCE, max_abs_diff, verification_windows
 from serve.errors import ArtifactError, ConfigError, InvalidInput
 
 __all__ = [
@@ -92,10 +94,21 @@ def to_probabilities(out: Any, n: int, n_classes: int, output: str) -> np.ndarra
     return (arr / sums).astype(np.float32)
 
 
+Forward = Callable[[np.ndarray], Any]
+
+
 class BaseBackend(ABC):
-    """Shared skeleton: verify the digest, load, then check input and output on every call."""
+    """Shared skeleton: verify the digest, load, then check input and output on every call.
+
+    ``inference_path`` names the call that serves once loaded (the plain framework call
+    or a faster one verified at load to give the same probabilities); the replica's
+    stats report it.
+    """
 
     framework: str = ""
+    inference_path: str | None = None
+    inference_path_max_dp: float | None = None
+    inference_path_reason: str = ""
 
     def __init__(self, *, device: str = "cpu", precision: str = "fp32", num_threads: int = 1):
         if precision not in PRECISIONS:
@@ -129,6 +142,61 @@ class BaseBackend(ABC):
 
     def output_kind(self, manifest: Manifest) -> str:
         return str(manifest.extra.get("output", "probabilities"))
+
+    def _choose_forward(
+        self,
+        manifest: Manifest,
+        artifact: Path,
+        plain: tuple[str, Forward],
+        build: Callable[[np.ndarray], tuple[str, Forward] | str],
+    ) -> Forward:
+        """The faster forward that ``build`` makes, if its probabilities equal the plain
+        forward's within ``TOLERANCE`` on the registered verification windows (as a batch,
+        and at one and two rows); else the plain forward. ``build`` returns
+        ``(name, forward)`` or the reason it cannot make one."""
+        where = f"{manifest.name} {manifest.version}"
+        plain_name, plain_fn = plain
+        chosen, max_dp, reason = plain_name, None, ""
+        fast: Forward | None = None
+        windows, source = verification_windows(manifest, artifact.parent)
+        try:
+            built = build(windows)
+        except Exception as exc:
+            built = f"cannot build the faster path ({type(exc).__name__}: {exc})"
+        if isinstance(built, str):
+            reason = built
+        else:
+            fast_name, fast = built
+            n_classes, output = manifest.n_classes, self.output_kind(manifest)
+            try:
+                worst = 0.0
+                for batch in (windows, windows[:1], windows[:2]):
+                    ref = to_probabilities(plain_fn(batch), len(batch), n_classes, output)
+                    got = to_probabilities(fast(batch), len(batch), n_classes, output)
+                    worst = max(worst, max_abs_diff(got, ref))
+            except Exception as exc:
+                reason = f"{fast_name} not verified ({type(exc).__name__}: {exc})"
+            else:
+                max_dp = worst
+                if worst <= TOLERANCE:
+                    chosen = fast_name
+                else:
+                    reason = (
+                        f"{fast_name} differs from {plain_name} by {worst:.3g} > {TOLERANCE:g} "
+                        f"on {len(windows)} verification windows"
+                    )
+        self.inference_path, self.inference_path_max_dp = chosen, max_dp
+        self.inference_path_reason = reason
+        if chosen != plain_name:
+            log.info(
+                "%s serves through %s (max |dp| %.3g against %s on %d %s windows)",
+                where, chosen, max_dp or 0.0, plain_name, len(windows), source,
+            )
+            assert fast is not None
+            return fast
+        log_at = log.warning if max_dp is not None or "not verified" in reason else log.info
+        log_at("%s serves through %s: %s", where, plain_name, reason)
+        return plain_fn
 
     @abstractmethod
     def _load(self, manifest: Manifest, artifact: Path) -> None: ...

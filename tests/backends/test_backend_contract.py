@@ -237,6 +237,87 @@ def test_keras_fp16_on_cpu_falls_back_with_warning(
     np.testing.assert_array_equal(backend.predict(windows), backends["tensorflow"].predict(windows))
 
 
+# --------------------------------------------------------------------------- compiled paths
+
+
+def _eager_probabilities(backend: Backend, X: np.ndarray) -> np.ndarray:
+    """What the plain framework call would serve for ``X``."""
+    from deployments.backends.base import to_probabilities
+
+    manifest = backend.manifest  # type: ignore[attr-defined]
+    raw = backend._eager(X)  # type: ignore[attr-defined]
+    return to_probabilities(raw, len(X), manifest.n_classes, backend.output_kind(manifest))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("framework", "path"), [("torch", "torchscript-trace"),
+                                                 ("tensorflow", "tf-function")])
+def test_cpu_fp32_serves_the_verified_compiled_path(
+    framework: str, path: str, backends: dict[str, Backend]
+) -> None:
+    backend = backends[framework]
+    assert backend.inference_path == path  # type: ignore[attr-defined]
+    assert backend.inference_path_max_dp <= 1e-6  # type: ignore[attr-defined]
+    many = make_windows(64, seed=77)[0]
+    for n in (1, 2, 14, 64):
+        served = backend.predict(many[:n])
+        np.testing.assert_allclose(served, _eager_probabilities(backend, many[:n]),
+                                   atol=1e-6, rtol=0)
+
+
+def test_reduced_precision_keeps_a_verified_path(
+    manifests: dict[str, Manifest], registry: Registry
+) -> None:
+    torch_bf16 = load_backend(manifests["torch"], registry.verified_artifact(manifests["torch"]),
+                              precision="bf16")
+    assert torch_bf16.inference_path == "torch-eager"  # type: ignore[attr-defined]
+    assert "cpu/bf16" in torch_bf16.inference_path_reason  # type: ignore[attr-defined]
+    m = manifests["tensorflow"]
+    keras_bf16 = load_backend(m, registry.verified_artifact(m), precision="bf16")
+    if keras_bf16.inference_path == "tf-function":  # type: ignore[attr-defined]
+        assert keras_bf16.inference_path_max_dp <= 1e-6  # type: ignore[attr-defined]
+    else:
+        assert keras_bf16.inference_path == "keras-eager"  # type: ignore[attr-defined]
+        assert "differs" in keras_bf16.inference_path_reason  # type: ignore[attr-defined]
+
+
+def _register_torch(tmp_path: Path, cls: str) -> tuple[Registry, Manifest]:
+    torch = pytest.importorskip("torch")
+    from tests.backends import user_models
+
+    torch.manual_seed(0)
+    net = getattr(user_models, cls)(hidden=12)
+    path = tmp_path / f"{cls}.pt"
+    torch.save(net.state_dict(), path)
+    reg = Registry(tmp_path / "reg")
+    m = register_user_model(reg, "mine", "v1", "torch", path, input_shape=(WINDOW, CHANNELS),
+                            class_labels=CLASS_LABELS,
+                            torch_class=f"tests.backends.user_models:{cls}",
+                            init_kwargs={"hidden": 12}, output="logits",
+                            verify_windows=make_windows(20, seed=3)[0])
+    return reg, m
+
+
+def test_torch_value_dependent_control_flow_is_not_traced(tmp_path: Path) -> None:
+    reg, m = _register_torch(tmp_path, "BranchyNet")
+    backend = load_backend(m, reg.verified_artifact(m))
+    assert backend.inference_path == "torch-eager"  # type: ignore[attr-defined]
+    assert "torch.export refuses" in backend.inference_path_reason  # type: ignore[attr-defined]
+    X = make_windows(4, seed=1)[0]
+    for batch in (X - 100.0, X + 100.0):  # both branches, served by the module itself
+        np.testing.assert_array_equal(backend.predict(batch), _eager_probabilities(backend, batch))
+
+
+def test_torch_trace_that_differs_from_eager_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg, m = _register_torch(tmp_path, "StatefulNet")
+    with caplog.at_level(logging.WARNING):
+        backend = load_backend(m, reg.verified_artifact(m))
+    assert backend.inference_path == "torch-eager"  # type: ignore[attr-defined]
+    assert backend.inference_path_max_dp > 1e-6  # type: ignore[attr-defined]
+    assert "differs from torch-eager" in caplog.text
+
+
 def test_cuda_request_without_gpu_falls_back_to_cpu(
     manifests: dict[str, Manifest], registry: Registry, windows: np.ndarray
 ) -> None:

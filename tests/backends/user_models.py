@@ -20,3 +20,27 @@ class TinyNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x / 10.0)
+
+
+class BranchyNet(TinyNet):
+    """Python control flow on tensor values: a trace would bake in one branch, so the
+    backend must not trace it (torch.export refuses it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x / 10.0)
+        if x.mean() > 0:
+            return logits
+        return -logits
+
+
+class StatefulNet(TinyNet):
+    """Python state changes every call: exportable, but a trace freezes the count, so only
+    the verification at load can catch it."""
+
+    def __init__(self, **kwargs: int) -> None:
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x / 10.0) * float(self.calls)
