@@ -6,11 +6,11 @@ virtualenv of its own (never into the project's .venv), by default
 is whole and rebuilt when it is not. That virtualenv gets the same
 scikit-learn, numpy, scipy and joblib versions as the process running the
 bench (read with importlib.metadata), so the unpickled pipeline is the same
-code on both sides, and ``uvloop==0.21.0``: MLServer 1.7.1 does not start with
-a later uvloop (SeldonIO/MLServer#2286). mlserver-sklearn 1.7.1 declares
+code on both sides, and ``uvloop==0.21.0``: uvloop 0.22 breaks MLServer
+1.7.1's start (SeldonIO/MLServer#2286). mlserver-sklearn 1.7.1 declares
 ``scikit-learn`` without a version bound, so pinning ours needs no
-``--no-deps`` workaround. No extras: the build stays lean (about 40 s from
-PyPI on 2 cores, about 530 MB).
+``--no-deps`` workaround. No extras: the build stays lean (about a minute
+from PyPI on 2 cores, about 530 MB).
 
 The server runs as users run it: ``mlserver start DIR`` with a settings.json
 (``parallel_workers`` 0: inference in the HTTP process; ``debug`` false: no
@@ -24,7 +24,7 @@ on PYTHONPATH (that module needs numpy only). Requests go to its OIP REST route,
 runtime answers ``predict``, the labels, when a request names no output).
 
 Before any load, ``check_answers`` sends a few known windows at once (so the
-adaptive batcher merges them) and compares the answers with the artifact's
+adaptive batcher may merge them) and compares the answers with the artifact's
 ``predict_proba`` computed in the bench's own process: a difference above 1e-6
 fails the variant (``MLServerMismatch``). A virtualenv that cannot be built
 (no network to the package index, say) raises ``MLServerUnavailable``, and the
@@ -37,6 +37,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -130,9 +131,17 @@ def _probe(venv: Path, names: list[str]) -> dict[str, str]:
 
 
 def _last_line(text: str) -> str:
+    """The line of a pip or MLServer log that says what went wrong (the last one if none does).
+
+    pip's errors start with ``ERROR:``; MLServer's are logged as ``... [mlserver] ERROR -
+    ...`` with the exception (``KeyError: 110``, say) further up, named here too.
+    """
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("ERROR")]
-    return (errors or lines or ["(no output)"])[-1][:300]
+    errors = [line for line in lines if line.startswith("ERROR") or " ERROR - " in line]
+    if not errors:
+        return (lines or ["(no output)"])[-1][:300]
+    cause = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)(: |$)", line)]
+    return (errors[-1] + (f" ({cause[-1]})" if cause else ""))[:300]
 
 
 def _healthy(venv: Path, versions: dict[str, str]) -> bool:

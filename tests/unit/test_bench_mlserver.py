@@ -125,6 +125,13 @@ def test_pip_failures_name_the_error_line() -> None:
     log = "Collecting mlserver==1.7.1\nERROR: Could not find a version\nERROR: No matching\n"
     assert mlserver._last_line(log) == "ERROR: No matching"
     assert mlserver._last_line("") == "(no output)"
+    server = ("2026-12-01 23:40:56,027 [mlserver][activity] INFO - Couldn't load model\n"
+              "Traceback (most recent call last):\n  File \"x.py\", line 1\nKeyError: 110\n"
+              "2026-12-01 23:40:56,030 [mlserver] ERROR - Some of the models failed to load\n"
+              "2026-12-01 23:40:56,431 [mlserver.grpc] INFO - gRPC server shutdown complete\n")
+    assert mlserver._last_line(server) == (
+        "2026-12-01 23:40:56,030 [mlserver] ERROR - Some of the models failed to load "
+        "(KeyError: 110)")
 
 
 # ---------------------------------------------------------------- the answer check
