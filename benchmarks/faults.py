@@ -104,7 +104,8 @@ def set_fault_all(
     app: str, deployment: str, *, error_rate: float = 0.0, delay_s: float = 0.0,
     timeout_s: float = 30.0,
 ) -> set[int]:
-    """``set_fault`` on every live replica of a deployment; the PIDs that got it.
+    """``set_fault`` on every live replica of a deployment, and on every router replica's
+    colocated copy of that version; the PIDs that got it.
 
     A handle call reaches one replica of the router's choice, so send several at
     once, and again, until every PID in the actor table has answered: the
@@ -113,6 +114,8 @@ def set_fault_all(
     import asyncio
 
     from ray import serve
+
+    from serve.app import ROUTER_DEPLOYMENT
 
     async def reach_all() -> set[int]:
         handle = serve.get_deployment_handle(deployment, app)
@@ -128,7 +131,27 @@ def set_fault_all(
             want = set(replica_pids(app, deployment)) or want
         return done
 
+    async def reach_colocated() -> set[int]:
+        """The same fault on every router replica's colocated copy of the version, if any."""
+        router = serve.get_deployment_handle(ROUTER_DEPLOYMENT, app)
+        want = set(replica_pids(app, ROUTER_DEPLOYMENT))
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while not want <= done:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"colocated set_fault reached {sorted(done)} of {sorted(want)}")
+            calls = [router.set_colocated_fault.remote(deployment, error_rate=error_rate,
+                                                       delay_s=delay_s)
+                     for _ in range(4 * max(1, len(want)))]
+            pids = await asyncio.gather(*calls)
+            if all(p is None for p in pids):
+                return set()  # not colocated in this app
+            done.update(int(p) for p in pids if p is not None)
+            want = set(replica_pids(app, ROUTER_DEPLOYMENT)) or want
+        return done
+
     result: set[int] = _handle_loop().call(reach_all(), timeout_s + 5)
+    result |= _handle_loop().call(reach_colocated(), timeout_s + 5)
     return result
 
 

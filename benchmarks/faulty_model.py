@@ -3,7 +3,9 @@
 The production deployment (deployments/model.py) has no fault switch; the
 chaos suite, the soak and the canary tests bind this one instead
 (``build_app(config, model_deployment=FaultInjectingDeployment)``), and set
-faults on its live replicas with ``benchmarks.faults.set_fault_all``.
+faults on its live replicas with ``benchmarks.faults.set_fault_all``. A router
+replica's colocated copy of a version is built from the same class
+(deployments/colocated.py), so it takes the same faults.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 
 import numpy as np
 from ray import serve
@@ -34,6 +37,16 @@ class FaultInjectingReplica(ModelReplica):
         if self.error_rate and random.random() < self.error_rate:
             raise InjectedFault(f"injected fault in {self.manifest.version}")
         return await super().predict(batch)
+
+    def compute(self, batch: np.ndarray) -> np.ndarray:
+        """The colocated copy in a router replica calls this on its own thread: the same
+        faults, as a blocking model would show them (a slow call holds the thread)."""
+        if self.colocated:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            if self.error_rate and random.random() < self.error_rate:
+                raise InjectedFault(f"injected fault in colocated {self.manifest.version}")
+        return super().compute(batch)
 
     def set_fault(self, error_rate: float = 0.0, delay_s: float = 0.0) -> int:
         """Make this replica fail or slow down on purpose; returns its PID, so a drill

@@ -52,7 +52,12 @@ class ModelReplica:
     passes it); nothing here has a default of its own.
     """
 
-    def __init__(self, registry_root: str, model: str, settings: dict[str, Any]) -> None:
+    def __init__(
+        self, registry_root: str, model: str, settings: dict[str, Any], *,
+        colocated: bool = False,
+    ) -> None:
+        """``colocated``: built inside a router replica (deployments/colocated.py), which
+        calls ``compute`` itself; Serve's batch queue is not used there."""
         cfg = ModelConfig.model_validate(settings)
         version = cfg.version
         registry = Registry(registry_root)
@@ -63,6 +68,7 @@ class ModelReplica:
         self.backend = load_backend(
             self.manifest, artifact, device=device, precision=cfg.precision
         )
+        self.colocated = colocated
         self._predict_rows.set_max_batch_size(cfg.max_batch_size)  # type: ignore[attr-defined]
         self._predict_rows.set_batch_wait_timeout_s(  # type: ignore[attr-defined]
             cfg.batch_wait_timeout_s
@@ -79,13 +85,14 @@ class ModelReplica:
         self.predict_ms = ray_metric_factory(PREDICT_MS)
         self.predict_ms.set_default_tags({"model": model, "version": version})
         log.info(
-            "loaded %s:%s (%s) in %.2fs on %s/%s",
+            "loaded %s:%s (%s) in %.2fs on %s/%s%s",
             model,
             version,
             self.manifest.framework,
             time.perf_counter() - started,
             device,
             cfg.precision,
+            " (colocated in the router)" if colocated else "",
         )
 
     async def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -112,18 +119,27 @@ class ModelReplica:
                 results[i] = exc
         if good:
             merged = np.concatenate([items[i] for i in good]) if len(good) > 1 else items[good[0]]
-            started = time.perf_counter()
-            out = await asyncio.to_thread(self.backend.predict, merged)
-            self.predict_ms.observe((time.perf_counter() - started) * 1000.0)
-            self.batch_rows.observe(len(merged))
-            self.calls += 1
-            self.rows += len(merged)
+            out = await asyncio.to_thread(self.compute, merged)
             start = 0
             for i in good:
                 n = len(items[i])
                 results[i] = out[start : start + n]
                 start += n
         return results
+
+    def compute(self, batch: np.ndarray) -> np.ndarray:
+        """One backend call on an already merged batch (blocking: a worker thread runs it).
+
+        The remote path's batch queue and the router's colocated copy both call this, so
+        both count and time their calls alike.
+        """
+        started = time.perf_counter()
+        out = self.backend.predict(batch)
+        self.predict_ms.observe((time.perf_counter() - started) * 1000.0)
+        self.batch_rows.observe(len(batch))
+        self.calls += 1
+        self.rows += len(batch)
+        return out
 
     def stats(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
@@ -132,7 +148,9 @@ class ModelReplica:
                 "gpu_ids": [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])],
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "device": getattr(self.backend, "device", None),
-                "precision": getattr(self.backend, "precision", None)}
+                "precision": getattr(self.backend, "precision", None),
+                "inference_path": getattr(self.backend, "inference_path", None),
+                "colocated": self.colocated}
 
     def ready(self) -> bool:
         return True

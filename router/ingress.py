@@ -19,12 +19,14 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.colocated import load_colocated
+from deployments.model import ModelReplica
 from models.registry import Registry
 from router.controlplane.client import ControlClient
 from router.dataplane.upstream import Arms, RayRuntime
 from router.http.app import ReplicaParts, assemble, build_app, cache_backend
 from router.http.serving import ModelInfo
-from serve.config import parse_config
+from serve.config import model_deployment_name, parse_config
 from serve.telemetry import ray_metric_factory
 
 __all__ = ["Router"]
@@ -41,24 +43,48 @@ class Router:
         config: dict[str, Any],
         handles: dict[str, DeploymentHandle],
         controller: DeploymentHandle,
+        replica_class: type[ModelReplica] = ModelReplica,
     ) -> None:
+        """``replica_class``: the model deployment's own class, so that a colocated copy
+        runs the same code as the version's replicas (drills pass the fault-injecting one)."""
         cfg = parse_config(config)
         registry = Registry(cfg.registry)
-        model = ModelInfo.from_manifests(
-            cfg.model, {m.version: registry.manifest(cfg.model, m.version) for m in cfg.models}
+        manifests = {m.version: registry.manifest(cfg.model, m.version) for m in cfg.models}
+        model = ModelInfo.from_manifests(cfg.model, manifests)
+        self.colocated, self.colocation = load_colocated(
+            cfg.registry, cfg.model, cfg.models, manifests,
+            cfg.router.colocate_max_artifact_mb, replica_class,
         )
         runtime = RayRuntime()
+        arms = Arms(handles, runtime, cfg.models, cfg.router.batch_in_flight_per_replica,
+                    colocated=self.colocated, breaker=cfg.experiment.breaker)
         self.parts: ReplicaParts = assemble(
             cfg,
             model,
-            arms=Arms(handles, runtime, cfg.models, cfg.router.batch_in_flight_per_replica),
+            arms=arms,
             control=ControlClient(controller),
             runtime=runtime,
             metric_factory=ray_metric_factory,
             cache=cache_backend(cfg.cache),
         )
-        log.info("router ready: arms %s, cache %s", self.parts.core.arms,
-                 self.parts.cache_setup.kind)
+        self._deployment_versions = {
+            model_deployment_name(cfg.model, m.version): m.version for m in cfg.models
+        }
+        log.info("router ready: arms %s, cache %s, colocated %s", self.parts.core.arms,
+                 self.parts.cache_setup.kind,
+                 {c.version: c.reason for c in self.colocation if c.colocated} or "none")
+
+    def set_colocated_fault(self, deployment: str, **fault: float) -> int | None:
+        """Drills only: ``set_fault`` on this replica's colocated copy of ``deployment``;
+        this PID, or None when the version is not colocated here. The production replica
+        class has no ``set_fault``, so this refuses outside drills."""
+        local = self.colocated.get(self._deployment_versions.get(deployment, ""))
+        if local is None:
+            return None
+        set_fault = getattr(local.replica, "set_fault", None)
+        if set_fault is None:
+            raise RuntimeError("this replica class takes no faults (a production app)")
+        return int(set_fault(**fault))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_app(self.parts)

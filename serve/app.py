@@ -15,7 +15,7 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
-from serve.config import AbserveConfig, AutoscalingConfig, ModelConfig, sanitize_name
+from serve.config import AbserveConfig, AutoscalingConfig, ModelConfig, model_deployment_name
 
 __all__ = ["CONTROLLER_DEPLOYMENT", "ROUTER_DEPLOYMENT", "build_app", "model_deployment_name"]
 
@@ -25,10 +25,6 @@ CONTROLLER_DEPLOYMENT = "controller"
 # room for every router replica's poll plus admin calls at once.
 CONTROLLER_NUM_CPUS = 0.05
 CONTROLLER_MAX_ONGOING = 1000
-
-
-def model_deployment_name(model: str, version: str) -> str:
-    return sanitize_name(f"{model}-{version}")
 
 
 @cache
@@ -64,8 +60,9 @@ def _replicas(num_replicas: int, autoscaling: AutoscalingConfig | None) -> dict[
 
 def _code_relevant(m: ModelConfig) -> dict[str, Any]:
     """What a version's replicas are built from, and so what restarts them: not its
-    autoscaling bounds (Serve applies those to running replicas)."""
-    return m.model_dump(mode="json", exclude={"autoscaling"})
+    autoscaling bounds (Serve applies those to running replicas), nor whether the router
+    also holds a copy (that restarts the router only)."""
+    return m.model_dump(mode="json", exclude={"autoscaling", "colocated"})
 
 
 def build_app(config: AbserveConfig, *, model_deployment: Any = None) -> Application:
@@ -120,4 +117,4 @@ def build_app(config: AbserveConfig, *, model_deployment: Any = None) -> Applica
         backpressure_config=BackpressureConfig(
             status_code=503, retry_after_s=config.router.retry_after_s
         ),
-    ).bind(config_dict, handles, controller)
+    ).bind(config_dict, handles, controller, model_deployment.func_or_class)

@@ -42,6 +42,7 @@ __all__ = [
     "ShadowConfig",
     "StateConfig",
     "load_config",
+    "model_deployment_name",
     "parse_config",
 ]
 
@@ -180,6 +181,15 @@ class ModelConfig(_Replicas):
         default_factory=dict,
         description="Custom Ray resources per replica, e.g. {abserve_gpu_node: 0.1} to pin "
         "this version to nodes started with --resources.",
+    )
+    colocated: bool | None = Field(
+        None,
+        description="Also serve this version inside every router replica, by the same backend "
+        "code, so that its requests cross one Ray hop instead of two; its own deployment "
+        "stays, and answers whenever the colocated copy fails, times out or is not loaded. "
+        "null: automatic, on for scikit-learn versions whose artifact is at most "
+        "router.colocate_max_artifact_mb, off for torch and TensorFlow (the router would "
+        "import the framework and hold the model). true: always (any framework); false: never.",
     )
 
     _custom_resources = field_validator("resources")(_check_custom_resources)
@@ -392,6 +402,11 @@ class RouterConfig(_Replicas):
         description="How often a router replica hands its counts to Ray's metric objects "
         "(Ray exports every 10 s; shorter only costs CPU).",
     )
+    colocate_max_artifact_mb: float = Field(
+        256.0, ge=0,
+        description="Largest artifact (on disk) that `colocated: null` puts inside the router "
+        "replicas; every router replica holds a copy of each colocated model in memory.",
+    )
     autoscaling: AutoscalingConfig | None = Field(
         None, description="Scale the router's replicas with load (instead of num_replicas)."
     )
@@ -571,3 +586,8 @@ def load_config(path: str | Path) -> AbserveConfig:
 def sanitize_name(value: str) -> str:
     """Deployment-safe name from a version string."""
     return re.sub(r"[^A-Za-z0-9_-]", "-", value)
+
+
+def model_deployment_name(model: str, version: str) -> str:
+    """The Serve deployment of one model version (the router's colocated copy names it too)."""
+    return sanitize_name(f"{model}-{version}")

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
-from serve.config import ModelConfig
+from router.dataplane.fallback import BreakerState, CircuitBreaker
+from serve.config import BreakerConfig, ModelConfig
 from serve.errors import AbserveError, InvalidInput, UpstreamError
 
-__all__ = ["RAY_ERRORS", "Arms", "RayRuntime", "call", "translate", "unwrap"]
+__all__ = ["RAY_ERRORS", "Arms", "Colocated", "RayRuntime", "call", "translate", "unwrap"]
 
 log = logging.getLogger("ray.serve")
 
@@ -153,11 +155,31 @@ class RayRuntime:
         return rid or uuid.uuid4().hex
 
 
+class Colocated(Protocol):
+    """deployments/colocated.py ColocatedModel: a version served inside this replica."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    async def predict(self, batch: np.ndarray, timeout_s: float) -> np.ndarray: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
 class Arms:
     """The model versions behind their Serve handles: predict, readiness, stats, replica counts.
 
     ``predict`` is the ``call`` that ``RouterCore`` and the batchers are given;
     it raises only our errors (``translate``).
+
+    A version in ``colocated`` is served by its copy in this replica first; when
+    that copy fails or is busy, the version's own deployment answers the same
+    call within what is left of its timeout, so a failing copy costs no fallback
+    to the baseline while the version's replicas are healthy. A copy that times
+    out has used the version's whole timeout: the caller falls back as for a
+    slow remote version. After
+    ``breaker.failure_threshold`` consecutive failures of the copy, calls go to
+    the deployment alone for ``breaker.cooldown_s``, then the copy is tried again.
     """
 
     def __init__(
@@ -166,18 +188,52 @@ class Arms:
         runtime: RayRuntime,
         models: Sequence[ModelConfig],
         in_flight_per_replica: int,
+        *,
+        colocated: Mapping[str, Colocated] | None = None,
+        breaker: BreakerConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._handles = dict(handles)
         self._runtime = runtime
         self._models = {m.version: m for m in models}
         self._in_flight_per_replica = in_flight_per_replica
         self._predict_handles: dict[str, Any] = {}
+        self.colocated = dict(colocated or {})
+        self._clock = clock
+        b = breaker or BreakerConfig()
+        self._local_breakers = {
+            v: CircuitBreaker(b.failure_threshold, b.cooldown_s, clock) for v in self.colocated
+        }
+        self.remote_after_local = {v: 0 for v in self.colocated}  # calls the deployment took over
 
     @property
     def versions(self) -> list[str]:
         return sorted(self._handles)
 
     async def predict(self, version: str, batch: np.ndarray, timeout_s: float) -> np.ndarray:
+        local = self.colocated.get(version)
+        if local is not None:
+            breaker = self._local_breakers[version]
+            if breaker.allow():
+                started = self._clock()
+                try:
+                    out = await local.predict(batch, timeout_s)
+                except UpstreamError:
+                    breaker.record_failure()
+                    # The timeout is the version's, not the copy's: the deployment gets
+                    # what is left of it (nothing after a timed-out copy).
+                    timeout_s -= self._clock() - started
+                    if timeout_s <= 0:
+                        raise
+                    self.remote_after_local[version] += 1
+                else:
+                    breaker.record_success()
+                    return out
+        return await self._predict_remote(version, batch, timeout_s)
+
+    async def _predict_remote(
+        self, version: str, batch: np.ndarray, timeout_s: float
+    ) -> np.ndarray:
         handle = self._predict_handles.get(version)
         if handle is None:  # made once, on the event loop (``handle.predict`` builds a new one)
             handle = self._predict_handles[version] = self._handles[version].options(
@@ -193,7 +249,12 @@ class Arms:
             raise translated from None
 
     async def ready(self, version: str, timeout_s: float) -> bool:
-        """The version's replica answers its readiness call in time."""
+        """The version's replica answers its readiness call in time (a colocated copy
+        that can take calls counts: it answers for the version)."""
+        local = self.colocated.get(version)
+        if local is not None and not local.busy \
+                and self._local_breakers[version].state is BreakerState.CLOSED:
+            return True
         try:
             return bool(await call(self._handles[version].ready.remote(), timeout_s))
         except Exception as exc:  # noqa: BLE001 - not ready, whatever the reason
@@ -203,9 +264,16 @@ class Arms:
     async def stats(self, version: str, timeout_s: float) -> dict[str, Any] | None:
         """One replica's own counters; None when the version does not answer in time."""
         try:
-            return dict(await call(self._handles[version].stats.remote(), timeout_s))
+            remote: dict[str, Any] | None = dict(
+                await call(self._handles[version].stats.remote(), timeout_s))
         except Exception:  # noqa: BLE001 - a down version shows as null
-            return None
+            remote = None
+        local = self.colocated.get(version)
+        if local is None:
+            return remote
+        return {**(remote or {}), "colocated_copy": {
+            **local.stats(), "breaker": self._local_breakers[version].state.value,
+            "remote_after_local": self.remote_after_local[version]}}
 
     def running_replicas(self, version: str) -> int | None:
         return self._runtime.running_replicas(self._handles[version])
@@ -215,7 +283,13 @@ class Arms:
 
         Until the handle knows its replicas (before the first call) the config's
         count stands in: num_replicas, or with autoscaling the initial replicas.
+        A colocated version takes one call at a time (its one thread); the rest wait
+        in the batcher and go as one merged call.
         """
+        local = self.colocated.get(version)
+        if local is not None and not local.busy \
+                and self._local_breakers[version].state is BreakerState.CLOSED:
+            return 1
         n = self.running_replicas(version)
         if n is None:
             m = self._models[version]

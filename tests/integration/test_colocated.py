@@ -1,0 +1,178 @@
+"""Colocated versions against real Ray: v1 (scikit-learn) is served inside the router
+replica, v2 (torch) by its own deployment, and the answers, fallbacks and timeouts are
+those of remote versions.
+
+The app: v2 is the (remote) baseline, v1 a colocated candidate with a short timeout, so
+both directions of fallback and the copy-to-deployment hand-over are visible from the
+client. Faults come from the drills' replica class (benchmarks/faulty_model.py), which
+the colocated copy is built from too: ``set_colocated_fault`` reaches only the copy,
+``set_fault_all`` the copy and the deployment's replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from benchmarks.faults import _handle_loop, replica_pids, set_fault_all
+from models.activity.data import make_windows
+from serve.app import ROUTER_DEPLOYMENT, model_deployment_name
+from tests.integration.conftest import ServeInstance, serve_app, small_app
+
+pytestmark = pytest.mark.integration
+
+APP = "coloc"
+PREFIX = "/coloc"
+V1 = model_deployment_name("activity", "v1")
+V1_TIMEOUT_MS = 600.0
+
+
+@pytest.fixture(scope="module")
+def url(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> Iterator[str]:
+    config = small_app(
+        serve_instance, registry_root, state_dir, APP, ("v1", "v2"),
+        {"baseline": "v2",
+         "arms": [{"version": "v2", "weight": 50},
+                  {"version": "v1", "weight": 50, "timeout_ms": V1_TIMEOUT_MS}],
+         "timeout_ms": 5000,
+         "breaker": {"failure_threshold": 3, "cooldown_s": 2}},
+        models=[{"version": "v1", "num_cpus": 0.05}, {"version": "v2", "num_cpus": 0.05}],
+    )
+    assert config.models[0].colocated is None  # automatic: scikit-learn is colocated
+    yield from serve_app(config, serve_instance, PREFIX)
+
+
+@pytest.fixture(scope="module")
+def windows() -> np.ndarray:
+    X, _ = make_windows(64, seed=77)
+    return X
+
+
+def _set_copy_fault(**fault: float) -> set[int]:
+    """The fault on every router replica's copy of v1 only (not v1's own replicas)."""
+    from ray import serve
+
+    async def reach() -> set[int]:
+        router = serve.get_deployment_handle(ROUTER_DEPLOYMENT, APP)
+        want = set(replica_pids(APP, ROUTER_DEPLOYMENT))
+        done: set[int] = set()
+        while not want <= done:
+            pids = await asyncio.gather(*(router.set_colocated_fault.remote(V1, **fault)
+                                          for _ in range(4)))
+            done.update(int(p) for p in pids if p is not None)
+        return done
+
+    result: set[int] = _handle_loop().call(reach(), 30)
+    return result
+
+
+def _post(url: str, x: np.ndarray, version: str | None = "v1") -> httpx.Response:
+    headers = {"X-Model-Version": version} if version else {}
+    return httpx.post(f"{url}/predict", json={"features": x.tolist()}, headers=headers,
+                      timeout=30)
+
+
+def _v1_stats(url: str) -> dict[str, Any]:
+    r = httpx.get(f"{url}/stats", timeout=10)
+    r.raise_for_status()
+    return dict(r.json()["models"]["v1"])
+
+
+def _copy_serves_again(url: str, x: np.ndarray) -> None:
+    """After a fault, the copy's own breaker closes once a call after its cool-down works."""
+    deadline = time.monotonic() + 20
+    while _v1_stats(url)["colocated_copy"]["breaker"] != "closed":
+        assert time.monotonic() < deadline, "the copy's breaker never closed"
+        _post(url, x)
+        time.sleep(0.5)
+
+
+def test_v1_is_served_by_the_router_and_v2_by_its_deployment(url: str,
+                                                             windows: np.ndarray) -> None:
+    before = _v1_stats(url)
+    assert before["colocated_copy"]["colocated"] is True and before["colocated"] is False
+    for x in windows[:10]:
+        r = _post(url, x)
+        assert r.status_code == 200 and r.json()["version"] == "v1", r.text
+    after = _v1_stats(url)
+    assert after["colocated_copy"]["calls"] - before["colocated_copy"]["calls"] >= 10
+    assert after["calls"] == before["calls"]  # v1's own replica was not called
+    assert _post(url, windows[0], "v2").json()["version"] == "v2"
+    assert "colocated_copy" not in httpx.get(f"{url}/stats", timeout=10).json()["models"]["v2"]
+
+
+def test_colocated_and_remote_answers_are_identical(url: str, windows: np.ndarray) -> None:
+    local = [_post(url, x).json()["probabilities"] for x in windows[:16]]
+    before = _v1_stats(url)
+    _set_copy_fault(error_rate=1.0)  # the copy fails: v1's own replica answers the same calls
+    try:
+        remote = [_post(url, x) for x in windows[:16]]
+    finally:
+        _set_copy_fault(error_rate=0.0)
+    after = _v1_stats(url)
+    assert all(r.status_code == 200 and r.json()["version"] == "v1" for r in remote)
+    assert all(r.json()["fallback"] is False for r in remote)  # same version, no fallback
+    assert after["calls"] > before["calls"]  # v1's replica did answer them
+    assert [r.json()["probabilities"] for r in remote] == local
+
+
+def test_a_hung_copy_costs_its_timeout_and_never_delays_the_other_arm(
+    url: str, windows: np.ndarray
+) -> None:
+    """The copy sleeps 3 s per call: the v1 request in flight waits at most v1's timeout
+    and is answered by the baseline; requests that come while the thread is held go to
+    v1's replica at once; v2's answers are not delayed meanwhile."""
+    _copy_serves_again(url, windows[40])
+    _set_copy_fault(delay_s=3.0)
+
+    async def run() -> tuple[list[httpx.Response], list[float], list[float]]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            async def one(x: np.ndarray, version: str) -> tuple[httpx.Response, float]:
+                started = time.perf_counter()
+                r = await client.post("/predict", json={"features": x.tolist()},
+                                      headers={"X-Model-Version": version})
+                return r, (time.perf_counter() - started) * 1000
+
+            first = asyncio.create_task(one(windows[0], "v1"))
+            await asyncio.sleep(0.1)
+            others = await asyncio.gather(*(one(x, "v2") for x in windows[1:9]))
+            later = [await one(x, "v1") for x in windows[9:13]]
+            hung = await first
+            return ([hung[0], *[r for r, _ in later]], [hung[1], *[ms for _, ms in later]],
+                    [ms for _, ms in others])
+
+    try:
+        v1_answers, v1_ms, v2_ms = asyncio.run(run())
+    finally:
+        _set_copy_fault(delay_s=0.0)
+    assert all(r.status_code == 200 for r in v1_answers), [r.text for r in v1_answers]
+    hung = v1_answers[0].json()
+    assert hung["fallback"] is True and hung["fallback_reason"] == "timeout"
+    assert hung["version"] == "v2" and v1_ms[0] < V1_TIMEOUT_MS + 1500
+    # While the copy's thread is held, v1 is answered by v1's replica, without waiting.
+    assert all(r.json()["version"] == "v1" and not r.json()["fallback"]
+               for r in v1_answers[1:])
+    assert max(v1_ms[1:]) < 1000 and max(v2_ms) < 1000, (v1_ms, v2_ms)
+
+
+def test_a_failing_colocated_candidate_falls_back_to_the_remote_baseline(
+    url: str, windows: np.ndarray
+) -> None:
+    """The copy and v1's replicas raise on every call: the baseline v2 answers every
+    request, the breaker opens, nothing fails."""
+    set_fault_all(APP, V1, error_rate=1.0)
+    try:
+        answers = [_post(url, x) for x in windows[20:32]]
+    finally:
+        set_fault_all(APP, V1, error_rate=0.0)
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+    data = [r.json() for r in answers]
+    assert all(d["version"] == "v2" and d["fallback"] and d["arm"] == "v1" for d in data)
+    assert {d["fallback_reason"] for d in data} <= {"error", "circuit_open"}
+    assert data[-1]["fallback_reason"] == "circuit_open"
