@@ -15,8 +15,8 @@ What keeps a colocated model from taking the router down:
 - the call runs in its own thread, never on the event loop, so a slow call
   delays no other arm and no other request's parsing or cache look-up;
 - the caller waits at most its timeout; a call still running after that keeps
-  the thread, and later calls are refused at once (``busy``) instead of
-  queueing behind it, until it returns;
+  the thread, and later calls are refused at once (``ArmBusy``) instead of
+  queueing behind it, until it returns (the deployment answers them);
 - any exception from the backend is our ``UpstreamError`` (the remote
   deployment or the baseline answers), and a load failure at start leaves the
   version remote-only (``load_colocated``).
@@ -42,7 +42,7 @@ import numpy as np
 
 from models.registry import Manifest
 from serve.config import ModelConfig
-from serve.errors import InvalidInput, UpstreamError
+from serve.errors import ArmBusy, InvalidInput, UpstreamError
 
 __all__ = [
     "ColocatedModel",
@@ -131,10 +131,7 @@ class ColocatedModel:
         """The backend's probabilities; raises UpstreamError (or the caller's InvalidInput)."""
         if self.busy:
             self.refused_busy += 1
-            raise UpstreamError(
-                f"colocated {self.version} is still busy with a call that timed out",
-                reason="unavailable",
-            )
+            raise ArmBusy(f"colocated {self.version} is busy with another call")
         loop = asyncio.get_running_loop()
         fut = self._executor.submit(self.replica.compute, batch)
         self._running = fut

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "AbserveError",
+    "ArmBusy",
     "ArtifactError",
     "BadRequest",
     "ConfigError",
@@ -98,6 +99,15 @@ class UpstreamError(AbserveError):
     def __init__(self, message: str, *, reason: str = "error") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ArmBusy(UpstreamError):
+    """A colocated copy's one thread holds another call (a timed-out one, or one the
+    router's batcher sent while the last was still running). Not a failure of the model:
+    the version's own deployment takes the call."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="unavailable")
 
 
 class ConfigError(AbserveError):

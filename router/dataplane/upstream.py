@@ -28,7 +28,7 @@ import numpy as np
 
 from router.dataplane.fallback import BreakerState, CircuitBreaker
 from serve.config import BreakerConfig, ModelConfig
-from serve.errors import AbserveError, InvalidInput, UpstreamError
+from serve.errors import AbserveError, ArmBusy, InvalidInput, UpstreamError
 
 __all__ = ["RAY_ERRORS", "Arms", "Colocated", "RayRuntime", "call", "translate", "unwrap"]
 
@@ -204,7 +204,8 @@ class Arms:
         self._local_breakers = {
             v: CircuitBreaker(b.failure_threshold, b.cooldown_s, clock) for v in self.colocated
         }
-        self.remote_after_local = {v: 0 for v in self.colocated}  # calls the deployment took over
+        self.remote_after_local = {v: 0 for v in self.colocated}  # after a failed copy
+        self.spilled = {v: 0 for v in self.colocated}  # while the copy was busy
 
     @property
     def versions(self) -> list[str]:
@@ -218,6 +219,8 @@ class Arms:
                 started = self._clock()
                 try:
                     out = await local.predict(batch, timeout_s)
+                except ArmBusy:
+                    self.spilled[version] += 1  # the deployment takes it, nothing failed
                 except UpstreamError:
                     breaker.record_failure()
                     # The timeout is the version's, not the copy's: the deployment gets
@@ -273,7 +276,8 @@ class Arms:
             return remote
         return {**(remote or {}), "colocated_copy": {
             **local.stats(), "breaker": self._local_breakers[version].state.value,
-            "remote_after_local": self.remote_after_local[version]}}
+            "remote_after_local": self.remote_after_local[version],
+            "spilled_while_busy": self.spilled[version]}}
 
     def running_replicas(self, version: str) -> int | None:
         return self._runtime.running_replicas(self._handles[version])

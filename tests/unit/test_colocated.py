@@ -22,7 +22,7 @@ from router.dataplane.cache import LocalCache, PredictionCache
 from router.dataplane.core import RouterCore
 from router.dataplane.upstream import Arms, RayRuntime
 from serve.config import BreakerConfig, parse_config
-from serve.errors import InvalidInput, ServiceUnavailable, UpstreamError
+from serve.errors import ArmBusy, InvalidInput, UpstreamError
 
 ROWS = np.arange(2 * 3, dtype=np.float32).reshape(2, 3)
 
@@ -174,7 +174,7 @@ def test_a_hung_model_times_out_never_blocks_the_loop_and_refuses_while_busy() -
         started = time.perf_counter()
         with pytest.raises(UpstreamError) as info:
             await model.predict(ROWS, 5.0)
-        assert info.value.reason == "unavailable" and time.perf_counter() - started < 0.1
+        assert isinstance(info.value, ArmBusy) and time.perf_counter() - started < 0.1
         assert model.busy and model.refused_busy == 1
         replica.hold.set()
         replica.hold = None
@@ -357,3 +357,26 @@ def test_a_timed_out_copy_uses_the_versions_whole_timeout() -> None:
         replica.hold.set()
     assert info.value.reason == "timeout" and time.perf_counter() - started < 0.5
     assert handles["v1"].calls == 0
+
+
+def test_a_busy_copy_spills_to_the_deployment_without_counting_a_failure() -> None:
+    replica = FakeReplica(0.25)
+    replica.hold = threading.Event()
+    arms, handles = _arms({"v1": ColocatedModel("v1", replica)})
+
+    async def run() -> list[np.ndarray]:
+        first = asyncio.create_task(arms.predict("v1", ROWS, 5.0))
+        await asyncio.sleep(0.05)  # the copy's thread is now held by the first call
+        spilled = [await arms.predict("v1", ROWS, 5.0) for _ in range(5)]
+        replica.hold.set()  # type: ignore[union-attr]
+        return [await first, *spilled]
+
+    try:
+        outs = asyncio.run(run())
+    finally:
+        replica.hold.set()
+    np.testing.assert_array_equal(outs[0], _probs(ROWS, 0.25))
+    assert all(np.array_equal(o, _probs(ROWS, 0.75)) for o in outs[1:])
+    assert handles["v1"].calls == 5 and arms.spilled["v1"] == 5
+    assert arms.remote_after_local["v1"] == 0
+    assert arms._local_breakers["v1"].state.value == "closed"  # noqa: SLF001
