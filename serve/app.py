@@ -14,6 +14,7 @@ from typing import Any
 
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
+from ray.serve.schema import LoggingConfig
 
 from serve.config import AbserveConfig, AutoscalingConfig, ModelConfig, model_deployment_name
 
@@ -65,6 +66,11 @@ def _code_relevant(m: ModelConfig) -> dict[str, Any]:
     return m.model_dump(mode="json", exclude={"autoscaling", "colocated"})
 
 
+def _logging(config: AbserveConfig) -> LoggingConfig:
+    """Serve's per-request access log only when asked for (router.access_log)."""
+    return LoggingConfig(enable_access_log=config.router.access_log)
+
+
 def build_app(config: AbserveConfig, *, model_deployment: Any = None) -> Application:
     """The application for ``config``: one deployment per version, the controller, the router.
 
@@ -90,6 +96,7 @@ def build_app(config: AbserveConfig, *, model_deployment: Any = None) -> Applica
             **_replicas(m.num_replicas, m.autoscaling),
             ray_actor_options=actor_options,
             max_ongoing_requests=m.max_ongoing_requests,
+            logging_config=_logging(config),
             max_queued_requests=m.max_queued_requests,
             version=_version(config.registry, config.model, settings),
             _internal=True,
@@ -114,6 +121,7 @@ def build_app(config: AbserveConfig, *, model_deployment: Any = None) -> Applica
         # Serve's own rejection (a backstop: the router's max_inflight sheds first) also
         # says when to come back; Ray 2.60 answers it with this status and header.
         max_queued_requests=config.router.max_queued_requests,
+        logging_config=_logging(config),
         backpressure_config=BackpressureConfig(
             status_code=503, retry_after_s=config.router.retry_after_s
         ),

@@ -140,7 +140,11 @@ def assemble(
         retry_after_s=config.cache.retry_after_s,
     )
     # Ray's metric objects once per replica; the core only counts into the buffer.
-    recorder = BufferedRecorder(metric_factory, config.experiment.name)
+    samples = rc.latency_samples_per_s
+    recorder = BufferedRecorder(
+        metric_factory, config.experiment.name,
+        max_latencies=max(1, round(samples * rc.metrics_flush_s)) if samples else None,
+    )
     core = RouterCore(
         config, batcher, prediction_cache, clock, shadow_call=shadow_batcher, recorder=recorder
     )

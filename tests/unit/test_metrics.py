@@ -153,3 +153,28 @@ def test_default_is_the_null_recorder() -> None:
     core = RouterCore(CONFIG, FakeArms(), PredictionCache(None, n_classes=2), Clock())
     assert isinstance(core.recorder, NullRecorder)
 
+
+
+def test_latencies_are_a_uniform_sample_and_counts_stay_exact() -> None:
+    """router.latency_samples_per_s: at most the cap per flush reach the histogram."""
+    recorder = BufferedRecorder(FakeMetric, EXP, max_latencies=200, rng=random.Random(1))
+    for i in range(10_000):
+        recorder.request("v1", "v1", "ok", float(i))
+    recorder.flush()
+    hist = metric(recorder, "abserve_request_latency_ms")
+    kept = [v for values in hist.values.values() for v in values]
+    assert len(kept) == 200 and len(set(kept)) == 200
+    # A uniform sample of 0..9999: mean ~5000 (sd of the mean ~204), both halves present.
+    assert 4300 < sum(kept) / len(kept) < 5700
+    assert min(kept) < 1000 and max(kept) > 9000
+    assert metric(recorder, "abserve_requests").get(version="v1") == 10_000
+
+
+def test_without_a_cap_every_latency_is_recorded() -> None:
+    recorder = BufferedRecorder(FakeMetric, EXP)
+    for i in range(1000):
+        recorder.request("v1", "v1", "ok", float(i))
+    recorder.flush()
+    hist = metric(recorder, "abserve_request_latency_ms")
+    kept = sorted(v for values in hist.values.values() for v in values)
+    assert kept == [float(i) for i in range(1000)]
