@@ -2,9 +2,13 @@
 
 Everything here is plain Python over the measured numbers (no Ray, no
 network), so the targets' arithmetic is testable in microseconds. It also
-renders an older bench.json (no (f), no ``ratio_f``, no ``system``, no
-``not_run``), as docs/data/ may hold one: its stored targets are shown as they
-were judged.
+renders an older bench.json (no (f), no (n), no ``ratio_f``, no ``ratio_n``, no
+``system``, no ``not_run``), as docs/data/ may hold one: its stored targets are
+shown as they were judged, and its table has no × (n) column.
+
+(n), the no-op Serve replica, is context, not a target: each row's ``ratio_n``
+is its req/s over (n)'s (like with like: not for the concurrency-1 rows nor the
+rate-limited open loop), and the text names (d)'s and (c)'s share of it.
 """
 
 from __future__ import annotations
@@ -23,14 +27,15 @@ __all__ = ["DEFAULT_VARIANTS", "SYSTEMS", "build", "chart", "machine_info", "mar
 
 ROUTER_RSS_LIMIT_MB = 400.0
 BACKGROUND_WARN_PCT = 30.0
-DEFAULT_VARIANTS = ("a", "b", "c", "d", "e", "f")
-ORDER = ("a", "b", "b1", "f", "c", "c-open", "d", "e", "e-shadow")
+DEFAULT_VARIANTS = ("a", "b", "c", "d", "e", "f", "n")
+ORDER = ("a", "b", "b1", "n", "f", "c", "c-open", "d", "e", "e-shadow")
 CONCURRENCY_1 = ("b1", "e", "e-shadow")
 # Each variant's system in words, next to its letter in the table and the chart.
 SYSTEMS = {
     "a": "naive FastAPI",
     "b": "plain Ray Serve",
     "b1": "plain Ray Serve, c=1",
+    "n": "Serve no-op (ceiling)",
     "f": "MLServer",
     "c": "abserve miss 90/10",
     "c-open": "abserve miss open loop",
@@ -98,19 +103,21 @@ def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     b = by.get("b", {}).get("rps")
     b1 = by.get("b1", {}).get("rps")
     f = by.get("f", {}).get("rps")
+    n = by.get("n", {}).get("rps")
     rows = []
     for name in [n for n in ORDER if n in by] + [n for n in by if n not in ORDER]:
         row = dict(by[name])
         row.setdefault("system", system(name))
         if name == "c-open":  # rate-limited on purpose: a ratio would mean nothing
-            row["ratio_a"] = row["ratio_b"] = row["ratio_f"] = None
+            row["ratio_a"] = row["ratio_b"] = row["ratio_f"] = row["ratio_n"] = None
         elif name in CONCURRENCY_1:  # compared with the same concurrency only
-            row["ratio_a"] = row["ratio_f"] = None
+            row["ratio_a"] = row["ratio_f"] = row["ratio_n"] = None
             row["ratio_b"] = _ratio(row["rps"], b1)
         else:
             row["ratio_a"] = _ratio(row["rps"], a)
             row["ratio_b"] = _ratio(row["rps"], b)
             row["ratio_f"] = _ratio(row["rps"], f)
+            row["ratio_n"] = _ratio(row["rps"], n)
         rows.append(row)
     return rows
 
@@ -247,8 +254,25 @@ def _conns(row: dict[str, Any]) -> str:
     return str(row["connections"])
 
 
+def _ceiling_line(rows: list[dict[str, Any]]) -> str | None:
+    """(n)'s req/s and (d)'s and (c)'s share of it; None without an (n) row."""
+    by = {r["name"]: r for r in rows}
+    n = by.get("n")
+    if n is None:
+        return None
+
+    def share(name: str) -> str:
+        row = by.get(name, {})
+        return _num(row.get("ratio_n", _ratio(row.get("rps"), n["rps"])), ".2f")
+
+    return (f"ceiling: one Serve replica doing no work: {n['rps']:.0f} req/s; "
+            f"(d) is {share('d')} of it, (c) {share('c')}")
+
+
 def markdown(data: dict[str, Any]) -> str:
     m = data["machine"]
+    # × (n) only for a run that carries it: an older bench.json renders as it did.
+    with_n = any("ratio_n" in r for r in data["variants"])
     lines = [
         f"Machine: {m['cores']} cores ({m['cpu_model']}), ingress mode `{m['ingress']}`, "
         f"{m['duration_s']:g} s per variant after {m['warmup_s']:g} s warm-up, "
@@ -256,8 +280,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"Command: `{data['command']}`",
         "",
         "| system | variant | description | connections | req/s | p50 ms | p99 ms | errors "
-        "| CPU % | × (a) | × (b) | × (f) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU % | × (a) | × (b) | × (f) |" + (" × (n) |" if with_n else ""),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if with_n else ""),
     ]
     for r in data["variants"]:
         lines.append(
@@ -266,22 +290,29 @@ def markdown(data: dict[str, Any]) -> str:
             f"| {_num(r['p50_ms'], '.2f')} | {_num(r['p99_ms'], '.2f')} | {r['errors']} "
             f"| {r['cpu_pct']:.0f} | {_num(r['ratio_a'], '.2f')} | {_num(r['ratio_b'], '.2f')} "
             f"| {_num(r.get('ratio_f'), '.2f')} |"
+            + (f" {_num(r.get('ratio_n'), '.2f')} |" if with_n else "")
         )
     for name, why in data.get("not_run", {}).items():
         lines.append(f"| {system(name)} | {name} | **{why['status']}**: {why['reason']} "
-                     "| | | | | | | | | |")
+                     "| | | | | | | | | |" + (" |" if with_n else ""))
     lines += [
         "",
         "CPU % is the server side's CPU time over the run (100 = one core): replicas, Serve's "
         "proxy and HAProxy, and redis-server for (c)-(e); MLServer's process for (f); the load "
         "generator runs on the same cores and is not included. × (b) of b1, e and e-shadow is "
-        "against b1 (concurrency 1); × (f) is of the runs at the same connections as (f).",
+        "against b1 (concurrency 1); × (f) is of the runs at the same connections as (f)"
+        + ("; × (n) likewise, against (n), a Serve replica that reads the body and answers a "
+           "constant: the most one replica serves here, context, not a target." if with_n
+           else "."),
         "",
         "| target | result | numbers |",
         "|---|---|---|",
     ]
     for t in data["targets"]:
         lines.append(f"| {t['target']} | **{t['status']}** | {t['detail']} |")
+    ceiling = _ceiling_line(data["variants"])
+    if ceiling:
+        lines += ["", ceiling]
     lines += ["", "| process | peak RSS MB | by variant |", "|---|---:|---|"]
     rss: dict[str, dict[str, float]] = {}
     for r in data["variants"]:
@@ -365,6 +396,7 @@ def chart(data: dict[str, Any], path: Path) -> None:
     labels = [f"{n}\n" + textwrap.fill(r.get("system") or system(n), 11)
               for n, r in zip(names, rows, strict=True)]
     colors = ["#999999" if n == "a" else "#6699cc" if n.startswith("b") else
+              "#bbccdd" if n == "n" else
               "#55aa55" if n == "f" else "#dd7733" for n in names]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     ax1.bar(labels, [r["rps"] for r in rows], color=colors)

@@ -9,6 +9,9 @@ request bodies, one load generator (wrk + ``wrk/predict.lua``), in this order:
        its answers are checked against the artifact's before the load);
 - (b)  plain Ray Serve: one batched deployment, its own ingress; also at
        concurrency 1 (``b1``), the reference for (e);
+- (n)  the ceiling: plain Ray Serve doing no work (``benchmarks/noop_serve.py``:
+       reads the body, answers a constant), one replica with (b)'s CPU share,
+       (b)'s bodies and connections; context, not a target;
 - (c)  the platform's full path, cache miss (every body unique), 90/10 A/B
        split between v1 (sklearn) and v2 (torch), fallback armed; plus an
        open-loop row (``c-open``) at half of (c)'s throughput, for latency;
@@ -16,8 +19,8 @@ request bodies, one load generator (wrk + ``wrk/predict.lua``), in this order:
 - (e)  the full path at concurrency 1.
 
 Ray is started once (``address="local"``) in the chosen ingress mode and
-shared by (b)-(e); (b)'s application is deleted before the platform is
-deployed. One server is loaded at a time: (a)'s uvicorn and MLServer are
+shared by (b)-(e) and (n); (b)'s and (n)'s applications are each deleted
+before the next one is deployed. One server is loaded at a time: (a)'s uvicorn and MLServer are
 stopped before (b) starts. (a), (b) and (f) serve the estimator's own
 ``predict_proba`` (``benchmarks/artifact.py``), never abserve's backend. Every
 process the bench starts (uvicorn, MLServer, redis-server, the Ray instance
@@ -62,16 +65,17 @@ VARIANTS: dict[str, str] = {
          "inference in the HTTP process, OIP REST (v1)",
     "b": "plain Ray Serve, one batched deployment (v1)",
     "b1": "plain Ray Serve at concurrency 1 (reference for e)",
+    "n": "plain Ray Serve, no-op: reads the body, returns a constant (one replica's ceiling)",
     "c": "abserve full path, cache miss, 90/10 v1/v2, fallback armed",
     "c-open": "abserve full path, cache miss, open-loop fixed rate",
     "d": "abserve full path, cache hit (repeated inputs)",
     "e": "abserve full path at concurrency 1, cache miss",
     "e-shadow": "as (e), with every request also shadowed to v2 (shadow share 100 %)",
 }
-SELECTABLE = ("a", "b", "c", "d", "e", "f")
+SELECTABLE = ("a", "b", "c", "d", "e", "f", "n")
 MODEL = "activity"
 APP = "abserve-bench"
-MODEL_NUM_CPUS = 0.25  # the platform's default per model replica; (b) gets the same
+MODEL_NUM_CPUS = 0.25  # the platform's default per model replica; (b) and (n) get the same
 WRK_PREFIXES = ("wrk",)
 
 
@@ -612,6 +616,25 @@ class Bench:
         finally:
             serve.delete(PLAIN_APP)
 
+    # -- (n)
+
+    def run_noop(self, http_port: int) -> None:
+        from ray import serve
+
+        from benchmarks.noop_serve import NOOP_APP, noop_app
+
+        url = f"http://127.0.0.1:{http_port}/predict"
+        serve.run(noop_app(MODEL_NUM_CPUS), name=NOOP_APP, route_prefix="/")
+        try:
+            _wait_predict(url, self.probe_body, 120)
+            self.measure(
+                "n", lambda: serve_process_groups(NOOP_APP),
+                lambda d: self._wrk(url, unique=True, connections=self.opts.connections,
+                                    duration_s=d),
+            )
+        finally:
+            serve.delete(NOOP_APP)
+
     # -- (c), (d), (e)
 
     def run_platform(self, registry: str, http_port: int, redis_url: str,
@@ -703,7 +726,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         try:
             with contextlib.ExitStack() as ray_running:
                 http_port = free_port()
-                if set(opts.variants) & {"b", "c", "d", "e"}:
+                if set(opts.variants) & {"b", "c", "d", "e", "n"}:
                     mode: Any = opts.ingress
                     cluster = ray_running.enter_context(
                         private_ray(mode, num_cpus=cores * 2, http_port=http_port))
@@ -715,6 +738,8 @@ def run(opts: BenchOptions) -> dict[str, Any]:
                     bench.run_mlserver(registry, mlserver_venv)
                 if "b" in opts.variants:
                     bench.run_plain(registry, http_port)
+                if "n" in opts.variants:
+                    bench.run_noop(http_port)
                 if set(opts.variants) & {"c", "d", "e"}:
                     redis_port = free_port()
                     redis_proc = start_redis(redis_port, workdir / "redis.log")

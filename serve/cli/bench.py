@@ -36,17 +36,17 @@ def _ingress_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub: Any) -> None:
-    b = sub.add_parser("bench", help="naive server, plain Ray Serve and MLServer vs abserve: "
-                                     "table, JSON, PNG")
+    b = sub.add_parser("bench", help="naive server, plain Ray Serve, a no-op Serve replica "
+                                     "and MLServer vs abserve: table, JSON, PNG")
     b.add_argument("--duration", type=float, default=20, help="seconds per variant")
     b.add_argument("--connections", type=int, default=32)
     b.add_argument("--short", action="store_true", help="3 s per variant, 1 s warm-up")
     _ingress_option(b)
     b.add_argument("--registry", help="existing registry with activity v1, v2 (default: train)")
     b.add_argument("--out", default="bench-results")
-    b.add_argument("--variants", default="a,b,c,d,e,f",
-                   help="comma-separated, of a,b,c,d,e,f (f: MLServer, in a virtualenv the "
-                        "bench builds)")
+    b.add_argument("--variants", default="a,b,c,d,e,f,n",
+                   help="comma-separated, of a,b,c,d,e,f,n (f: MLServer, in a virtualenv the "
+                        "bench builds; n: a no-op Serve replica, the ceiling)")
     b.add_argument("--mlserver-venv", metavar="PATH",
                    help="(f)'s MLServer virtualenv, built there when absent or broken "
                         "(default: ~/.cache/abserve/mlserver-1.7.1-sklearn-<version>)")

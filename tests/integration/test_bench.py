@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-VARIANTS = {"a", "b", "b1", "c", "c-open", "d", "e", "e-shadow"}
+VARIANTS = {"a", "b", "b1", "n", "c", "c-open", "d", "e", "e-shadow"}
 F_TARGETS = {"(c) >= 1.0x (f) req/s", "(d) >= 3x (f) req/s"}
 
 
@@ -42,7 +42,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     proc = subprocess.run(
         [str(abserve), "bench", "--short", "--out", str(out)],
         cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=600,  # about 150 s, plus about a minute when MLServer's virtualenv is built
+        timeout=600,  # about 160 s, plus about a minute when MLServer's virtualenv is built
     )
     log = proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((out / "bench.json").read_text()) if (out / "bench.json").exists() else {}
@@ -64,11 +64,22 @@ def test_bench_short_end_to_end(bench: dict[str, Any]) -> None:
     for name, row in rows.items():
         assert row["rps"] > 0, name
         assert row["p50_ms"] > 0 and row["p99_ms"] >= row["p50_ms"], name
-        assert {"ratio_a", "ratio_b", "ratio_f", "system", "errors", "cpu_pct",
+        assert {"ratio_a", "ratio_b", "ratio_f", "ratio_n", "system", "errors", "cpu_pct",
                 "rss_mb"} <= set(row), name
     assert rows["c"]["ratio_a"] > 0 and rows["c"]["ratio_b"] > 0
     assert rows["d"]["ratio_b"] > 0 and rows["e"]["ratio_b"] > 0
     assert rows["a"]["system"] == "naive FastAPI" and rows["c"]["system"] == "abserve miss 90/10"
+    # (n), the no-op ceiling: its own app in the same Ray, (b)'s connections; every row at
+    # those connections is compared with it, and the text says what (d) and (c) make of it.
+    n = rows["n"]
+    assert n["system"] == "Serve no-op (ceiling)" and n["connections"] == rows["b"]["connections"]
+    assert n["ratio_n"] == 1.0 and n["errors"] == 0, n
+    assert "noop" in n["rss_mb"] and "proxy" in n["rss_mb"], n["rss_mb"]
+    assert rows["b"]["ratio_n"] > 0 and rows["c"]["ratio_n"] > 0 and rows["d"]["ratio_n"] > 0
+    assert rows["e"]["ratio_n"] is None  # concurrency 1: not compared with it
+    assert "| Serve no-op (ceiling) | n |" in md and "| × (n) |" in md
+    assert (f"ceiling: one Serve replica doing no work: {n['rps']:.0f} req/s; "
+            f"(d) is {rows['d']['ratio_n']:.2f} of it, (c) {rows['c']['ratio_n']:.2f}") in md
     # Every replica's RSS is reported, the router's among them.
     assert {"router", "activity-v1", "activity-v2"} <= set(rows["c"]["rss_mb"])
     assert "plain-model" in rows["b"]["rss_mb"] and "naive-uvicorn" in rows["a"]["rss_mb"]

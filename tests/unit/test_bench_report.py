@@ -28,6 +28,7 @@ def _results(**over: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "a": _row("a", 100, 150, 300),
         "b": _row("b", 1000, 20, 40),
         "b1": _row("b1", 90, 10, 14),
+        "n": _row("n", 1600, 15, 30),
         "f": _row("f", 1200, 22, 45, rss={"mlserver": 250.0}),
         "c": _row("c", 1300, 30, 120, rss={"router": 210.0}),
         "d": _row("d", 3700, 10, 30, rss={"router": 220.0}),
@@ -136,14 +137,46 @@ def test_ratios_compare_like_with_like() -> None:
     assert all(r["ratio_f"] is None for r in report._rows(no_f))
 
 
+def test_ratio_n_is_each_row_over_the_no_op_ceiling() -> None:
+    results = _results(**{"c-open": _row("c-open", 650, 20, 40),
+                          "e-shadow": _row("e-shadow", 69, 11.2, 21)})
+    rows = {r["name"]: r for r in report._rows(results)}
+    assert rows["n"]["ratio_n"] == 1.0
+    assert rows["c"]["ratio_n"] == round(1300 / 1600, 2) == 0.81
+    assert rows["d"]["ratio_n"] == round(3700 / 1600, 2) == 2.31
+    assert rows["b"]["ratio_n"] == 0.62 and rows["a"]["ratio_n"] == 0.06
+    assert rows["f"]["ratio_n"] == 0.75
+    assert rows["n"]["ratio_b"] == 1.6 and rows["n"]["ratio_f"] == round(1600 / 1200, 2)
+    for name in ("b1", "e", "e-shadow", "c-open"):  # other concurrency, or rate-limited
+        assert rows[name]["ratio_n"] is None, name
+    no_n = _results()
+    del no_n["n"]
+    assert all(r["ratio_n"] is None for r in report._rows(no_n))
+
+
+def test_the_ceiling_is_context_not_a_target() -> None:
+    with_n = _status(_results())
+    no_n = _results()
+    del no_n["n"]
+    assert with_n == _status(no_n)  # no target reads (n)
+    line = report._ceiling_line(report._rows(_results()))
+    assert line == ("ceiling: one Serve replica doing no work: 1600 req/s; "
+                    "(d) is 2.31 of it, (c) 0.81")
+    assert report._ceiling_line(report._rows(no_n)) is None
+    only_n = report._rows({"b": _row("b", 1000, 20, 40), "n": _row("n", 1500, 15, 30)})
+    assert report._ceiling_line(only_n) == (
+        "ceiling: one Serve replica doing no work: 1500 req/s; (d) is - of it, (c) -")
+
+
 def test_rows_come_in_the_report_order_with_their_system_named() -> None:
     results = _results(**{"c-open": _row("c-open", 650, 20, 40),
                           "e-shadow": _row("e-shadow", 69, 11.2, 21)})
     rows = report._rows(dict(reversed(list(results.items()))))
-    assert [r["name"] for r in rows] == ["a", "b", "b1", "f", "c", "c-open", "d", "e",
+    assert [r["name"] for r in rows] == ["a", "b", "b1", "n", "f", "c", "c-open", "d", "e",
                                          "e-shadow"]
     assert [r["system"] for r in rows] == [
-        "naive FastAPI", "plain Ray Serve", "plain Ray Serve, c=1", "MLServer",
+        "naive FastAPI", "plain Ray Serve", "plain Ray Serve, c=1", "Serve no-op (ceiling)",
+        "MLServer",
         "abserve miss 90/10", "abserve miss open loop", "abserve hit", "abserve c=1",
         "abserve c=1 + shadow"]
 
@@ -160,11 +193,18 @@ def test_markdown_has_every_row_target_and_the_machine() -> None:
     data = report.build(_results(), opts, report.machine_info(opts, 2), wall_s=1.0)
     md = report.markdown(data)
     assert "Machine: 2 cores" in md and "`abserve bench --short`" in md
-    assert "| × (a) | × (b) | × (f) |" in md
-    for name in ("a", "b", "b1", "f", "c", "d", "e"):
+    assert "| × (a) | × (b) | × (f) | × (n) |" in md
+    for name in ("a", "b", "b1", "n", "f", "c", "d", "e"):
         assert f"| {report.SYSTEMS[name]} | {name} |" in md
-    assert "| MLServer | f | f | 32 | 1200 | 22.00 | 45.00 | 0 | 100 | 12.00 | 1.20 | 1.00 |" in md
+    assert ("| MLServer | f | f | 32 | 1200 | 22.00 | 45.00 | 0 | 100 | 12.00 | 1.20 | 1.00 "
+            "| 0.75 |") in md
+    assert ("| plain Ray Serve, c=1 | b1 | b1 | 32 | 90 | 10.00 | 14.00 | 0 | 100 | - | 1.00 "
+            "| - | - |") in md  # concurrency 1: no × (n)
     assert md.count("**PASS**") == 8
+    # One line under the targets, before the RSS table.
+    ceiling = "ceiling: one Serve replica doing no work: 1600 req/s; (d) is 2.31 of it, (c) 0.81"
+    assert f"| router replica RSS < 400 MB | **PASS** | peak 230 MB |\n\n{ceiling}\n\n" in md
+    assert md.count("ceiling: ") == 1
     assert data["not_run"] == {}
     json.dumps(data)  # the JSON file holds all of it
 
@@ -175,7 +215,10 @@ def test_markdown_names_a_variant_that_did_not_run() -> None:
     data = report.build({"b": _row("b", 1000, 20, 40)}, opts, report.machine_info(opts, 2),
                         wall_s=1.0, not_run={"f": {"status": "skipped", "reason": reason}})
     md = report.markdown(data)
-    assert f"| MLServer | f | **skipped**: {reason} |" in md
+    assert f"| MLServer | f | **skipped**: {reason} | | | | | | | | | | |\n" in md
+    assert ("| plain Ray Serve | b | b | 32 | 1000 | 20.00 | 40.00 | 0 | 100 | - | 1.00 | - "
+            "| - |") in md  # no (n) in this run: × (n) is -
+    assert "ceiling:" not in md  # no (n) row
     assert f"| (c) >= 1.0x (f) req/s | **SKIP** | (f) skipped: {reason} |" in md
     assert f"| (d) >= 3x (f) req/s | **SKIP** | (f) skipped: {reason} |" in md
     assert "| (c) >= 0.8x (b) req/s | **SKIP** | needs variants c and b |" in md
@@ -183,13 +226,16 @@ def test_markdown_names_a_variant_that_did_not_run() -> None:
 
 
 def test_an_older_bench_json_still_renders() -> None:
-    """docs/data/bench.json may predate (f): no ratio_f, no system, no not_run."""
+    """docs/data/bench.json may predate (f) and (n): no ratio_f, ratio_n, system, not_run."""
     old = json.loads((Path(__file__).parents[2] / "docs" / "data" / "bench.json").read_text())
     for row in old["variants"]:
         row.pop("ratio_f", None)
+        row.pop("ratio_n", None)
         row.pop("system", None)
     old.pop("not_run", None)
     md = report.markdown(old)
+    assert "× (n)" not in md and "ceiling:" not in md  # rendered as before (n) existed
+    assert "| × (a) | × (b) | × (f) |\n" in md
     for row in old["variants"]:
         assert f"| {report.SYSTEMS[row['name']]} | {row['name']} | {row['description']} |" in md
     assert md.count("| - |\n") >= 1  # × (f): no MLServer row to compare with
