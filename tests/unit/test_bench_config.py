@@ -42,7 +42,7 @@ def test_the_cli_selects_mlserver_by_default_and_takes_its_virtualenv() -> None:
     from serve.cli.parser import build_parser
 
     opts = options_from_args(build_parser().parse_args(["bench", "--short"]))
-    assert opts.variants == SELECTABLE == ("a", "b", "c", "d", "e", "f")
+    assert opts.variants == SELECTABLE == ("a", "b", "c", "d", "e", "f", "n")
     assert opts.mlserver_venv is None and opts.duration_s == 3.0
     opts = options_from_args(build_parser().parse_args(
         ["bench", "--variants", "a,f", "--mlserver-venv", "/opt/ms"]))
