@@ -17,9 +17,9 @@ What keeps a colocated model from taking the router down:
 - the caller waits at most its timeout; a call still running after that keeps
   the thread, and later calls are refused at once (``ArmBusy``) instead of
   queueing behind it, until it returns (the deployment answers them);
-- any exception from the backend is our ``UpstreamError`` (the remote
-  deployment or the baseline answers), and a load failure at start leaves the
-  version remote-only (``load_colocated``).
+- any exception from the backend is our ``UpstreamError`` (the baseline
+  answers, or for the baseline its own deployment), and a load failure at start
+  leaves the version remote-only (``load_colocated``).
 
 A crash of the process itself (a segfault in native code) is the one failure
 this cannot contain: it ends the router replica, which Serve restarts. Keep
@@ -89,6 +89,9 @@ def choose_colocated(
             out.append(ColocationChoice(m.version, False, "colocated: false"))
         elif m.num_gpus > 0:
             out.append(ColocationChoice(m.version, False, "auto: the version asks for a GPU"))
+        elif m.resources:
+            out.append(ColocationChoice(
+                m.version, False, "auto: the version is placed by custom resources"))
         elif framework not in AUTO_FRAMEWORKS:
             out.append(ColocationChoice(
                 m.version, False, f"auto: {framework} stays remote (set colocated: true)"))
@@ -104,11 +107,17 @@ def choose_colocated(
 class ColocatedModel:
     """One version's copy inside a router replica: ``predict`` with a timeout, off the loop."""
 
-    def __init__(self, version: str, replica: Replica, *,
+    def __init__(self, version: str, replica: Replica, *, max_busy: float = 0.5,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """``max_busy``: the largest share of time the copy computes. The copy shares the
+        router's GIL with its event loop; computing back to back under load would starve
+        the loop (parsing, the cache, shedding). After a call of d seconds the copy rests
+        d * (1 - max_busy) / max_busy, and calls in that time go to the deployment."""
         self.version = version
         self.replica = replica
         self._clock = clock
+        self._rest = (1.0 - max_busy) / max_busy if 0 < max_busy < 1 else 0.0
+        self._free_at = 0.0
         # One thread: calls are merged before they get here, and a second thread would
         # only contend with the first (and with the event loop) for the same cores.
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -129,15 +138,19 @@ class ColocatedModel:
 
     async def predict(self, batch: np.ndarray, timeout_s: float) -> np.ndarray:
         """The backend's probabilities; raises UpstreamError (or the caller's InvalidInput)."""
-        if self.busy:
+        if self.busy or self._clock() < self._free_at:
             self.refused_busy += 1
             raise ArmBusy(f"colocated {self.version} is busy with another call")
         loop = asyncio.get_running_loop()
+        started = self._clock()
         fut = self._executor.submit(self.replica.compute, batch)
         self._running = fut
         self.calls += 1
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut, loop=loop), timeout_s)
+            out = await asyncio.wait_for(asyncio.wrap_future(fut, loop=loop), timeout_s)
+            now = self._clock()
+            self._free_at = now + (now - started) * self._rest
+            return out
         except TimeoutError:
             self.timeouts += 1
             raise UpstreamError(f"colocated {self.version} timed out", reason="timeout") from None
@@ -181,6 +194,7 @@ def load_colocated(
     manifests: Mapping[str, Manifest],
     max_artifact_mb: float,
     replica_class: Callable[..., Replica],
+    max_busy: float = 0.5,
 ) -> tuple[dict[str, ColocatedModel], list[ColocationChoice]]:
     """Load the chosen versions; one that fails to load stays remote (logged), the router
     starts anyway."""
@@ -202,6 +216,6 @@ def load_colocated(
             log.error("colocated %s could not be loaded, it stays remote: %r", m.version, exc)
             final.append(ColocationChoice(m.version, False, f"load failed: {exc!r}"[:300]))
             continue
-        loaded[m.version] = ColocatedModel(m.version, replica)
+        loaded[m.version] = ColocatedModel(m.version, replica, max_busy=max_busy)
         final.append(choice)
     return loaded, final

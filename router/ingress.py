@@ -53,7 +53,7 @@ class Router:
         model = ModelInfo.from_manifests(cfg.model, manifests)
         self.colocated, self.colocation = load_colocated(
             cfg.registry, cfg.model, cfg.models, manifests,
-            cfg.router.colocate_max_artifact_mb, replica_class,
+            cfg.router.colocate_max_artifact_mb, replica_class, cfg.router.colocated_max_busy,
         )
         runtime = RayRuntime()
         arms = Arms(handles, runtime, cfg.models, cfg.router.batch_in_flight_per_replica,
@@ -67,6 +67,10 @@ class Router:
             metric_factory=ray_metric_factory,
             cache=cache_backend(cfg.cache),
         )
+        # A failing copy of the baseline is backed by the baseline's deployment; a failing
+        # copy of a candidate is the candidate's failure (fallback, breaker, canary gates).
+        core = self.parts.core
+        arms.retry_on_deployment = lambda version: version == core.baseline
         self._deployment_versions = {
             model_deployment_name(cfg.model, m.version): m.version for m in cfg.models
         }

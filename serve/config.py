@@ -415,6 +415,14 @@ class RouterConfig(_Replicas):
         "deployments (Serve's own logs and metrics are unaffected). Off: about 2 % of the "
         "router's CPU per request saved; on: one INFO line per request and per model call.",
     )
+    colocated_max_busy: float = Field(
+        0.5, gt=0, le=1,
+        description="Largest share of time a colocated copy computes: it shares the router's "
+        "Python interpreter lock with the event loop, and computing back to back under "
+        "overload would starve parsing, the cache and load shedding. After a call of d "
+        "seconds the copy rests d * (1 - share) / share; the version's deployment takes the "
+        "calls meanwhile. 1: no rest.",
+    )
     colocate_max_artifact_mb: float = Field(
         256.0, ge=0,
         description="Largest artifact (on disk) that `colocated: null` puts inside the router "

@@ -172,12 +172,13 @@ class Arms:
     ``predict`` is the ``call`` that ``RouterCore`` and the batchers are given;
     it raises only our errors (``translate``).
 
-    A version in ``colocated`` is served by its copy in this replica first; when
-    that copy fails or is busy, the version's own deployment answers the same
-    call within what is left of its timeout, so a failing copy costs no fallback
-    to the baseline while the version's replicas are healthy. A copy that times
-    out has used the version's whole timeout: the caller falls back as for a
-    slow remote version. After
+    A version in ``colocated`` is served by its copy in this replica first. A
+    busy copy (its one thread holds another call) hands the call to the version's
+    own deployment. A copy that fails or times out is the arm's failure, exactly
+    as a remote arm's (the core counts it, its breaker sees it, the baseline
+    answers), except for the baseline itself (``retry_on_deployment``), whose
+    deployment then answers the same call: the baseline has nobody to fall back
+    to. After
     ``breaker.failure_threshold`` consecutive failures of the copy, calls go to
     the deployment alone for ``breaker.cooldown_s``, then the copy is tried again.
     """
@@ -206,6 +207,9 @@ class Arms:
         }
         self.remote_after_local = {v: 0 for v in self.colocated}  # after a failed copy
         self.spilled = {v: 0 for v in self.colocated}  # while the copy was busy
+        # Which versions' copies are backed by their deployment when they fail: the router
+        # sets it to "the baseline" (router/ingress.py); every version until then.
+        self.retry_on_deployment: Callable[[str], bool] = lambda version: True
 
     @property
     def versions(self) -> list[str]:
@@ -223,11 +227,12 @@ class Arms:
                     self.spilled[version] += 1  # the deployment takes it, nothing failed
                 except UpstreamError:
                     breaker.record_failure()
-                    # The timeout is the version's, not the copy's: the deployment gets
-                    # what is left of it (nothing after a timed-out copy).
-                    timeout_s -= self._clock() - started
-                    if timeout_s <= 0:
-                        raise
+                    if not self.retry_on_deployment(version):
+                        raise  # the arm failed, as a remote arm's failure: the core decides
+                    # The baseline has no one to fall back to: its deployment answers, in
+                    # what is left of the timeout, or in a whole one after a timed-out copy.
+                    left = timeout_s - (self._clock() - started)
+                    timeout_s = left if left > 0 else timeout_s
                     self.remote_after_local[version] += 1
                 else:
                     breaker.record_success()

@@ -37,11 +37,21 @@ def test_concurrent_requests_share_model_calls(
     xs, _ = make_windows(n, seed=900 + int(version[1:]))
     xs = xs + 11.0  # unique inputs nobody else sends: all cache misses
     handle = _handle(version)
-    before = handle.stats.remote().result()
+
+    def model_stats() -> dict[str, Any]:
+        """The backend's calls and rows: the router's colocated copy's (v1, scikit-learn,
+        by default) or the version's replica's."""
+        copy = httpx.get(f"{serve_instance.url}/stats").json()["models"][version].get(
+            "colocated_copy")
+        return dict(copy) if copy else dict(handle.stats.remote().result())
+
+    before = model_stats()
     hop_before = httpx.get(f"{serve_instance.url}/stats").json()["hop_batching"]
     responses = asyncio.run(_burst(serve_instance.url, xs, version))
-    after = handle.stats.remote().result()
+    after = model_stats()
     hop_after = httpx.get(f"{serve_instance.url}/stats").json()["hop_batching"]
+    assert ("colocated_copy" in httpx.get(f"{serve_instance.url}/stats").json()["models"][
+        version]) == (version == "v1")
     assert [r.status_code for r in responses] == [200] * n
     # Computed, not cached. BYPASS is a miss whose Redis look-up overran cache.timeout_ms
     # (50 ms), which a preceding test's teardown on these two cores can cause.

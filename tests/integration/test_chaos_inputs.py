@@ -161,7 +161,9 @@ def test_50_identical_concurrent_misses_call_the_model_once(chin: str) -> None:
     body = orjson.dumps({"features": x.tolist()})
 
     def model_rows() -> int:
-        return int(_stats(chin)["models"]["v1"]["rows"])
+        """Rows v1 computed, by its replicas and by the router's colocated copy (if any)."""
+        v1 = _stats(chin)["models"]["v1"]
+        return int(v1["rows"]) + int(v1.get("colocated_copy", {}).get("rows", 0))
 
     rows_before = model_rows()
     routers = 1  # small_app: one router replica

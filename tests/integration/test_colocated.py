@@ -1,12 +1,13 @@
-"""Colocated versions against real Ray: v1 (scikit-learn) is served inside the router
-replica, v2 (torch) by its own deployment, and the answers, fallbacks and timeouts are
-those of remote versions.
+"""Colocated versions against real Ray: v1 and v4 (scikit-learn) are served inside the
+router replica, v2 (torch) by its own deployment, and the answers, fallbacks and timeouts
+are those of remote versions.
 
-The app: v2 is the (remote) baseline, v1 a colocated candidate with a short timeout, so
-both directions of fallback and the copy-to-deployment hand-over are visible from the
-client. Faults come from the drills' replica class (benchmarks/faulty_model.py), which
-the colocated copy is built from too: ``set_colocated_fault`` reaches only the copy,
-``set_fault_all`` the copy and the deployment's replicas.
+The app: v1 is the colocated baseline (its deployment backs its copy), v4 a colocated
+candidate, v2 a remote candidate, so both directions of fallback and the baseline's
+copy-to-deployment hand-over are visible from the client. Faults come from the drills'
+replica class (benchmarks/faulty_model.py), which the colocated copies are built from too:
+``set_colocated_fault`` reaches only the copy, ``set_fault_all`` the copy and the
+deployment's replicas.
 """
 
 from __future__ import annotations
@@ -30,19 +31,21 @@ pytestmark = pytest.mark.integration
 APP = "coloc"
 PREFIX = "/coloc"
 V1 = model_deployment_name("activity", "v1")
+V2 = model_deployment_name("activity", "v2")
+V4 = model_deployment_name("activity", "v4")
 V1_TIMEOUT_MS = 600.0
 
 
 @pytest.fixture(scope="module")
 def url(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> Iterator[str]:
     config = small_app(
-        serve_instance, registry_root, state_dir, APP, ("v1", "v2"),
-        {"baseline": "v2",
-         "arms": [{"version": "v2", "weight": 50},
-                  {"version": "v1", "weight": 50, "timeout_ms": V1_TIMEOUT_MS}],
+        serve_instance, registry_root, state_dir, APP, ("v1", "v2", "v4"),
+        {"baseline": "v1",
+         "arms": [{"version": "v1", "weight": 50, "timeout_ms": V1_TIMEOUT_MS},
+                  {"version": "v2", "weight": 25}, {"version": "v4", "weight": 25}],
          "timeout_ms": 5000,
          "breaker": {"failure_threshold": 3, "cooldown_s": 2}},
-        models=[{"version": "v1", "num_cpus": 0.05}, {"version": "v2", "num_cpus": 0.05}],
+        models=[{"version": v, "num_cpus": 0.05} for v in ("v1", "v2", "v4")],
     )
     assert config.models[0].colocated is None  # automatic: scikit-learn is colocated
     yield from serve_app(config, serve_instance, PREFIX)
@@ -93,7 +96,7 @@ def _copy_serves_again(url: str, x: np.ndarray) -> None:
         time.sleep(0.5)
 
 
-def test_v1_is_served_by_the_router_and_v2_by_its_deployment(url: str,
+def test_v1_and_v4_are_served_by_the_router_and_v2_by_its_deployment(url: str,
                                                              windows: np.ndarray) -> None:
     before = _v1_stats(url)
     assert before["colocated_copy"]["colocated"] is True and before["colocated"] is False
@@ -104,13 +107,15 @@ def test_v1_is_served_by_the_router_and_v2_by_its_deployment(url: str,
     assert after["colocated_copy"]["calls"] - before["colocated_copy"]["calls"] >= 10
     assert after["calls"] == before["calls"]  # v1's own replica was not called
     assert _post(url, windows[0], "v2").json()["version"] == "v2"
-    assert "colocated_copy" not in httpx.get(f"{url}/stats", timeout=10).json()["models"]["v2"]
+    models = httpx.get(f"{url}/stats", timeout=10).json()["models"]
+    assert "colocated_copy" not in models["v2"] and "colocated_copy" in models["v4"]
 
 
 def test_colocated_and_remote_answers_are_identical(url: str, windows: np.ndarray) -> None:
     local = [_post(url, x).json()["probabilities"] for x in windows[:16]]
     before = _v1_stats(url)
-    _set_copy_fault(error_rate=1.0)  # the copy fails: v1's own replica answers the same calls
+    # The baseline's copy fails: v1's own replica answers the same calls.
+    _set_copy_fault(error_rate=1.0)
     try:
         remote = [_post(url, x) for x in windows[:16]]
     finally:
@@ -122,12 +127,12 @@ def test_colocated_and_remote_answers_are_identical(url: str, windows: np.ndarra
     assert [r.json()["probabilities"] for r in remote] == local
 
 
-def test_a_hung_copy_costs_its_timeout_and_never_delays_the_other_arm(
+def test_a_hung_baseline_copy_is_backed_by_its_deployment_and_delays_no_other_arm(
     url: str, windows: np.ndarray
 ) -> None:
-    """The copy sleeps 3 s per call: the v1 request in flight waits at most v1's timeout
-    and is answered by the baseline; requests that come while the thread is held go to
-    v1's replica at once; v2's answers are not delayed meanwhile."""
+    """The baseline's copy sleeps 3 s per call: the v1 request in flight waits v1's
+    timeout, then v1's replica answers it; requests that come while the copy's thread is
+    held go to v1's replica at once; v2's answers are not delayed meanwhile."""
     _copy_serves_again(url, windows[40])
     _set_copy_fault(delay_s=3.0)
 
@@ -152,27 +157,37 @@ def test_a_hung_copy_costs_its_timeout_and_never_delays_the_other_arm(
     finally:
         _set_copy_fault(delay_s=0.0)
     assert all(r.status_code == 200 for r in v1_answers), [r.text for r in v1_answers]
-    hung = v1_answers[0].json()
-    assert hung["fallback"] is True and hung["fallback_reason"] == "timeout"
-    assert hung["version"] == "v2" and v1_ms[0] < V1_TIMEOUT_MS + 1500
-    # While the copy's thread is held, v1 is answered by v1's replica, without waiting.
-    assert all(r.json()["version"] == "v1" and not r.json()["fallback"]
-               for r in v1_answers[1:])
+    assert all(r.json()["version"] == "v1" and not r.json()["fallback"] for r in v1_answers)
+    assert V1_TIMEOUT_MS <= v1_ms[0] < V1_TIMEOUT_MS + 1500, v1_ms
     assert max(v1_ms[1:]) < 1000 and max(v2_ms) < 1000, (v1_ms, v2_ms)
 
 
-def test_a_failing_colocated_candidate_falls_back_to_the_remote_baseline(
+def test_a_failing_colocated_candidate_falls_back_to_the_baseline(
     url: str, windows: np.ndarray
 ) -> None:
-    """The copy and v1's replicas raise on every call: the baseline v2 answers every
-    request, the breaker opens, nothing fails."""
-    set_fault_all(APP, V1, error_rate=1.0)
+    """v4's copy and replica raise on every call: as for a remote candidate, the baseline
+    answers every request (fallback), the breaker opens, nothing fails."""
+    set_fault_all(APP, V4, error_rate=1.0)
     try:
-        answers = [_post(url, x) for x in windows[20:32]]
+        answers = [_post(url, x, "v4") for x in windows[20:32]]
     finally:
-        set_fault_all(APP, V1, error_rate=0.0)
+        set_fault_all(APP, V4, error_rate=0.0)
     assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
     data = [r.json() for r in answers]
-    assert all(d["version"] == "v2" and d["fallback"] and d["arm"] == "v1" for d in data)
+    assert all(d["version"] == "v1" and d["fallback"] and d["arm"] == "v4" for d in data)
     assert {d["fallback_reason"] for d in data} <= {"error", "circuit_open"}
     assert data[-1]["fallback_reason"] == "circuit_open"
+
+
+def test_a_failing_remote_candidate_falls_back_to_the_colocated_baseline(
+    url: str, windows: np.ndarray
+) -> None:
+    before = _v1_stats(url)["colocated_copy"]["calls"]
+    set_fault_all(APP, V2, error_rate=1.0)
+    try:
+        answers = [_post(url, x, "v2") for x in windows[40:46]]
+    finally:
+        set_fault_all(APP, V2, error_rate=0.0)
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+    assert all(r.json()["version"] == "v1" and r.json()["fallback"] for r in answers)
+    assert _v1_stats(url)["colocated_copy"]["calls"] > before  # the copy answered them

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from benchmarks.faults import set_fault_all
 from models.activity.data import make_windows
 from serve.app import model_deployment_name
 from serve.config import AbserveConfig
@@ -115,7 +116,6 @@ def value(series: list[dict[str, Any]], **labels: str) -> float:
 def test_prometheus_finds_router_metrics_by_experiment_arm_and_version(
     app: AbserveConfig, serve_instance: ServeInstance, prometheus: str
 ) -> None:
-    from ray import serve
 
     url = serve_instance.url
     X, _ = make_windows(12, seed=time.time_ns() % 1_000_000 + 1000)  # not cached before
@@ -130,13 +130,14 @@ def test_prometheus_finds_router_metrics_by_experiment_arm_and_version(
             r = client.post("/predict", json={"features": x.tolist()}, headers=pin)
             assert r.headers["X-Cache"] == "HIT", r.headers
         # A fallback: v4 fails on purpose, v1 (the baseline) answers.
-        v4 = serve.get_deployment_handle(model_deployment_name(app.model, "v4"), APP)
-        v4.set_fault.remote(error_rate=1.0).result()
+        # On v4's replica and on the router's colocated copy of v4 (scikit-learn).
+        v4 = model_deployment_name(app.model, "v4")
+        set_fault_all(APP, v4, error_rate=1.0)
         try:
             r = client.post("/predict", json={"features": X[8].tolist()},
                             headers={"X-Model-Version": "v4"})
         finally:
-            v4.set_fault.remote(error_rate=0.0).result()
+            set_fault_all(APP, v4, error_rate=0.0)
         assert r.json()["fallback"] is True and r.json()["version"] == "v1"
 
     requests = wait_for(

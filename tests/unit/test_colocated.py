@@ -203,15 +203,17 @@ def test_auto_colocates_small_sklearn_versions_only() -> None:
         "model": "m", "registry": "/r",
         "models": [{"version": "a"}, {"version": "b"}, {"version": "c"},
                    {"version": "d", "colocated": True}, {"version": "e", "colocated": False},
-                   {"version": "f", "num_gpus": 0.5}],
+                   {"version": "f", "num_gpus": 0.5}, {"version": "g", "resources": {"n2": 1}}],
         "experiment": {"baseline": "a", "arms": [{"version": "a", "weight": 100}]},
     })
     manifests = {"a": _manifest("a", "sklearn"), "b": _manifest("b", "sklearn"),
                  "c": _manifest("c", "torch"), "d": _manifest("d", "tensorflow"),
-                 "e": _manifest("e", "sklearn"), "f": _manifest("f", "sklearn")}
-    sizes = {"a": 3.0, "b": 900.0, "c": 1.0, "d": 1.0, "e": 1.0, "f": 1.0}
+                 "e": _manifest("e", "sklearn"), "f": _manifest("f", "sklearn"),
+                 "g": _manifest("g", "sklearn")}
+    sizes = {"a": 3.0, "b": 900.0, "c": 1.0, "d": 1.0, "e": 1.0, "f": 1.0, "g": 1.0}
     got = {c.version: c.colocated for c in choose_colocated(cfg.models, manifests, sizes, 256)}
-    assert got == {"a": True, "b": False, "c": False, "d": True, "e": False, "f": False}
+    assert got == {"a": True, "b": False, "c": False, "d": True, "e": False, "f": False,
+                   "g": False}
 
 
 # ------------------------------------------------------------ Arms prefer the copy
@@ -343,11 +345,23 @@ def test_a_hung_colocated_candidate_never_delays_the_baseline() -> None:
     assert fast.version == "v1" and not fast.fallback and took < 0.1
 
 
-def test_a_timed_out_copy_uses_the_versions_whole_timeout() -> None:
-    """No second full timeout on the deployment: the caller's budget is the version's."""
+def test_a_candidates_failing_copy_is_the_candidates_failure() -> None:
+    """As for a remote arm: no second try on its deployment, the core falls back."""
+    replica = FakeReplica()
+    replica.error = RuntimeError("down")
+    arms, handles = _arms({"v2": ColocatedModel("v2", replica)})
+    arms.retry_on_deployment = lambda version: version == "v1"  # v1 is the baseline
+    with pytest.raises(UpstreamError):
+        asyncio.run(arms.predict("v2", ROWS, 1.0))
+    assert handles["v2"].calls == 0 and arms.remote_after_local["v2"] == 0
+
+
+def test_a_candidates_timed_out_copy_costs_one_timeout() -> None:
+    """No second timeout on the deployment: the caller falls back after the version's."""
     replica = FakeReplica()
     replica.hold = threading.Event()
     arms, handles = _arms({"v1": ColocatedModel("v1", replica)}, Clock())
+    arms.retry_on_deployment = lambda version: False
     arms._clock = time.monotonic  # real time: the copy's thread really waits  # noqa: SLF001
     started = time.perf_counter()
     try:
@@ -380,3 +394,23 @@ def test_a_busy_copy_spills_to_the_deployment_without_counting_a_failure() -> No
     assert handles["v1"].calls == 5 and arms.spilled["v1"] == 5
     assert arms.remote_after_local["v1"] == 0
     assert arms._local_breakers["v1"].state.value == "closed"  # noqa: SLF001
+
+
+def test_the_copy_rests_after_a_call_so_the_event_loop_keeps_its_share() -> None:
+    """max_busy 0.5: after a call of d seconds, calls for the next d go to the deployment."""
+    clock = Clock()
+
+    class Timed(FakeReplica):
+        def compute(self, batch: np.ndarray) -> np.ndarray:
+            clock.t += 0.004  # the call takes 4 ms of the clock
+            return super().compute(batch)
+
+    model = ColocatedModel("v1", Timed(), max_busy=0.5, clock=clock)
+    asyncio.run(model.predict(ROWS, 1.0))
+    clock.t += 0.001
+    with pytest.raises(ArmBusy):
+        asyncio.run(model.predict(ROWS, 1.0))
+    clock.t += 0.004
+    asyncio.run(model.predict(ROWS, 1.0))
+    assert model.calls == 2 and model.refused_busy == 1
+    model.close()
