@@ -112,7 +112,8 @@ class ColocatedModel:
         """``max_busy``: the largest share of time the copy computes. The copy shares the
         router's GIL with its event loop; computing back to back under load would starve
         the loop (parsing, the cache, shedding). After a call of d seconds the copy rests
-        d * (1 - max_busy) / max_busy, and calls in that time go to the deployment."""
+        d * (1 - max_busy) / max_busy: the next call waits that long (asynchronously; the
+        router's batcher meanwhile gathers the requests behind it into one call)."""
         self.version = version
         self.replica = replica
         self._clock = clock
@@ -138,7 +139,10 @@ class ColocatedModel:
 
     async def predict(self, batch: np.ndarray, timeout_s: float) -> np.ndarray:
         """The backend's probabilities; raises UpstreamError (or the caller's InvalidInput)."""
-        if self.busy or self._clock() < self._free_at:
+        rest = self._free_at - self._clock()
+        if rest > 0:  # the batcher counts this call as in flight: the next batch grows
+            await asyncio.sleep(rest)
+        if self.busy:
             self.refused_busy += 1
             raise ArmBusy(f"colocated {self.version} is busy with another call")
         loop = asyncio.get_running_loop()

@@ -71,6 +71,11 @@ class Router:
         # copy of a candidate is the candidate's failure (fallback, breaker, canary gates).
         core = self.parts.core
         arms.retry_on_deployment = lambda version: version == core.baseline
+        # While the router sheds load, its CPU goes to shedding: copies' calls go remote.
+        admission = self.parts.admission
+        if admission.max_inflight is not None:
+            limit = admission.max_inflight
+            arms.overloaded = lambda: admission.inflight >= limit
         self._deployment_versions = {
             model_deployment_name(cfg.model, m.version): m.version for m in cfg.models
         }

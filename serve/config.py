@@ -420,8 +420,8 @@ class RouterConfig(_Replicas):
         description="Largest share of time a colocated copy computes: it shares the router's "
         "Python interpreter lock with the event loop, and computing back to back under "
         "overload would starve parsing, the cache and load shedding. After a call of d "
-        "seconds the copy rests d * (1 - share) / share; the version's deployment takes the "
-        "calls meanwhile. 1: no rest.",
+        "seconds the next call waits d * (1 - share) / share (asynchronously: the router's "
+        "batcher gathers the requests behind it into one bigger call). 1: no rest.",
     )
     colocate_max_artifact_mb: float = Field(
         256.0, ge=0,

@@ -210,6 +210,9 @@ class Arms:
         # Which versions' copies are backed by their deployment when they fail: the router
         # sets it to "the baseline" (router/ingress.py); every version until then.
         self.retry_on_deployment: Callable[[str], bool] = lambda version: True
+        # True while the router sheds load (router/ingress.py: admission at its limit).
+        self.overloaded: Callable[[], bool] = lambda: False
+        self.spilled_overload = {v: 0 for v in self.colocated}
 
     @property
     def versions(self) -> list[str]:
@@ -217,6 +220,10 @@ class Arms:
 
     async def predict(self, version: str, batch: np.ndarray, timeout_s: float) -> np.ndarray:
         local = self.colocated.get(version)
+        if local is not None and self.overloaded():
+            # Shedding needs the router's CPU: its model work goes to the deployment.
+            self.spilled_overload[version] += 1
+            local = None
         if local is not None:
             breaker = self._local_breakers[version]
             if breaker.allow():
@@ -282,7 +289,8 @@ class Arms:
         return {**(remote or {}), "colocated_copy": {
             **local.stats(), "breaker": self._local_breakers[version].state.value,
             "remote_after_local": self.remote_after_local[version],
-            "spilled_while_busy": self.spilled[version]}}
+            "spilled_while_busy": self.spilled[version],
+            "spilled_while_shedding": self.spilled_overload[version]}}
 
     def running_replicas(self, version: str) -> int | None:
         return self._runtime.running_replicas(self._handles[version])

@@ -397,20 +397,30 @@ def test_a_busy_copy_spills_to_the_deployment_without_counting_a_failure() -> No
 
 
 def test_the_copy_rests_after_a_call_so_the_event_loop_keeps_its_share() -> None:
-    """max_busy 0.5: after a call of d seconds, calls for the next d go to the deployment."""
+    """max_busy 0.5: after a call of d seconds, the next call waits out the rest of d."""
     clock = Clock()
 
     class Timed(FakeReplica):
         def compute(self, batch: np.ndarray) -> np.ndarray:
-            clock.t += 0.004  # the call takes 4 ms of the clock
+            clock.t += 0.05  # the call takes 50 ms of the clock
             return super().compute(batch)
 
     model = ColocatedModel("v1", Timed(), max_busy=0.5, clock=clock)
     asyncio.run(model.predict(ROWS, 1.0))
-    clock.t += 0.001
-    with pytest.raises(ArmBusy):
-        asyncio.run(model.predict(ROWS, 1.0))
-    clock.t += 0.004
-    asyncio.run(model.predict(ROWS, 1.0))
-    assert model.calls == 2 and model.refused_busy == 1
+    clock.t += 0.01
+    started = time.perf_counter()
+    asyncio.run(model.predict(ROWS, 1.0))  # waits the 40 ms of rest that are left
+    assert 0.03 <= time.perf_counter() - started < 0.5
+    assert model.calls == 2 and model.refused_busy == 0
     model.close()
+
+
+def test_while_the_router_sheds_load_colocated_calls_go_to_the_deployment() -> None:
+    replica = FakeReplica(0.25)
+    arms, handles = _arms({"v1": ColocatedModel("v1", replica)})
+    shedding = True
+    arms.overloaded = lambda: shedding
+    np.testing.assert_array_equal(asyncio.run(arms.predict("v1", ROWS, 1.0)), _probs(ROWS, 0.75))
+    shedding = False
+    np.testing.assert_array_equal(asyncio.run(arms.predict("v1", ROWS, 1.0)), _probs(ROWS, 0.25))
+    assert replica.calls == 1 and handles["v1"].calls == 1 and arms.spilled_overload["v1"] == 1
