@@ -6,8 +6,9 @@ around the Ray-backed boundaries: the model versions' handles
 Serve's runtime context. ``serve.ingress()`` without an app calls
 ``__serve_build_asgi_app__`` after ``__init__``, so the FastAPI app, its
 routes and its admission middleware hold this replica's real objects; none
-of them is pickled. It never imports torch or tensorflow: the router replica
-stays small.
+of them is pickled. It loads the colocated versions (deployments/colocated.py:
+scikit-learn ones by default) and never imports torch or tensorflow unless a
+version says ``colocated: true``.
 """
 
 from __future__ import annotations
