@@ -89,6 +89,9 @@ def choose_colocated(
             out.append(ColocationChoice(m.version, False, "colocated: false"))
         elif m.num_gpus > 0:
             out.append(ColocationChoice(m.version, False, "auto: the version asks for a GPU"))
+        elif m.autoscaling is not None:
+            out.append(ColocationChoice(
+                m.version, False, "auto: the version autoscales on its own replicas' load"))
         elif m.resources:
             out.append(ColocationChoice(
                 m.version, False, "auto: the version is placed by custom resources"))

@@ -188,8 +188,9 @@ class ModelConfig(_Replicas):
         "code, so that its requests cross one Ray hop instead of two; its own deployment "
         "stays, and answers whenever the colocated copy fails, times out or is not loaded. "
         "null: automatic, on for scikit-learn versions whose artifact is at most "
-        "router.colocate_max_artifact_mb, off for torch and TensorFlow (the router would "
-        "import the framework and hold the model). true: always (any framework); false: never.",
+        "router.colocate_max_artifact_mb and that set no num_gpus, resources or autoscaling; "
+        "off for torch and TensorFlow (the router would import the framework and hold the "
+        "model). true: always (any framework); false: never.",
     )
 
     _custom_resources = field_validator("resources")(_check_custom_resources)

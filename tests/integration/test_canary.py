@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from benchmarks.faults import set_fault_all
 from models.activity.data import make_windows
 from serve.app import model_deployment_name
 from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, serve_app, small_app
@@ -89,17 +90,16 @@ def test_healthy_candidate_is_promoted(can: str) -> None:
 
 
 def test_candidate_failing_20_percent_is_rolled_back(can: str) -> None:
-    from ray import serve
-
-    handle = serve.get_deployment_handle(model_deployment_name("activity", "v4"), APP)
-    handle.set_fault.remote(error_rate=0.2).result()
+    # On v4's replica and on the router's colocated copy of v4 (scikit-learn).
+    v4 = model_deployment_name("activity", "v4")
+    set_fault_all(APP, v4, error_rate=0.2)
     try:
         start(can, "v4", failures_to_rollback=2)
         t0 = time.monotonic()
         statuses, status = asyncio.run(_drive(can, lambda s: s != "running", timeout_s=90))
         elapsed = time.monotonic() - t0
     finally:
-        handle.set_fault.remote(error_rate=0.0).result()
+        set_fault_all(APP, v4, error_rate=0.0)
     state = status["state"]
     assert state["status"] == "rolled_back", state["history"][-3:]
     assert set(statuses) == {200}, "a client saw the candidate's failure"

@@ -203,17 +203,18 @@ def test_auto_colocates_small_sklearn_versions_only() -> None:
         "model": "m", "registry": "/r",
         "models": [{"version": "a"}, {"version": "b"}, {"version": "c"},
                    {"version": "d", "colocated": True}, {"version": "e", "colocated": False},
-                   {"version": "f", "num_gpus": 0.5}, {"version": "g", "resources": {"n2": 1}}],
+                   {"version": "f", "num_gpus": 0.5}, {"version": "g", "resources": {"n2": 1}},
+                   {"version": "h", "autoscaling": {"min_replicas": 1, "max_replicas": 2}}],
         "experiment": {"baseline": "a", "arms": [{"version": "a", "weight": 100}]},
     })
     manifests = {"a": _manifest("a", "sklearn"), "b": _manifest("b", "sklearn"),
                  "c": _manifest("c", "torch"), "d": _manifest("d", "tensorflow"),
                  "e": _manifest("e", "sklearn"), "f": _manifest("f", "sklearn"),
-                 "g": _manifest("g", "sklearn")}
-    sizes = {"a": 3.0, "b": 900.0, "c": 1.0, "d": 1.0, "e": 1.0, "f": 1.0, "g": 1.0}
+                 "g": _manifest("g", "sklearn"), "h": _manifest("h", "sklearn")}
+    sizes = {"a": 3.0, "b": 900.0, "c": 1.0, "d": 1.0, "e": 1.0, "f": 1.0, "g": 1.0, "h": 1.0}
     got = {c.version: c.colocated for c in choose_colocated(cfg.models, manifests, sizes, 256)}
     assert got == {"a": True, "b": False, "c": False, "d": True, "e": False, "f": False,
-                   "g": False}
+                   "g": False, "h": False}
 
 
 # ------------------------------------------------------------ Arms prefer the copy
