@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "controller_pid",
     "deployment_running",
     "kill_pids",
+    "reach_replicas",
     "replica_pids",
     "set_fault_all",
     "shutdown_serve",
@@ -100,58 +102,53 @@ def shutdown_serve() -> None:
         _LOOP.close()
 
 
-def set_fault_all(
-    app: str, deployment: str, *, error_rate: float = 0.0, delay_s: float = 0.0,
-    timeout_s: float = 30.0,
+async def reach_replicas(
+    app: str, deployment: str, call: Callable[[Any], Awaitable[int | None]], *,
+    timeout_s: float, what: str = "set_fault",
 ) -> set[int]:
-    """``set_fault`` on every live replica of a deployment, and on every router replica's
-    colocated copy of that version; the PIDs that got it.
+    """``call(handle)`` until every live replica of ``deployment`` has answered with its PID.
 
     A handle call reaches one replica of the router's choice, so send several at
-    once, and again, until every PID in the actor table has answered: the
-    replicas get the fault within a round trip or two of each other.
+    once, and again, until every PID in the actor table has answered. A call that
+    answers None everywhere (nothing to do in this app) ends it with no PIDs.
     """
     import asyncio
 
     from ray import serve
 
+    handle = serve.get_deployment_handle(deployment, app)
+    want = set(replica_pids(app, deployment))
+    done: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while not want <= done:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} reached {sorted(done)} of {sorted(want)}")
+        pids = await asyncio.gather(*(call(handle) for _ in range(4 * max(1, len(want)))))
+        if all(p is None for p in pids):
+            return set()
+        done.update(int(p) for p in pids if p is not None)
+        want = set(replica_pids(app, deployment)) or want
+    return done
+
+
+def set_fault_all(
+    app: str, deployment: str, *, error_rate: float = 0.0, delay_s: float = 0.0,
+    timeout_s: float = 30.0,
+) -> set[int]:
+    """``set_fault`` on every live replica of a deployment, and on every router replica's
+    colocated copy of that version; the PIDs that got it (within a round trip or two
+    of each other)."""
     from serve.app import ROUTER_DEPLOYMENT
 
-    async def reach_all() -> set[int]:
-        handle = serve.get_deployment_handle(deployment, app)
-        want = set(replica_pids(app, deployment))
-        done: set[int] = set()
-        deadline = time.monotonic() + timeout_s
-        while not want <= done:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"set_fault reached {sorted(done)} of {sorted(want)}")
-            calls = [handle.set_fault.remote(error_rate=error_rate, delay_s=delay_s)
-                     for _ in range(4 * max(1, len(want)))]
-            done.update(int(pid) for pid in await asyncio.gather(*calls))
-            want = set(replica_pids(app, deployment)) or want
-        return done
-
-    async def reach_colocated() -> set[int]:
-        """The same fault on every router replica's colocated copy of the version, if any."""
-        router = serve.get_deployment_handle(ROUTER_DEPLOYMENT, app)
-        want = set(replica_pids(app, ROUTER_DEPLOYMENT))
-        done: set[int] = set()
-        deadline = time.monotonic() + timeout_s
-        while not want <= done:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"colocated set_fault reached {sorted(done)} of {sorted(want)}")
-            calls = [router.set_colocated_fault.remote(deployment, error_rate=error_rate,
-                                                       delay_s=delay_s)
-                     for _ in range(4 * max(1, len(want)))]
-            pids = await asyncio.gather(*calls)
-            if all(p is None for p in pids):
-                return set()  # not colocated in this app
-            done.update(int(p) for p in pids if p is not None)
-            want = set(replica_pids(app, ROUTER_DEPLOYMENT)) or want
-        return done
-
-    result: set[int] = _handle_loop().call(reach_all(), timeout_s + 5)
-    result |= _handle_loop().call(reach_colocated(), timeout_s + 5)
+    fault = {"error_rate": error_rate, "delay_s": delay_s}
+    loop = _handle_loop()
+    result: set[int] = loop.call(reach_replicas(
+        app, deployment, lambda h: h.set_fault.remote(**fault), timeout_s=timeout_s,
+    ), timeout_s + 5)
+    result |= loop.call(reach_replicas(
+        app, ROUTER_DEPLOYMENT, lambda h: h.set_colocated_fault.remote(deployment, **fault),
+        timeout_s=timeout_s, what="colocated set_fault",
+    ), timeout_s + 5)
     return result
 
 

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from benchmarks.faults import _handle_loop, replica_pids, set_fault_all
+from benchmarks.faults import _handle_loop, reach_replicas, set_fault_all
 from models.activity.data import make_windows
 from serve.app import ROUTER_DEPLOYMENT, model_deployment_name
 from tests.integration.conftest import ServeInstance, serve_app, small_app
@@ -59,19 +59,10 @@ def windows() -> np.ndarray:
 
 def _set_copy_fault(**fault: float) -> set[int]:
     """The fault on every router replica's copy of v1 only (not v1's own replicas)."""
-    from ray import serve
-
-    async def reach() -> set[int]:
-        router = serve.get_deployment_handle(ROUTER_DEPLOYMENT, APP)
-        want = set(replica_pids(APP, ROUTER_DEPLOYMENT))
-        done: set[int] = set()
-        while not want <= done:
-            pids = await asyncio.gather(*(router.set_colocated_fault.remote(V1, **fault)
-                                          for _ in range(4)))
-            done.update(int(p) for p in pids if p is not None)
-        return done
-
-    result: set[int] = _handle_loop().call(reach(), 30)
+    result: set[int] = _handle_loop().call(reach_replicas(
+        APP, ROUTER_DEPLOYMENT, lambda h: h.set_colocated_fault.remote(V1, **fault),
+        timeout_s=30, what="colocated set_fault",
+    ), 35)
     return result
 
 
