@@ -8,6 +8,8 @@ asyncio's) are translated at the boundary, from one table, in
 
 from __future__ import annotations
 
+import math
+
 __all__ = [
     "AbserveError",
     "ArmBusy",
@@ -31,6 +33,7 @@ class AbserveError(Exception):
 
     status_code: int = 500
     code: str = "internal_error"
+    headers: dict[str, str] = {}  # noqa: RUF012 - read only; an instance sets its own
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -80,10 +83,18 @@ class UnsupportedMediaType(AbserveError):
 
 
 class ServiceUnavailable(AbserveError):
-    """No arm could answer, the baseline included."""
+    """No arm could answer, the baseline included; or the controller did not answer.
+
+    ``retry_after_s`` adds a ``Retry-After`` header (whole seconds, at least 1).
+    """
 
     status_code = 503
     code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        if retry_after_s is not None:
+            self.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
 
 
 class UpstreamError(AbserveError):

@@ -34,7 +34,9 @@ class ControlPlane(Protocol):
 
     async def apply(self, op: Operation, who: str) -> ExperimentState: ...
 
-    async def record_feedback(self, request_id: str, label: int) -> dict[str, Any]: ...
+    async def record_feedback(
+        self, request_id: str, label: int, timeout_s: float | None = None
+    ) -> dict[str, Any]: ...
 
     async def report(self) -> dict[str, Any]: ...
 
@@ -74,8 +76,10 @@ class ControlClient:
     async def apply(self, op: Operation, who: str) -> ExperimentState:
         return await _ask(self.handle.apply.remote(op, who))
 
-    async def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
-        return await _ask(self.handle.record_feedback.remote(request_id, label))
+    async def record_feedback(
+        self, request_id: str, label: int, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        return await _ask(self.handle.record_feedback.remote(request_id, label), timeout_s)
 
     async def report(self) -> dict[str, Any]:
         return await _ask(self.handle.report.remote())

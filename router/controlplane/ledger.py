@@ -6,6 +6,15 @@ experiment's figures are the sum over replica ids: a report repeated or lost
 changes nothing, and a restarted replica (new id) starts again from zero
 without losing its predecessor's counts. Feedback is joined to the prediction
 that was served for a request id, at most once.
+
+Durability (``journal`` and ``counters()``, written by the service): a served
+prediction and a counted label are appended to the journal, fsynced, before
+they are acknowledged (the sync's reply, the feedback's 200); on start the
+journal is replayed, so the predictions still waiting for a label and every
+label counted survive a SIGKILL of the controller and a full down / up. The
+replicas' cumulative counters are a snapshot the service saves (at most one
+poll interval behind); live routers re-report theirs on the next sync anyway,
+so only the last second of a router that died with the controller is lost.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from router.controlplane.analysis import build_report
+from router.controlplane.store import Journal
 from router.dataplane.measures import ArmMetrics
 from router.dataplane.shadow import ShadowStats
 from serve.errors import NotFound
@@ -24,6 +34,9 @@ __all__ = ["Ledger"]
 
 HISTORY_EVERY_S = 10.0
 HISTORY_POINTS = 720  # two hours at one point per 10 s
+# The journal is rewritten once it holds more than twice the live entries plus this
+# slack: each rewrite copies at most as many lines as were appended since the last one.
+COMPACT_SLACK = 10_000
 
 
 class Ledger:
@@ -34,18 +47,76 @@ class Ledger:
         ttl_s: float = 86_400,
         max_entries: int = 1_000_000,
         clock: Callable[[], float] = time.time,
+        journal: Journal | None = None,
     ) -> None:
         self.versions = list(versions)
         self.ttl_s, self.max_entries, self.clock = ttl_s, max_entries, clock
+        self.journal = journal
         self.replica_metrics: dict[str, dict[str, ArmMetrics]] = {}
         self.replica_shadows: dict[str, dict[str, ShadowStats]] = {}
         self.served: OrderedDict[str, list[Any]] = OrderedDict()  # id -> [t, version, label, seen]
         self.feedback: dict[str, list[int]] = {}  # version -> [correct, total]
         self.history: list[dict[str, Any]] = []
         self._last_history = float("-inf")
+        if journal is not None:
+            self._replay(journal)
 
-    def update(self, replica: str, payload: Mapping[str, Any]) -> None:
-        """One router replica's cumulative metrics, shadow stats and served predictions."""
+    # ------------------------------------------------------------ durability
+
+    def _replay(self, journal: Journal) -> None:
+        """Served predictions (``s``), counted labels (``f``) and compacted counts (``c``)."""
+        for rec in journal.replay():
+            kind = rec[0]
+            if kind == "s":
+                _, rid, version, label, t, seen = rec
+                self.served.setdefault(rid, [t, version, label, seen])
+            elif kind == "f":
+                _, rid, version, correct = rec
+                counts = self.feedback.setdefault(version, [0, 0])
+                counts[0] += int(correct)
+                counts[1] += 1
+                entry = self.served.get(rid)
+                if entry is not None:
+                    entry[3] = True
+            elif kind == "c":
+                self.feedback = {v: [int(c), int(t)] for v, (c, t) in rec[1].items()}
+        self._expire(self.clock())
+
+    def _compact_if_due(self) -> None:
+        journal = self.journal
+        if journal is None or journal.lines <= 2 * len(self.served) + COMPACT_SLACK:
+            return
+        journal.rewrite([
+            ["c", self.feedback],
+            *(["s", rid, v, label, t, seen] for rid, (t, v, label, seen) in self.served.items()),
+        ])
+
+    def counters(self) -> dict[str, Any]:
+        """The replicas' cumulative counters as JSON (the service saves it)."""
+        return {
+            "metrics": {r: {v: m.to_dict() for v, m in per.items()}
+                        for r, per in self.replica_metrics.items()},
+            "shadows": {r: {v: s.to_dict() for v, s in per.items()}
+                        for r, per in self.replica_shadows.items()},
+        }
+
+    def restore(self, counters: Mapping[str, Any] | None,
+                history: Mapping[str, Any] | None) -> None:
+        """What ``counters()`` and the history saved; a replica that reports again replaces
+        its entry (its counters are cumulative)."""
+        for replica, per in (counters or {}).get("metrics", {}).items():
+            self.replica_metrics[replica] = {v: ArmMetrics.from_dict(m) for v, m in per.items()}
+        for replica, per in (counters or {}).get("shadows", {}).items():
+            self.replica_shadows[replica] = {v: ShadowStats.from_dict(s) for v, s in per.items()}
+        self.history = list((history or {}).get("points", []))[-HISTORY_POINTS:]
+        if self.history:
+            self._last_history = float(self.history[-1].get("time", float("-inf")))
+
+    def update(self, replica: str, payload: Mapping[str, Any]) -> bool:
+        """One router replica's cumulative metrics, shadow stats and served predictions.
+
+        Returns whether a history point was added (the service then saves the history).
+        """
         self.replica_metrics[replica] = {
             v: ArmMetrics.from_dict(m) for v, m in payload.get("metrics", {}).items()
         }
@@ -53,11 +124,18 @@ class Ledger:
             v: ShadowStats.from_dict(s) for v, s in payload.get("shadows", {}).items()
         }
         now = self.clock()
-        for request_id, version, label in payload.get("served", ()):
+        fresh = [(rid, v, int(label)) for rid, v, label in payload.get("served", ())
+                 if rid not in self.served]  # a report resent after a lost reply
+        if fresh and self.journal is not None:
+            self.journal.append(["s", rid, v, label, now, False] for rid, v, label in fresh)
+        for request_id, version, label in fresh:
             self.served[request_id] = [now, version, label, False]
         self._expire(now)
+        self._compact_if_due()
         if now - self._last_history >= HISTORY_EVERY_S:
             self._record_history(now)
+            return True
+        return False
 
     def _expire(self, now: float) -> None:
         while self.served:
@@ -76,8 +154,10 @@ class Ledger:
         _, version, predicted, seen = entry
         if seen:
             return {"request_id": request_id, "status": "duplicate", "counted": False}
-        entry[3] = True
         correct = int(predicted == label)
+        if self.journal is not None:  # durable before it is counted and answered
+            self.journal.append([["f", request_id, version, correct]])
+        entry[3] = True
         counts = self.feedback.setdefault(version, [0, 0])
         counts[0] += correct
         counts[1] += 1

@@ -26,6 +26,7 @@ from router.controlplane.ledger import Ledger
 from router.controlplane.messages import SyncReply, SyncReport
 from router.controlplane.operations import AddCandidate, Operation, apply_operation, audit_entry
 from router.controlplane.rollout import Rollout
+from router.controlplane.store import Journal
 from serve.config import AbserveConfig
 from serve.errors import InvalidInput, NotFound
 
@@ -35,6 +36,10 @@ log = logging.getLogger("ray.serve")
 
 PLAN_KEYS = frozenset({"candidate", "baseline", "steps", "interval_s", "min_requests", "gates"})
 CANARY_EXTRA = "canary"  # the store's document that holds the canary plan and state
+COUNTERS_EXTRA = "ledger"  # the router replicas' cumulative counters
+HISTORY_EXTRA = "history"  # the report's time series
+SERVED_JOURNAL = "served"  # served predictions waiting for a label, and counted labels
+COUNTERS_EVERY_S = 1.0  # the counters' snapshot is at most this much behind the routers
 
 
 class StateStore(Protocol):
@@ -51,6 +56,8 @@ class StateStore(Protocol):
     def load_extra(self, kind: str) -> dict[str, Any] | None: ...
 
     def save_extra(self, kind: str, data: dict[str, Any] | None) -> None: ...
+
+    def journal(self, kind: str) -> Journal: ...
 
 
 class ExperimentService:
@@ -74,7 +81,11 @@ class ExperimentService:
             ttl_s=config.feedback.ttl_s,
             max_entries=config.feedback.max_entries,
             clock=clock,
+            journal=store.journal(SERVED_JOURNAL),
         )
+        self.ledger.restore(store.load_extra(COUNTERS_EXTRA), store.load_extra(HISTORY_EXTRA))
+        self._counters_saved_at = float("-inf")
+        self._counters_dirty = False
 
     def _saved_state(self) -> ExperimentState | None:
         """The persisted state, if it is readable and names only deployed versions."""
@@ -116,6 +127,9 @@ class ExperimentService:
         self.store.save(new.to_dict(), entry)  # durable before it is visible
         self.state = new
         log.info("experiment revision %d: %s by %s", new.revision, op.kind, who)
+        if "reassigned" in entry:
+            log.warning("experiment revision %d moves sticky users beyond the promise: %s",
+                        new.revision, entry["reassigned"]["moves"])
         return new
 
     def audit(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -125,10 +139,32 @@ class ExperimentService:
 
     def sync(self, replica_id: str, report: SyncReport) -> SyncReply:
         """A router replica's report in; the revision and the bandit's counts back."""
-        self.ledger.update(replica_id, {"metrics": report.metrics, "shadows": report.shadows,
-                                        "served": report.served})
+        def counters() -> tuple[Any, Any]:
+            return (self.ledger.replica_metrics.get(replica_id),
+                    self.ledger.replica_shadows.get(replica_id))
+
+        before = counters()
+        added_history = self.ledger.update(
+            replica_id, {"metrics": report.metrics, "shadows": report.shadows,
+                         "served": report.served})
+        self._counters_dirty |= before != counters()
+        self._save_counters(added_history)
         counts = self.ledger.bandit_counts()
         return SyncReply(self.state.revision, counts["successes"], counts["failures"])
+
+    def _save_counters(self, history: bool = False, force: bool = False) -> None:
+        """The counters' snapshot, when they changed and at most every COUNTERS_EVERY_S."""
+        now = self.clock()
+        due = now - self._counters_saved_at >= COUNTERS_EVERY_S
+        if self._counters_dirty and (due or force):
+            self.store.save_extra(COUNTERS_EXTRA, self.ledger.counters())
+            self._counters_saved_at, self._counters_dirty = now, False
+        if history:
+            self.store.save_extra(HISTORY_EXTRA, {"points": self.ledger.history})
+
+    def flush(self) -> None:
+        """Save what is not saved yet (a graceful shutdown)."""
+        self._save_counters(force=True)
 
     def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
         return self.ledger.record_feedback(request_id, label)
@@ -198,10 +234,11 @@ class ExperimentService:
                     "abort it first"
                 )
             parsed = self._parse_plan(plan)
+            rollout = Rollout.create(parsed)
+            first = rollout.start(self.state.weights(), self.clock())  # refuses a misfit plan
             if parsed.candidate not in self.state.weights():
                 self._apply_locked(AddCandidate(parsed.candidate), who)
-            rollout = Rollout.create(parsed)
-            self._apply_locked(rollout.start(self.state.weights(), self.clock()), who)
+            self._apply_locked(first, who)
             self.rollout = rollout
             self._save_rollout(rollout.state.history[-1].to_dict())
             return self.canary_status()

@@ -171,7 +171,8 @@ def build_app(parts: ReplicaParts) -> FastAPI:
     @app.exception_handler(AbserveError)
     async def abserve_error(_: Request, exc: AbserveError) -> Response:
         status, body = to_http(exc)
-        return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+        return Response(orjson.dumps(body), status_code=status, media_type="application/json",
+                        headers=exc.headers or None)
 
     config = parts.config
     predictions = Predictions(parts.core, parts.follower, parts.runtime)

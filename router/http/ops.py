@@ -21,7 +21,7 @@ from router.http.oip import arms_ready
 from router.http.serving import ModelInfo, UpstreamArms
 from router.http.wire import json_body, json_response
 from serve.config import AbserveConfig
-from serve.errors import InvalidInput
+from serve.errors import AbserveError, InvalidInput, ServiceUnavailable
 
 __all__ = ["feedback_label", "register"]
 
@@ -100,8 +100,20 @@ def register(
         """
         await follower.ensure_synced()
         rid, index = feedback_label(model, await json_body(request, config.http.max_body_bytes))
-        await follower.sync()  # our own recent predictions reach the controller first
-        return json_response(await control.record_feedback(rid, index))
+        try:
+            await follower.sync()  # our own recent predictions reach the controller first
+            counted = await control.record_feedback(rid, index, config.state.sync_timeout_s)
+        except AbserveError:
+            raise  # 404 unknown or expired id, 422
+        except Exception:  # noqa: BLE001 - the controller is restarting or unreachable
+            # Never a silent loss: the label is durable once this answers 200; until then
+            # the client is told to send it again (a second copy is not counted twice).
+            raise ServiceUnavailable(
+                "the experiment controller did not answer (it may be restarting); the label "
+                "was not recorded: send it again after the Retry-After delay",
+                retry_after_s=config.state.sync_timeout_s,
+            ) from None
+        return json_response(counted)
 
     @app.get("/report", response_class=HTMLResponse)
     async def report_page() -> HTMLResponse:

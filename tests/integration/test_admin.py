@@ -217,3 +217,72 @@ def test_candidate_lifecycle_and_audit(adm: str) -> None:
     assert all(e["who"] == "pytest" and e["before"] and e["after"] for e in audit)
     assert audit[-1]["after"]["weights"] == {"v1": 0, "v4": 100}
     np.testing.assert_equal(audit[0]["before"]["weights"], {"v1": 90, "v2": 10})
+
+
+def _report(adm: str) -> dict[str, Any]:
+    r = httpx.get(f"{adm}/admin/report", headers=AUTH, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["arms"]
+
+
+def _settled_report(adm: str) -> dict[str, Any]:
+    """The report once two reads a poll interval apart agree (the routers have synced)."""
+    last = _report(adm)
+    deadline = time.monotonic() + 30
+    while True:
+        time.sleep(1.0)
+        now = _report(adm)
+        if now == last:
+            return now
+        assert time.monotonic() < deadline, "the report did not settle"
+        last = now
+
+
+def _feedback_until_answered(adm: str, rid: str, label: int, deadline: float) -> dict[str, Any]:
+    """Post one label until it is answered 200; a 503 must carry Retry-After."""
+    while True:
+        try:
+            r = httpx.post(f"{adm}/feedback", json={"request_id": rid, "label": label},
+                           timeout=30)
+        except httpx.HTTPError:
+            r = None  # the router itself is fine; a lost connection is the client's to retry
+        if r is not None and r.status_code == 200:
+            return r.json()
+        if r is not None:
+            assert r.status_code == 503, r.text
+            assert int(r.headers["Retry-After"]) >= 1
+        assert time.monotonic() < deadline, "a label was never accepted"
+        time.sleep(0.5)
+
+
+def test_labels_and_counts_survive_a_controller_sigkill_and_a_redeploy(
+    adm: str, serve_instance: ServeInstance, registry_root: str, state_dir: str,
+) -> None:
+    from ray import serve
+
+    X, y = make_windows(40, seed=11)
+    answers = [httpx.post(f"{adm}/predict", json={"features": x.tolist()}, timeout=30)
+               for x in X]
+    assert all(a.status_code == 200 for a in answers)
+    ids = [a.json()["request_id"] for a in answers]
+    labels = [int(v) for v in y]
+    for rid, label in zip(ids[:10], labels[:10], strict=True):
+        assert _feedback_until_answered(adm, rid, label, time.monotonic() + 30)["counted"]
+    before = _settled_report(adm)
+    labelled_before = sum(a["feedback_n"] for a in before.values())
+    pid = httpx.get(f"{adm}/admin/canary", headers=AUTH).json()["controller_pid"]
+    os.kill(pid, signal.SIGKILL)  # 30 predictions still wait for their label
+    deadline = time.monotonic() + 90
+    counted = [_feedback_until_answered(adm, rid, label, deadline)
+               for rid, label in zip(ids[10:], labels[10:], strict=True)]
+    assert all(c["counted"] for c in counted), "a label pending at the kill was lost or doubled"
+    again = _feedback_until_answered(adm, ids[0], labels[0], deadline)
+    assert again["status"] == "duplicate" and again["counted"] is False
+    after_kill = _settled_report(adm)
+    assert sum(a["feedback_n"] for a in after_kill.values()) == labelled_before + 30
+    assert {v: a["requests"] for v, a in after_kill.items()} == {
+        v: a["requests"] for v, a in before.items()}
+    # Full stop and start (abserve down / up): only the state directory survives.
+    serve.delete(APP)
+    deploy(make_config(serve_instance, registry_root, state_dir), route_prefix=PREFIX)
+    assert _settled_report(adm) == after_kill

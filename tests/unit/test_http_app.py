@@ -169,7 +169,11 @@ class FakeControl:
         self.entries.append(entry)
         return self.state
 
-    async def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
+    async def record_feedback(
+        self, request_id: str, label: int, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        if self.down:
+            raise ConnectionError("controller down")
         if request_id not in self.served:
             raise NotFound(f"no served prediction {request_id!r}", field="request_id")
         self.feedback[request_id] = label
@@ -413,6 +417,14 @@ def test_feedback_joins_served_predictions() -> None:
         wrong_type = await client.post("/feedback", content=b"{}",
                                        headers={"content-type": "text/plain"})
         assert wrong_type.status_code == 415
+        # The controller restarting: 503 with Retry-After, never a 200 for a lost label.
+        r.control.down = True
+        down = await client.post("/feedback", json={"request_id": rid, "label": 0})
+        assert down.status_code == 503 and down.headers["retry-after"] == "2"
+        assert "send it again" in down.json()["error"] and r.control.feedback[rid] == 1
+        r.control.down = False
+        again = await client.post("/feedback", json={"request_id": rid, "label": 0})
+        assert again.status_code == 200
 
     drive(r, scenario)
 

@@ -399,3 +399,88 @@ def test_the_client_times_out_and_cancels_the_call() -> None:
     with pytest.raises(TimeoutError):
         run(client.get_state(0.01))
     assert slow.cancelled
+
+
+# ------------------------------------------------------------ durability (issue 16, item 5)
+
+def served(*entries: tuple[str, str, int], **requests: int) -> SyncReport:
+    return SyncReport(metrics=report(**requests).metrics, shadows={}, served=list(entries))
+
+
+def test_pending_predictions_and_counted_labels_survive_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    svc.sync("a", served(("r1", "v1", 2), ("r2", "v2", 1), ("r3", "v2", 0), v1=5, v2=2))
+    assert svc.record_feedback("r1", 2)["counted"] is True
+    # The controller is SIGKILLed here: nothing is flushed, a new one reads the disk.
+    again = service(tmp_path, clock)
+    assert again.record_feedback("r1", 2)["status"] == "duplicate"  # counted once, ever
+    assert again.record_feedback("r2", 0)["counted"] is True  # still waiting: joins now
+    arms = again.report()["arms"]
+    assert (arms["v1"]["feedback_n"], arms["v2"]["feedback_n"]) == (1, 1)
+    assert again.sync("a", served(v1=5)).bandit_successes == {"v1": 1, "v2": 0}
+    third = service(tmp_path, clock)  # and a third start counts the same
+    assert third.report()["arms"]["v2"]["accuracy"] == 0
+    assert third.record_feedback("r3", 0)["correct"] is True
+
+
+def test_a_report_resent_after_a_lost_reply_does_not_reopen_a_counted_label(
+    tmp_path: Path,
+) -> None:
+    svc = service(tmp_path)
+    svc.sync("a", served(("r1", "v1", 2)))
+    svc.record_feedback("r1", 2)
+    svc.sync("a", served(("r1", "v1", 2)))  # the router never saw the first reply
+    assert svc.record_feedback("r1", 2)["status"] == "duplicate"
+    assert service(tmp_path).record_feedback("r1", 2)["status"] == "duplicate"
+
+
+def test_the_replicas_counters_and_history_survive_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    svc.sync("a", report(v1=30, v2=4))
+    svc.sync("b", report(v1=10))  # within the same second: saved on a later sync
+    clock.t += 1.0
+    svc.sync("a", report(v1=31, v2=4))
+    before = svc.report()["arms"]
+    assert before["v1"]["requests"] == 41
+    after = service(tmp_path, clock)
+    assert after.report()["arms"] == before
+    assert len(after.report()["history"]) == 1
+    after.sync("a", report(v1=40, v2=4))  # a live replica's cumulative counters replace its own
+    assert after.report()["arms"]["v1"]["requests"] == 50
+
+
+def test_flush_saves_the_last_second(tmp_path: Path) -> None:
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    svc.sync("a", report(v1=3))
+    svc.sync("a", report(v1=9))  # not saved yet: less than a second since the first
+    assert service(tmp_path, clock).report()["arms"]["v1"]["requests"] == 3
+    svc.flush()  # what the controller's graceful shutdown does
+    assert service(tmp_path, clock).report()["arms"]["v1"]["requests"] == 9
+
+
+def test_the_journal_is_compacted_and_a_torn_line_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import router.controlplane.ledger as ledger_mod
+
+    monkeypatch.setattr(ledger_mod, "COMPACT_SLACK", 10)
+    clock = Clock()
+    config = CONFIG.model_copy(update={"feedback": CONFIG.feedback.model_copy(
+        update={"ttl_s": 60})})
+    svc = ExperimentService(config, FileStore(tmp_path, "app"), clock=clock)
+    for i in range(30):
+        svc.sync("a", served((f"old{i}", "v1", 0)))
+        svc.record_feedback(f"old{i}", i % 2)
+    clock.t += 61  # every old prediction expires; their labels stay counted
+    svc.sync("a", served(("new", "v2", 1)))
+    path = tmp_path / "app.served.jsonl"
+    assert len(path.read_text().splitlines()) == 2  # the counts and the one live entry
+    with open(path, "a") as f:
+        f.write('["f","new","v2",1')  # a crash in the middle of a write: never acknowledged
+    again = ExperimentService(config, FileStore(tmp_path, "app"), clock=clock)
+    arms = again.report()["arms"]
+    assert (arms["v1"]["accuracy"], arms["v1"]["feedback_n"]) == (0.5, 30)
+    assert again.record_feedback("new", 1)["counted"] is True
