@@ -188,7 +188,7 @@ def build_app(parts: ReplicaParts) -> FastAPI:
     )
     ops.register(
         app, config=config, model=parts.model, core=parts.core, follower=parts.follower,
-        control=parts.control, arms=parts.arms, replica_stats=parts.stats,
+        control=parts.control, arms=parts.arms, replica_stats=parts.stats, auth=parts.auth,
     )
     app.add_middleware(AdmissionMiddleware, admission=parts.admission, routes=fast_routes)
     return app

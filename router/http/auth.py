@@ -5,23 +5,42 @@ it is compared in constant time (``hmac.compare_digest``) and never logged,
 echoed or put in metrics. Credentials are accepted only in the
 ``Authorization: Bearer`` header: a token in the query string is refused,
 because URLs end up in access logs and browser histories.
+
+The HTML report is for a browser, which cannot send that header: it takes a
+signed link instead (``report_link``), HMAC-SHA256 of an expiry time under the
+admin token. A link grants only reading the report, only until it expires,
+and does not reveal the token, so its place in a URL is acceptable.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
+import time
 from collections.abc import Collection
 from pathlib import Path
 
 from serve.config import AdminConfig
 from serve.errors import ConfigError, Forbidden, Unauthorized
 
-__all__ = ["TOKEN_ENV", "AdminAuth", "load_admin_token"]
+__all__ = ["REPORT_LINK_PARAM", "TOKEN_ENV", "AdminAuth", "load_admin_token", "report_link"]
 
 TOKEN_ENV = "ABSERVE_ADMIN_TOKEN"
 _QUERY_CREDENTIALS = frozenset({"token", "access_token", "api_key", "apikey", "auth"})
 _MIN_TOKEN_LENGTH = 16
+REPORT_LINK_PARAM = "link"
+_LINK_PURPOSE = b"abserve report link\x00"
+
+
+def _link_signature(token: bytes, expires_at: int) -> str:
+    return hmac.new(token, _LINK_PURPOSE + str(expires_at).encode(), hashlib.sha256).hexdigest()
+
+
+def report_link(token: bytes, valid_s: float, now: float | None = None) -> str:
+    """The ``link`` query value that opens /report until ``now + valid_s``."""
+    expires_at = int((time.time() if now is None else now) + valid_s)
+    return f"{expires_at}.{_link_signature(token, expires_at)}"
 
 
 def load_admin_token(config: AdminConfig, environ: dict[str, str] | None = None) -> bytes | None:
@@ -68,3 +87,19 @@ class AdminAuth:
             raise Unauthorized("malformed Authorization header; expected 'Bearer <token>'")
         if not hmac.compare_digest(credentials.encode(), self._token):
             raise Unauthorized("invalid admin token")
+
+    def check_report(self, authorization: str | None, link: str | None,
+                     now: float | None = None) -> None:
+        """The HTML report: the bearer token (curl, tools) or a signed link (a browser)."""
+        if self._token is None or not link:
+            self.check(authorization)
+            return
+        expires, _, signature = link.partition(".")
+        if not expires.isdigit() or not hmac.compare_digest(
+            signature.encode(), _link_signature(self._token, int(expires)).encode()
+        ):
+            raise Unauthorized("this report link is not valid; run `abserve report --html` "
+                               "for a new one")
+        if int(expires) < (time.time() if now is None else now):
+            raise Unauthorized("this report link has expired; run `abserve report --html` "
+                               "for a new one")

@@ -7,6 +7,7 @@ its probes and its counters.
 from __future__ import annotations
 
 import asyncio
+import html
 from collections.abc import Callable
 from typing import Any
 
@@ -16,12 +17,19 @@ from fastapi.responses import HTMLResponse, Response
 from router.controlplane.client import ControlPlane
 from router.controlplane.report_html import render_report_html
 from router.dataplane.core import RouterCore
+from router.http.auth import REPORT_LINK_PARAM, AdminAuth
 from router.http.follower import Follower
 from router.http.oip import arms_ready
 from router.http.serving import ModelInfo, UpstreamArms
 from router.http.wire import json_body, json_response
 from serve.config import AbserveConfig
-from serve.errors import AbserveError, InvalidInput, ServiceUnavailable
+from serve.errors import (
+    AbserveError,
+    Forbidden,
+    InvalidInput,
+    ServiceUnavailable,
+    Unauthorized,
+)
 
 __all__ = ["feedback_label", "register"]
 
@@ -40,6 +48,18 @@ def feedback_label(model: ModelInfo, data: Any) -> tuple[str, int]:
     raise InvalidInput(f"label: one of {list(model.labels)} (or its index)", field="label")
 
 
+def refused_page(why: str) -> str:
+    """What a browser shows when the report is refused: why, and how to get in."""
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>abserve report</title></head>"
+        "<body style='font-family:sans-serif;max-width:40em;margin:3em auto'>"
+        f"<h1>The report needs authorization</h1><p>{html.escape(why)}</p>"
+        "<p>Open the link that <code>abserve report --html</code> prints (it is signed with "
+        "the admin token and expires), or send <code>Authorization: Bearer &lt;token&gt;</code>."
+        "</p></body></html>"
+    )
+
+
 def register(
     app: FastAPI,
     *,
@@ -50,6 +70,7 @@ def register(
     control: ControlPlane,
     arms: UpstreamArms,
     replica_stats: Callable[[], dict[str, Any]],
+    auth: AdminAuth,
 ) -> None:
     """``replica_stats``: this replica's own counters for /stats (the app gathers them)."""
     probe_timeout_s = config.router.probe_timeout_s
@@ -116,8 +137,17 @@ def register(
         return json_response(counted)
 
     @app.get("/report", response_class=HTMLResponse)
-    async def report_page() -> HTMLResponse:
-        """The report as a page with charts (traffic share over time, latency, accuracy)."""
+    async def report_page(request: Request) -> HTMLResponse:
+        """The report as a page with charts (traffic share over time, latency, accuracy).
+
+        It needs the admin token (Authorization: Bearer) or a signed link from
+        `abserve report --html` (?link=...), and says so when refused.
+        """
+        try:
+            auth.check_report(request.headers.get("authorization"),
+                              request.query_params.get(REPORT_LINK_PARAM))
+        except (Unauthorized, Forbidden) as exc:
+            return HTMLResponse(refused_page(exc.message), status_code=exc.status_code)
         await follower.ensure_synced()
         await follower.sync()
         return HTMLResponse(render_report_html(await control.report()))

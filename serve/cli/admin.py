@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -47,6 +48,20 @@ def _admin_token(args: argparse.Namespace, state: dict[str, Any]) -> str:
     return token.decode()
 
 
+def _base_url(args: argparse.Namespace, state: dict[str, Any]) -> str:
+    return str(args.url or state.get("url") or "http://127.0.0.1:8000").rstrip("/")
+
+
+def report_html_link(args: argparse.Namespace) -> str:
+    """A link that opens the HTML report in a browser until it expires (``--valid`` minutes)."""
+    from router.http.auth import REPORT_LINK_PARAM, report_link
+
+    state = read_state()
+    token = _admin_token(args, state).encode()
+    link = report_link(token, args.valid * 60)
+    return f"{_base_url(args, state)}/report?{REPORT_LINK_PARAM}={link}"
+
+
 def admin_call(args: argparse.Namespace, method: str, path: str,
                body: dict[str, Any] | None = None) -> dict[str, Any]:
     """One admin API call with the bearer token; a non-200 answer becomes an AbserveError."""
@@ -55,7 +70,7 @@ def admin_call(args: argparse.Namespace, method: str, path: str,
     import httpx
 
     state = read_state()
-    url = args.url or state.get("url") or "http://127.0.0.1:8000"
+    url = _base_url(args, state)
     headers = {"Authorization": f"Bearer {_admin_token(args, state)}",
                "X-Admin-User": getpass.getuser()}
     r = httpx.request(method, f"{url}{path}", json=body, headers=headers, timeout=30)
@@ -155,6 +170,11 @@ def cmd_canary(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if getattr(args, "html", False):
+        print(report_html_link(args))
+        print(f"(opens the HTML report for {args.valid:g} min; it grants nothing else)",
+              file=sys.stderr)
+        return 0
     report = admin_call(args, "GET", "/admin/report")
     if args.json:
         print(json.dumps(report, indent=2))
@@ -206,6 +226,10 @@ def add_parsers(sub: Any) -> None:
     rp = sub.add_parser("report", help="the experiment report: per-arm traffic, errors, latency, "
                                        "accuracy with 95%% CI, significance (admin API)")
     rp.add_argument("--json", action="store_true")
+    rp.add_argument("--html", action="store_true",
+                    help="print a signed link that opens the HTML report in a browser")
+    rp.add_argument("--valid", type=float, default=60.0,
+                    help="minutes the --html link stays valid (default 60)")
     rp.add_argument("--url")
     rp.add_argument("--config")
     rp.set_defaults(func=cmd_report)

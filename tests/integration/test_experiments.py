@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from models.activity.data import CLASS_LABELS, make_windows
+from router.http.auth import report_link
 from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, serve_app, small_app
 
 APP, PREFIX = "exp", "/exp"
@@ -92,5 +93,8 @@ def test_shadow_agreement_feedback_and_report(exp: str) -> None:
     assert report["arms"]["v2"]["p_value"] is not None
     assert 0.3 < report["arms"]["v2"]["traffic_share"] < 0.7
 
-    page = httpx.get(f"{exp}/report")
+    assert httpx.get(f"{exp}/report").status_code == 401  # the numbers need authorization
+    page = httpx.get(f"{exp}/report", headers=AUTH)
     assert page.status_code == 200 and "<svg" in page.text and "v9" in page.text
+    link = report_link(ADMIN_TOKEN.encode(), valid_s=60)
+    assert "<svg" in httpx.get(f"{exp}/report", params={"link": link}).text

@@ -11,6 +11,7 @@ Every route, status code and header the router answers is driven here.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from router.controlplane.operations import Operation, apply_operation
 from router.dataplane.admission import AdmissionMiddleware
 from router.dataplane.upstream import Arms
 from router.http.app import ReplicaParts, assemble, build_app, cache_backend
+from router.http.auth import report_link
 from router.http.serving import ModelInfo
 from serve.config import AbserveConfig, parse_config
 from serve.errors import InvalidInput, NotFound
@@ -429,14 +431,37 @@ def test_feedback_joins_served_predictions() -> None:
     drive(r, scenario)
 
 
-def test_report_page() -> None:
+def test_report_page_needs_the_token_or_a_signed_link() -> None:
     r = replica()
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        page = await client.get("/report")
+        refused = await client.get("/report")
+        assert refused.status_code == 401 and "abserve report --html" in refused.text
+        assert "Experiment default" not in refused.text
+        page = await client.get("/report", headers=AUTH)
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")
         assert "Experiment default" in page.text
+        link = report_link(TOKEN.encode(), valid_s=60)
+        assert (await client.get(f"/report?link={link}")).status_code == 200
+        expired = report_link(TOKEN.encode(), valid_s=60, now=time.time() - 120)
+        late = await client.get(f"/report?link={expired}")
+        assert late.status_code == 401 and "expired" in late.text
+        forged = report_link(b"another-token-0123456789", valid_s=60)
+        assert (await client.get(f"/report?link={forged}")).status_code == 401
+        exp = link.split(".")[0]
+        longer = f"{int(exp) + 86_400}.{link.split('.')[1]}"  # the expiry is signed
+        assert (await client.get(f"/report?link={longer}")).status_code == 401
+
+    drive(r, scenario)
+
+
+def test_report_page_without_an_admin_token_configured_is_refused() -> None:
+    r = replica(token=None)
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        page = await client.get("/report")
+        assert page.status_code == 403 and "ABSERVE_ADMIN_TOKEN" in page.text
 
     drive(r, scenario)
 
