@@ -11,7 +11,9 @@ when the operation is applied, by the same pydantic rules as the config file
 versions) plus the rule that every arm is a deployed version. A refused
 operation raises ``InvalidInput`` (422) or ``NotFound`` (404) and changes
 nothing; an accepted one returns a new ``ExperimentConfig`` and bumps the
-revision. ``kind`` is the operation's name in the audit log.
+revision. ``kind`` is the operation's name in the audit log. A change that moves
+sticky users beyond the promise of ``router/dataplane/policy.py`` is applied, and
+its audit entry says how many (``reassigned``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 
 from router.controlplane.experiment import ExperimentState
+from router.dataplane.policy import Arm, reassignment
 from serve.config import ExperimentConfig, format_validation_errors
 from serve.errors import InvalidInput, NotFound
 
@@ -43,6 +46,7 @@ __all__ = [
     "apply_operation",
     "audit_entry",
     "from_params",
+    "reassigned",
 ]
 
 
@@ -299,6 +303,24 @@ def audit_entry(
     }
 
 
+def _sticky_arms(exp: ExperimentConfig) -> tuple[Arm, ...]:
+    return tuple(Arm(a.version, a.weight, baseline=a.version == exp.baseline) for a in exp.arms)
+
+
+def reassigned(before: ExperimentConfig, after: ExperimentConfig) -> dict[str, Any] | None:
+    """Sticky users a change moves beyond its promise (docs/experiments.md), or None.
+
+    The stored weights are compared (a change made while paused takes effect at resume).
+    """
+    if after.policy != "weighted":
+        return None  # the bandit ignores user keys
+    moved = reassignment(_sticky_arms(before), _sticky_arms(after), after.name)
+    if not moved.unpromised:
+        return None
+    return {"percent_of_users": round(moved.unpromised_share * 100.0, 4),
+            "moves": moved.describe()}
+
+
 def apply_operation(
     state: ExperimentState,
     op: Operation,
@@ -310,10 +332,14 @@ def apply_operation(
     """Apply one operation; return the new state and its audit entry."""
     if not isinstance(op, OPERATION_TYPES):
         raise InvalidInput(f"not an experiment operation: {op!r}")
+    extra: dict[str, Any] = {}
     if isinstance(op, Pause | Resume):
         new_exp, paused = state.experiment, isinstance(op, Pause)
     else:
         new_exp, paused = op.apply(state.experiment, deployed), state.paused
+        moved = reassigned(state.experiment, new_exp)
+        if moved is not None:
+            extra["reassigned"] = moved
     now = clock()
     new = replace(
         state,
@@ -323,4 +349,4 @@ def apply_operation(
         updated_at=now,
         updated_by=who,
     )
-    return new, audit_entry(now, who, op.kind, op.params(), state, new)
+    return new, audit_entry(now, who, op.kind, op.params(), state, new, **extra)

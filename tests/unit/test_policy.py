@@ -5,7 +5,15 @@ from collections import Counter
 
 import pytest
 
-from router.dataplane.policy import Arm, RouteContext, WeightedPolicy, build_layout, unit_hash
+import router.dataplane.policy as policy_module
+from router.dataplane.policy import (
+    Arm,
+    RouteContext,
+    WeightedPolicy,
+    anchor,
+    build_layout,
+    unit_hash,
+)
 
 
 def arms(*weights: float) -> tuple[Arm, ...]:
@@ -80,13 +88,45 @@ def test_monotone_ramp_leaves_other_candidates_alone() -> None:
             assert (before[u], after[u]) == ("v1", "v2")
 
 
-def test_layout_past_the_anchor_bound_still_splits_exactly() -> None:
-    layout = build_layout(arms(10, 60, 30))  # 60 > 100/2: packed layout
-    assert not layout.monotone
-    covered = sum(end - start for start, end, _ in layout.intervals)
-    assert covered == pytest.approx(0.9)
+@pytest.mark.parametrize("weights", [(10, 60, 30), (0, 50, 50), (0, 10, 90), (34, 33, 33)])
+def test_layout_splits_exactly_whatever_the_weights(weights: tuple[float, ...]) -> None:
+    layout = build_layout(arms(*weights), "e")
+    shares = layout.shares()
+    for i, w in enumerate(weights):
+        assert shares.get(f"v{i + 1}", 0.0) == pytest.approx(w / 100, abs=1e-12)
+    bounds = [p for s, e, _ in layout.intervals for p in (s, e)]
+    assert bounds == sorted(bounds) and all(0 <= p <= 1 for p in bounds)  # disjoint, in [0, 1]
+
+
+def test_a_candidate_starts_at_its_own_anchor_unless_an_earlier_one_holds_it() -> None:
+    layout = build_layout(arms(80, 10, 10), "exp")
+    assert layout.clean
+    for version in ("v2", "v3"):
+        (start, end) = [(s, e) for s, e, a in layout.intervals if a.version == version][0]
+        assert start == anchor(version, "exp") and end - start == pytest.approx(0.1)
+    # v2 (listed first) at 50 % runs past 1 and over v3's anchor: v3 skips to v2's end.
+    crowded = build_layout(arms(40, 50, 10), "exp")
+    assert crowded.displaced == ("v3",)
+    assert crowded.lookup(anchor("v3", "exp")).version == "v2"
 
 
 def test_layout_needs_one_baseline() -> None:
     with pytest.raises(ValueError):
         build_layout((Arm("a", 50), Arm("b", 50)))
+
+
+class _TopDigest:
+    def __init__(self, *_: object, **__: object) -> None: ...
+
+    def digest(self) -> bytes:
+        return b"\xff" * 8
+
+
+def test_unit_hash_stays_below_one_at_the_top_of_the_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # int / 2**64 rounds each of the top 2**10 hash values to exactly 1.0.
+    monkeypatch.setattr(policy_module.hashlib, "blake2b", _TopDigest)
+    u = unit_hash("anyone", "exp")
+    assert u < 1.0 and u == 1.0 - 2.0**-53
+    # Such a user is a candidate's at 100 %, never the baseline's at 0 %.
+    only = (Arm("v1", 0, baseline=True), Arm("v2", 100))
+    assert WeightedPolicy(salt="exp").choose(RouteContext(user_key="anyone"), only).version == "v2"
