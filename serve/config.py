@@ -247,7 +247,11 @@ class ExperimentConfig(_Frozen):
         "feedback accuracy among arms with weight > 0.",
     )
     bandit_floor: float = Field(
-        0.05, ge=0, le=0.5, description="Bandit: every eligible arm keeps at least this share."
+        0.05,
+        ge=0,
+        le=0.5,
+        description="Bandit: every eligible arm (weight > 0) keeps at least this share of "
+        "traffic. Floor x eligible arms must be at most 1 (exactly 1 routes uniformly).",
     )
 
     @model_validator(mode="after")
@@ -265,6 +269,20 @@ class ExperimentConfig(_Frozen):
         if abs(total - 100.0) > _WEIGHT_TOLERANCE:
             raise ValueError(f"arms: weights sum to {total:g}, they must sum to 100")
         return self
+
+    @model_validator(mode="after")
+    def _bandit_floor_fits_the_arms(self) -> ExperimentConfig:
+        """A floor the arms cannot all get is a promise the bandit would silently break."""
+        eligible = [a.version for a in self.arms if a.weight > 0]
+        if self.policy != "bandit" or self.bandit_floor * len(eligible) <= 1.0 + 1e-9:
+            return self
+        most = int(1e4 / len(eligible)) / 1e4  # rounded down, so it fits
+        raise ValueError(
+            f"bandit_floor: {self.bandit_floor:g} for each of {len(eligible)} eligible arms "
+            f"(weight > 0: {', '.join(eligible)}) is {self.bandit_floor * len(eligible):g} of "
+            f"the traffic, more than all of it; lower bandit_floor to at most {most:g}, or "
+            "set the arms the bandit should not try to weight 0"
+        )
 
     def arm_timeout_s(self, version: str) -> float:
         for arm in self.arms:

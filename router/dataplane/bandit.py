@@ -10,7 +10,13 @@ uniformly at random with probability ``min(1, floor * K)`` and by Thompson
 sampling otherwise. Every arm therefore gets at least ``floor`` of the
 traffic in expectation, whatever the evidence, so a losing arm keeps
 producing feedback (rewards drift; the report needs a sample) and no arm is
-starved by an early unlucky streak. ``floor * K >= 1`` means uniform routing.
+starved by an early unlucky streak. ``floor * K = 1`` means uniform routing.
+
+``floor * K`` above 1 is a floor no split can give: each arm would get
+``1 / K``, less than promised. The experiment config refuses it
+(``ExperimentConfig`` checks ``bandit_floor`` against the arms with weight
+> 0, for the config file and every admin change alike); a policy built
+by hand with such a floor routes uniformly, and ``floor_holds`` says so.
 
 Eligible arms are those with ``weight > 0``: the configured weights switch
 arms on and off but do not otherwise shape the split.
@@ -65,6 +71,10 @@ class ThompsonPolicy:
             if draw > best_draw:
                 best, best_draw = arm, draw
         return best
+
+    def floor_holds(self, arms: Sequence[Arm]) -> bool:
+        """Can every eligible arm get ``floor`` at once (``floor * K <= 1``)?"""
+        return self.floor * len(self._eligible(arms)) <= 1.0 + 1e-9
 
     def _choose(self, arms: Sequence[Arm], rng: random.Random) -> Arm:
         if rng.random() < min(1.0, self.floor * len(arms)):

@@ -5,9 +5,14 @@ import random
 from collections import Counter
 
 import pytest
+from pydantic import ValidationError
 
+from router.controlplane.experiment import ExperimentState
+from router.controlplane.operations import AddCandidate, SetWeights, apply_operation
 from router.dataplane.bandit import ThompsonPolicy
 from router.dataplane.policy import Arm, RouteContext
+from serve.config import ExperimentConfig
+from serve.errors import InvalidInput
 
 ARMS = (Arm("A", 50, baseline=True), Arm("B", 50))
 
@@ -85,3 +90,65 @@ def test_round_trip() -> None:
     assert back.to_dict() == policy.to_dict()
     assert back.floor == 0.1 and sum(back.successes.values()) + sum(back.failures.values()) == 300
     assert back.traffic_shares(2000) == policy.traffic_shares(2000)
+
+
+# ---------------------------------------------------------------- the floor against the arms
+
+
+def bandit_experiment(floor: float, *weights: float) -> dict[str, object]:
+    return {
+        "baseline": "v1", "policy": "bandit", "bandit_floor": floor,
+        "arms": [{"version": f"v{i + 1}", "weight": w} for i, w in enumerate(weights)],
+    }
+
+
+def test_a_floor_the_arms_cannot_all_get_is_refused_with_what_to_do() -> None:
+    # 0.4 x 3 arms is 1.2 of the traffic: each arm would get 1/3, below the promised 0.4.
+    with pytest.raises(ValidationError) as info:
+        ExperimentConfig.model_validate(bandit_experiment(0.4, 40, 30, 30))
+    message = str(info.value)
+    assert "bandit_floor: 0.4 for each of 3 eligible arms" in message
+    assert "is 1.2 of the traffic" in message
+    assert "lower bandit_floor to at most 0.3333" in message and "weight 0" in message
+
+
+@pytest.mark.parametrize("floor, weights", [
+    (0.4, (60, 40, 0)),  # two eligible arms: 0.8
+    (0.3333, (40, 30, 30)),
+    (0.5, (50, 50)),  # exactly 1: uniform
+    (0.25, (25, 25, 25, 25)),
+])
+def test_a_floor_that_fits_the_eligible_arms_is_accepted(
+    floor: float, weights: tuple[float, ...]
+) -> None:
+    exp = ExperimentConfig.model_validate(bandit_experiment(floor, *weights))
+    arms = tuple(Arm(a.version, a.weight, baseline=a.version == "v1") for a in exp.arms)
+    policy = ThompsonPolicy(floor=floor, rng=random.Random(0))
+    assert policy.floor_holds(arms)
+    policy.update("v1", True, n=5000)  # v1 is clearly best; the others live on the floor
+    shares = policy.traffic_shares(20_000, arms=arms)
+    assert min(shares.values()) >= floor - 0.015
+
+
+def test_the_weighted_policy_does_not_check_the_floor() -> None:
+    data = {**bandit_experiment(0.4, 40, 30, 30), "policy": "weighted"}
+    assert ExperimentConfig.model_validate(data).bandit_floor == 0.4
+
+
+def test_an_admin_change_that_breaks_the_floor_is_refused() -> None:
+    """Switching a third arm on under a 0.4 floor: 422 with the same message, nothing changes."""
+    state = ExperimentState(ExperimentConfig.model_validate(bandit_experiment(0.4, 60, 40, 0)))
+    deployed = ("v1", "v2", "v3", "v4")
+    for op in (SetWeights({"v3": 10, "v1": 50}), AddCandidate("v4", 10)):
+        with pytest.raises(InvalidInput, match=r"3 eligible arms.*at most 0\.3333"):
+            apply_operation(state, op, deployed=deployed, who="test")
+    new, _ = apply_operation(state, AddCandidate("v4"), deployed=deployed, who="test")
+    assert new.weights()["v4"] == 0  # at 0 % it is not eligible
+
+
+def test_a_policy_built_by_hand_with_too_high_a_floor_says_so() -> None:
+    policy = ThompsonPolicy(floor=0.4, rng=random.Random(2))
+    arms = (Arm("A", 40, baseline=True), Arm("B", 30), Arm("C", 30))
+    assert not policy.floor_holds(arms)
+    shares = policy.traffic_shares(20_000, arms=arms)
+    assert max(shares.values()) == pytest.approx(1 / 3, abs=0.02)  # uniform, below 0.4
