@@ -8,18 +8,34 @@ experiment operation (``router.controlplane.operations``) carries it out:
     advance  -> SetWeights({candidate: step %, baseline: the rest})
     promote  -> Promote(candidate)   (the candidate becomes the baseline)
     rollback -> Rollback(candidate)  (the candidate to 0 % at once)
+
+Other candidates keep their weights throughout. The plan's last step, 100 %,
+means all the traffic they leave: the candidate takes the whole of the
+baseline's share, and then is promoted. Any other step must fit beside them:
+
+* at start, a plan with a step that does not fit is refused (``InvalidInput``,
+  422) and nothing changes;
+* during the run (an operator raised another candidate meanwhile), a window
+  whose gates pass but whose next step does not fit *pauses* the canary with
+  the reason (the numbers and what to do): the candidate keeps its weight,
+  nobody moves, and ``resume`` continues once there is room, or ``abort``
+  rolls it back. That is what Argo Rollouts does when it needs a person (a
+  paused rollout with a reason); rolling back would punish a healthy
+  candidate for an operator's change, and retrying every tick says nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from router.controlplane.canary import (
+    MAX_HISTORY,
     Action,
     CanaryPlan,
     CanaryState,
+    CanaryStatus,
     Decision,
     abort,
     evaluate,
@@ -31,20 +47,50 @@ from router.controlplane.canary import (
 from router.controlplane.operations import Operation, Promote, Rollback, SetWeights
 from router.dataplane.measures import ArmMetrics
 from router.dataplane.shadow import ShadowStats
+from serve.errors import InvalidInput
 
-__all__ = ["Rollout", "weights_for"]
+__all__ = ["Rollout", "does_not_fit", "weights_for"]
+
+_TOLERANCE = 1e-9
+
+
+def _others(current: Mapping[str, float], baseline: str, candidate: str) -> dict[str, float]:
+    return {v: w for v, w in current.items() if v not in (baseline, candidate) and w > 0}
+
+
+def does_not_fit(
+    current: Mapping[str, float], baseline: str, candidate: str, percent: float
+) -> str | None:
+    """Why ``candidate`` cannot go to ``percent`` beside the other candidates, or None.
+
+    100 % always fits: it means all the traffic the others leave.
+    """
+    others = _others(current, baseline, candidate)
+    total = sum(others.values())
+    if percent >= 100.0 or percent + total <= 100.0 + _TOLERANCE:
+        return None
+    listed = ", ".join(f"{v} {w:g}%" for v, w in sorted(others.items()))
+    return (
+        f"{candidate} at {percent:g}% does not fit beside the other candidates' {total:g}% "
+        f"({listed}): at most {100.0 - total:g}% is left; lower them first "
+        "(abserve traffic / PUT /admin/weights)"
+    )
 
 
 def weights_for(
     current: Mapping[str, float], baseline: str, candidate: str, percent: float
 ) -> dict[str, float]:
-    """The candidate at ``percent``; the baseline takes what the other arms leave."""
-    others = sum(w for v, w in current.items() if v not in (baseline, candidate))
-    if percent + others > 100.0 + 1e-9:
-        raise ValueError(
-            f"{candidate} at {percent:g}% does not fit beside the other candidates' {others:g}%"
-        )
-    return {candidate: percent, baseline: 100.0 - others - percent}
+    """The candidate at ``percent``; the baseline takes what the other arms leave.
+
+    ``percent`` 100 is the whole of what the other candidates leave (the plan's
+    last step); any other step that does not fit raises ``ValueError``.
+    """
+    reason = does_not_fit(current, baseline, candidate, percent)
+    if reason is not None:
+        raise ValueError(reason)
+    others = sum(_others(current, baseline, candidate).values())
+    share = 100.0 - others if percent >= 100.0 else percent
+    return {candidate: share, baseline: max(0.0, 100.0 - others - share)}
 
 
 @dataclass
@@ -77,9 +123,16 @@ class Rollout:
                 base.subtract(self.base[self.plan.baseline]))
 
     def start(self, weights: Mapping[str, float], now: float) -> SetWeights:
+        """The first step's weights; refuses a plan whose steps do not fit (nothing changes)."""
+        for percent in self.plan.steps:
+            reason = does_not_fit(weights, self.plan.baseline, self.plan.candidate, percent)
+            if reason is not None:
+                raise InvalidInput(f"canary plan: step {percent:g}%: {reason}, "
+                                   "or keep the steps before 100 within that", field="steps")
+        op = SetWeights(weights_for(
+            weights, self.plan.baseline, self.plan.candidate, self.plan.steps[0]))
         self.state = start(self.plan, self.state, now)
-        return SetWeights(weights_for(
-            weights, self.plan.baseline, self.plan.candidate, self.state.weight))
+        return op
 
     def pause(self, now: float) -> None:
         self.state = pause(self.state, now, "operator")
@@ -99,8 +152,13 @@ class Rollout:
         shadow: ShadowStats | None = None,
     ) -> tuple[Decision, Operation | None]:
         cand, base = self._window(merged)
+        before = self.state
         self.state, decision = evaluate(self.plan, self.state, cand, base, now, shadow=shadow)
         if decision.action is Action.ADVANCE:
+            reason = does_not_fit(
+                weights, self.plan.baseline, self.plan.candidate, decision.new_weight)
+            if reason is not None:
+                return self._hold(before, decision, reason), None
             return decision, SetWeights(weights_for(
                 weights, self.plan.baseline, self.plan.candidate, decision.new_weight))
         if decision.action is Action.PROMOTE:
@@ -108,3 +166,25 @@ class Rollout:
         if decision.action is Action.ROLLBACK:
             return decision, Rollback(self.plan.candidate)
         return decision, None
+
+    def _hold(self, before: CanaryState, passed: Decision, reason: str) -> Decision:
+        """Gates passed but the next step has no room: pause at the current step, with why."""
+        where = f"step {before.step + 1}/{len(self.plan.steps)} ({before.weight:g}%)"
+        decision = replace(
+            passed,
+            action=Action.PAUSE,
+            new_weight=before.weight,
+            reasons=(*passed.reasons[:-1],
+                     f"paused at {where}: every gate passed, but the next step cannot start: "
+                     f"{reason}; then resume the canary, or abort it"),
+        )
+        self.state = replace(
+            before,
+            status=CanaryStatus.PAUSED,
+            history=(*before.history, decision)[-MAX_HISTORY:],
+            updated_at=decision.time,
+            step_started_at=decision.time,
+            window=before.window + 1,
+            consecutive_failures=0,
+        )
+        return decision
