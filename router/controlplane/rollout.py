@@ -174,7 +174,7 @@ class Rollout:
             passed,
             action=Action.PAUSE,
             new_weight=before.weight,
-            reasons=(*passed.reasons[:-1],
+            reasons=(*passed.reasons,  # the gates, and why the advance did not happen
                      f"paused at {where}: every gate passed, but the next step cannot start: "
                      f"{reason}; then resume the canary, or abort it"),
         )
