@@ -210,7 +210,10 @@ class ArmMetrics:
     ``errors`` are client-visible failures of requests routed to this arm;
     ``fallbacks`` are requests routed here that the baseline answered
     instead (the arm failed, the client did not notice). Rates are per
-    routed request.
+    routed request. ``assigned`` counts the requests the policy chose this
+    arm for, leaving out those pinned by ``X-Model-Version``: the counts the
+    sample-ratio test (router/controlplane/split.py) compares with the
+    weights. It stays 0 where the caller does not say (``record(assigned=...)``).
     """
 
     requests: int = 0
@@ -220,12 +223,22 @@ class ArmMetrics:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     feedback_correct: int = 0
     feedback_total: int = 0
+    assigned: int = 0
 
     def record(
-        self, latency_ms: float | None = None, *, error: bool = False, fallback: bool = False
+        self,
+        latency_ms: float | None = None,
+        *,
+        error: bool = False,
+        fallback: bool = False,
+        assigned: bool = False,
     ) -> None:
-        """One routed request; ``latency_ms`` is None when it never got an answer."""
+        """One routed request; ``latency_ms`` is None when it never got an answer.
+
+        ``assigned``: the policy chose the arm (the request was not pinned).
+        """
         self.requests += 1
+        self.assigned += int(assigned)
         self.errors += int(error)
         self.fallbacks += int(fallback)
         if not error and not fallback:
@@ -259,6 +272,7 @@ class ArmMetrics:
             self.latency.merge(other.latency),
             self.feedback_correct + other.feedback_correct,
             self.feedback_total + other.feedback_total,
+            self.assigned + other.assigned,
         )
 
     def subtract(self, earlier: ArmMetrics) -> ArmMetrics:
@@ -271,10 +285,12 @@ class ArmMetrics:
             self.latency.subtract(earlier.latency),
             self.feedback_correct - earlier.feedback_correct,
             self.feedback_total - earlier.feedback_total,
+            self.assigned - earlier.assigned,
         )
         if (
             min(
                 out.requests,
+                out.assigned,
                 out.errors,
                 out.fallbacks,
                 out.answered,
@@ -295,6 +311,7 @@ class ArmMetrics:
             "latency": self.latency.to_dict(),
             "feedback_correct": self.feedback_correct,
             "feedback_total": self.feedback_total,
+            "assigned": self.assigned,
         }
 
     @classmethod
@@ -308,6 +325,7 @@ class ArmMetrics:
             latency=LatencyHistogram() if latency is None else LatencyHistogram.from_dict(latency),
             feedback_correct=int(data.get("feedback_correct", 0)),
             feedback_total=int(data.get("feedback_total", 0)),
+            assigned=int(data.get("assigned", 0)),
         )
 
 

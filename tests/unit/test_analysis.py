@@ -239,3 +239,18 @@ def test_report_fields() -> None:
     assert report["totals"]["feedback_n"] == 10_000
     with pytest.raises(ValueError):
         build_report(arms, "v9", weights={})
+
+
+def test_assigned_counts_the_policy_s_choices_apart_from_pins() -> None:
+    m = ArmMetrics()
+    m.record(5.0, assigned=True)
+    m.record(6.0)  # pinned by X-Model-Version: a request, not an assignment
+    m.record(None, error=True, assigned=True)
+    assert (m.requests, m.assigned) == (3, 2)
+    snapshot = ArmMetrics.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert snapshot == m
+    m.record(7.0, assigned=True)
+    assert m.subtract(snapshot).assigned == 1 and snapshot.merge(m).assigned == 5
+    old = m.to_dict()
+    del old["assigned"]  # a report from a router that does not count assignments
+    assert ArmMetrics.from_dict(old).assigned == 0
