@@ -1,20 +1,36 @@
 """The statistics of the experiment report. Pure Python, no Ray.
 
 The counters they read (``ArmMetrics``, ``LatencyHistogram``) are the data
-plane's (router/dataplane/measures.py); this module only judges them.
+plane's (router/dataplane/measures.py); this module only judges them. The
+sequential tests, Holm's correction and the rank test are in
+router/controlplane/stats.py, the sample-ratio check in split.py; ``METHODS``
+names each with its reference, and the report carries it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
-from router.dataplane.measures import ArmMetrics
+from router.controlplane.split import SRM_ALPHA, SplitTest
+from router.controlplane.stats import (
+    MIN_LABELS,
+    SequentialResult,
+    holm,
+    mann_whitney_binned,
+    msprt_difference,
+)
+from router.dataplane.measures import ArmMetrics, LatencyHistogram
 
 __all__ = [
+    "METHODS",
+    "LatencyComparison",
     "build_report",
+    "compare_latency",
+    "fmt_p",
     "min_sample_size",
     "two_proportion_ztest",
     "wilson_interval",
@@ -91,6 +107,36 @@ def min_sample_size(
     return math.ceil(root * root / (min_detectable_effect**2))
 
 
+
+# ---------------------------------------------------------------- the report
+
+METHODS = {
+    "sequential": (
+        "always-valid mSPRT for the difference in accuracy, normal mixture N(0, tau^2) "
+        "(Johari, Koomen, Pekelis, Walsh, 'Peeking at A/B tests', KDD 2017): its p-value and "
+        "interval stay valid however often the report is read"
+    ),
+    "multiple_comparisons": (
+        "Holm's step-down correction across the candidates with labels (Holm 1979), on the "
+        "always-valid p-values: family-wise error at most alpha at every look"
+    ),
+    "fixed_horizon": (
+        "two-sided pooled two-proportion z-test and 95 % Wilson intervals: valid once, at "
+        "the planned sample size (min_sample_size); read earlier and repeatedly, it is not"
+    ),
+    "srm": (
+        "sample-ratio mismatch: the assignment counts (pins left out) against the weights in "
+        "force per weight period; flagged when the anytime-valid Dirichlet-multinomial test "
+        "(Lindon, Malek, 'Anytime-valid inference for multinomial count data', NeurIPS 2022) "
+        "gives p < 0.001; Pearson's chi-square beside it"
+    ),
+    "latency": (
+        "Mann-Whitney U on the latency histograms (ties within a bucket, normal approximation), "
+        "candidate against baseline, with the Hodges-Lehmann shift as a ratio; fixed-horizon"
+    ),
+}
+
+
 def _rate(num: int, den: int) -> float | None:
     return num / den if den else None
 
@@ -114,6 +160,114 @@ def _arm_row(m: ArmMetrics, total_requests: int, weight: float | None) -> dict[s
     }
 
 
+@dataclass(frozen=True)
+class LatencyComparison:
+    """Candidate latency against the baseline's, as distributions (``mann_whitney_binned``).
+
+    ``shift_ratio``: the Hodges-Lehmann shift of log latency as a factor
+    (1.2: the candidate's requests typically take 20 % longer).
+    ``prob_slower``: P(a candidate request is slower than a baseline one),
+    ties counted half (0.5: no difference).
+    """
+
+    n_candidate: int
+    n_baseline: int
+    p_value: float  # two-sided
+    p_slower: float  # one-sided: the candidate is slower
+    prob_slower: float
+    shift_ratio: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_candidate": self.n_candidate,
+            "n_baseline": self.n_baseline,
+            "p_value": self.p_value,
+            "p_slower": self.p_slower,
+            "prob_slower": self.prob_slower,
+            "shift_ratio": self.shift_ratio,
+        }
+
+
+def compare_latency(
+    candidate: LatencyHistogram, baseline: LatencyHistogram
+) -> LatencyComparison | None:
+    """Mann-Whitney on the two histograms; None while either has no requests."""
+    if candidate.count == 0 or baseline.count == 0:
+        return None
+    if (candidate.min_ms, candidate.max_ms, candidate.growth) != (
+        baseline.min_ms, baseline.max_ms, baseline.growth
+    ):
+        raise ValueError("histograms with different bucket layouts cannot be compared")
+    mw = mann_whitney_binned(candidate.counts, baseline.counts)
+    return LatencyComparison(
+        mw.n_x, mw.n_y, mw.p_two_sided, mw.p_greater, mw.prob_greater,
+        candidate.growth**mw.shift_bins,
+    )
+
+
+def _pp(x: float) -> str:
+    return f"{x * 100:.1f}"
+
+
+def fmt_p(p: float) -> str:
+    """A p-value for people: two significant digits, and no "p = 0"."""
+    return "< 0.0001" if p < 1e-4 else f"= {p:.2g}"
+
+
+def _accuracy_phrase(
+    name: str, baseline: str, seq: SequentialResult | None, holm_p: float | None,
+    n_c: int, n_b: int, m: int, alpha: float,
+) -> str:
+    if seq is None:
+        return (f"{name}: accuracy not compared yet ({n_c} and {n_b} labels; the sequential "
+                f"test needs {MIN_LABELS} on each side)")
+    conf = f"{(1 - alpha) * 100:g} %"
+    lo, hi = seq.ci
+    interval = f"always-valid {conf} interval {_pp(lo)} to {_pp(hi)} pp"
+    holm_txt = f", Holm-adjusted p {fmt_p(holm_p or 0.0)} over {m} candidates" if m > 1 else ""
+    if holm_p is not None and holm_p < alpha:
+        word = "better" if seq.delta > 0 else "worse"
+        return (f"{name} is {word} than {baseline} in accuracy by {_pp(abs(seq.delta))} pp "
+                f"({interval}, p {fmt_p(seq.p_value)}{holm_txt})")
+    extra = ""
+    if m > 1 and seq.p_value < alpha:
+        extra = f"; p {fmt_p(seq.p_value)} alone, not significant after Holm's correction"
+    return (f"{name} vs {baseline}: no accuracy difference shown yet, {seq.delta * 100:+.1f} pp "
+            f"({interval}{extra})")
+
+
+def _latency_phrase(lat: LatencyComparison | None, alpha: float) -> str:
+    if lat is None:
+        return "latency: no data to compare"
+    if lat.p_value < alpha:
+        word = "slower" if lat.shift_ratio > 1 or lat.prob_slower > 0.5 else "faster"
+        return (f"latency: {word}, typically x{lat.shift_ratio:.2f} "
+                f"(Mann-Whitney p {fmt_p(lat.p_value)})")
+    return f"latency: no shift shown (Mann-Whitney p {fmt_p(lat.p_value)})"
+
+
+def _srm_phrase(srm: Mapping[str, Any]) -> str:
+    if srm.get("flagged") is None:
+        return "sample-ratio check unavailable (see srm)"
+    if srm["flagged"]:
+        return (f"SAMPLE-RATIO MISMATCH (sequential p {fmt_p(srm['seq_p_value'])}): "
+                "the split is broken, do not act on this comparison")
+    return "no sample-ratio mismatch"
+
+
+def _srm_section(split: SplitTest | None) -> dict[str, Any]:
+    if split is None:
+        return {
+            "available": False, "flagged": None, "p_value": None, "seq_p_value": None,
+            "alpha": SRM_ALPHA,
+            "summary": "not computed: the controller passes no assignment counts (the routers "
+                       "count them per arm with pins left out; see docs/experiments.md)",
+        }
+    if split.n == 0:
+        return {**split.to_dict(), "available": False, "flagged": None}
+    return {**split.to_dict(), "available": True}
+
+
 def build_report(
     arms: Mapping[str, ArmMetrics],
     baseline: str,
@@ -121,19 +275,34 @@ def build_report(
     weights: Mapping[str, float],
     min_detectable_effect: float = 0.02,
     alpha: float = 0.05,
+    split: SplitTest | None = None,
+    tau: float | None = None,
 ) -> dict[str, Any]:
     """The experiment report as a JSON-ready dict (no NaN: missing data is ``None``).
 
-    Every arm row has the same keys; the comparison fields (``z``,
-    ``p_value``, ``significant``, ``accuracy_delta``, ``min_sample_size``,
-    ``sample_size_reached``) are ``None`` for the baseline and for a
-    candidate while either side lacks feedback. ``z > 0`` means the
-    candidate is more accurate than the baseline.
+    Every arm row has the same keys; the comparison fields are ``None`` for
+    the baseline and for a candidate while either side lacks feedback.
+
+    Fixed horizon (``z``, ``p_value``, ``significant``): the z-test, valid
+    only read once at the planned sample size (``sample_size_reached``);
+    ``p_value_holm`` is Holm-adjusted. ``z > 0``: the candidate is more accurate.
+
+    Sequential (``seq_*``, the one to act on before then): the always-valid
+    mSPRT p-value, Holm-adjusted across the candidates with labels
+    (``seq_p_value_holm``, ``seq_significant``), the always-valid interval of
+    the difference at ``1 - alpha`` (``seq_ci``) and at ``1 - alpha / m``
+    (``seq_ci_simultaneous``, all candidates at once). ``tau`` (the
+    mixture's scale) defaults to ``min_detectable_effect``.
+
+    ``latency_test`` compares latency distributions (``compare_latency``);
+    ``srm`` is the experiment's sample-ratio check (``split``, from
+    router/controlplane/split.py); ``verdict`` says it in one line.
     """
     if baseline not in arms:
         raise ValueError(f"baseline {baseline!r} is not among the arms {sorted(arms)}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    tau = min_detectable_effect if tau is None else tau
     total = ArmMetrics()
     for m in arms.values():
         total = total.merge(m)
@@ -141,13 +310,20 @@ def build_report(
     mde_n: int | None = None
     if base.accuracy is not None:
         mde_n = min_sample_size(base.accuracy, min_detectable_effect, alpha)
+    srm = _srm_section(split)
     rows: dict[str, dict[str, Any]] = {}
+    seqs: dict[str, SequentialResult] = {}
+    fixed_p: dict[str, float] = {}
     for name, m in arms.items():
         row = _arm_row(m, total.requests, weights.get(name))
         row["baseline"] = name == baseline
         row.update(z=None, p_value=None, significant=None, accuracy_delta=None)
-        row.update(min_sample_size=None, sample_size_reached=None)
-        if name != baseline:
+        row.update(min_sample_size=None, sample_size_reached=None, p_value_holm=None)
+        row.update(seq_p_value=None, seq_p_value_holm=None, seq_significant=None, seq_ci=None,
+                   seq_ci_simultaneous=None, latency_test=None, verdict=None)
+        if name == baseline:
+            row["verdict"] = f"{name} is the baseline"
+        else:
             row["min_sample_size"] = mde_n
             if mde_n is not None:
                 row["sample_size_reached"] = min(m.feedback_total, base.feedback_total) >= mde_n
@@ -157,12 +333,47 @@ def build_report(
                 )
                 row.update(z=z, p_value=p, significant=p < alpha)
                 row["accuracy_delta"] = (m.accuracy or 0.0) - (base.accuracy or 0.0)
+                fixed_p[name] = p
+            if min(m.feedback_total, base.feedback_total) >= MIN_LABELS:
+                seqs[name] = msprt_difference(
+                    m.feedback_correct, m.feedback_total, base.feedback_correct,
+                    base.feedback_total, alpha=alpha, tau=tau,
+                )
+            lat = compare_latency(m.latency, base.latency)
+            row["latency_test"] = None if lat is None else lat.to_dict()
         rows[name] = row
+    for name, adj in zip(fixed_p, holm(list(fixed_p.values())), strict=True):
+        rows[name]["p_value_holm"] = adj
+    family = len(seqs)
+    holm_seq = dict(zip(seqs, holm([r.p_value for r in seqs.values()]), strict=True))
+    for name, r in seqs.items():
+        rows[name].update(
+            seq_p_value=r.p_value, seq_p_value_holm=holm_seq[name],
+            seq_significant=holm_seq[name] < alpha, seq_ci=list(r.ci),
+            seq_ci_simultaneous=list(r.ci_at(alpha / family)),
+        )
+    verdicts: dict[str, str] = {}
+    for name, m in arms.items():
+        if name == baseline:
+            continue
+        lat_dict = rows[name]["latency_test"]
+        lat = None if lat_dict is None else LatencyComparison(**lat_dict)
+        line = "; ".join((
+            _accuracy_phrase(name, baseline, seqs.get(name), holm_seq.get(name),
+                             m.feedback_total, base.feedback_total, family, alpha),
+            _latency_phrase(lat, alpha),
+            _srm_phrase(srm),
+        ))
+        rows[name]["verdict"] = verdicts[name] = line
     totals = _arm_row(total, total.requests, sum(weights.get(n, 0.0) for n in arms))
     return {
         "baseline": baseline,
         "alpha": alpha,
         "min_detectable_effect": min_detectable_effect,
+        "tau": tau,
         "arms": rows,
         "totals": totals,
+        "srm": srm,
+        "verdicts": verdicts,
+        "methods": dict(METHODS),
     }

@@ -254,3 +254,76 @@ def test_assigned_counts_the_policy_s_choices_apart_from_pins() -> None:
     old = m.to_dict()
     del old["assigned"]  # a report from a router that does not count assignments
     assert ArmMetrics.from_dict(old).assigned == 0
+
+
+def test_report_sequential_holm_latency_srm_and_verdicts() -> None:
+    from router.controlplane.split import SplitTally
+    from router.controlplane.stats import holm, msprt_difference
+
+    arms = {
+        "v1": _arm(20_000, 0, 18_000, 20_000, 4.0),
+        "v2": _arm(10_000, 0, 9_500, 10_000, 4.0),  # +5 points
+        "v3": _arm(10_000, 0, 9_010, 10_000, 6.0),  # +0.1 point, slower
+        "v4": _arm(50, 0, 10, 20, 4.0),  # 20 labels: too few for the sequential test
+    }
+    split = SplitTally()
+    split.add({"v1": 10_400, "v2": 9_600}, {"v1": 50, "v2": 50})
+    report = build_report(arms, "v1", weights={"v1": 50, "v2": 25, "v3": 25, "v4": 0},
+                          split=split.test())
+    json.dumps(report, allow_nan=False)
+    rows = report["arms"]
+    assert set(rows["v1"]) == set(rows["v2"]) == set(rows["v4"])
+    seqs = {v: msprt_difference(arms[v].feedback_correct, arms[v].feedback_total,
+                                18_000, 20_000, tau=0.02)
+            for v in ("v2", "v3")}
+    adjusted = holm([seqs["v2"].p_value, seqs["v3"].p_value])
+    assert rows["v2"]["seq_p_value"] == pytest.approx(seqs["v2"].p_value)
+    assert rows["v2"]["seq_p_value_holm"] == pytest.approx(adjusted[0])
+    assert rows["v3"]["seq_p_value_holm"] == pytest.approx(adjusted[1])
+    assert rows["v2"]["seq_significant"] is True and rows["v3"]["seq_significant"] is False
+    lo, hi = rows["v2"]["seq_ci"]
+    assert lo < 0.05 < hi and lo > 0
+    slo, shi = rows["v2"]["seq_ci_simultaneous"]
+    assert slo < lo and shi > hi  # at alpha / 2 for two candidates
+    assert rows["v4"]["seq_p_value"] is None and rows["v4"]["p_value"] is not None
+    assert rows["v2"]["p_value_holm"] is not None and rows["v1"]["p_value_holm"] is None
+    assert rows["v3"]["latency_test"]["shift_ratio"] == pytest.approx(1.5, rel=0.05)
+    assert rows["v3"]["latency_test"]["p_value"] < 1e-6
+    assert rows["v2"]["latency_test"]["p_value"] == 1.0  # identical latencies
+    assert report["srm"]["available"] and report["srm"]["flagged"]
+    assert report["tau"] == 0.02 and "Johari" in report["methods"]["sequential"]
+    assert "Lindon" in report["methods"]["srm"] and "Holm" in report["methods"][
+        "multiple_comparisons"]
+    v2 = report["verdicts"]["v2"]
+    assert v2 == rows["v2"]["verdict"]
+    assert v2.startswith("v2 is better than v1 in accuracy by 5.0 pp (always-valid 95 % "
+                         "interval ")
+    assert "Holm-adjusted p" in v2 and "SAMPLE-RATIO MISMATCH" in v2
+    assert "no accuracy difference shown yet" in report["verdicts"]["v3"]
+    assert "latency: slower, typically x1.5" in report["verdicts"]["v3"]
+    assert "needs 30 on each side" in report["verdicts"]["v4"]
+    assert rows["v1"]["verdict"] == "v1 is the baseline"
+
+    fine = SplitTally()
+    fine.add({"v1": 10_000, "v2": 5_000, "v3": 5_000}, {"v1": 50, "v2": 25, "v3": 25})
+    ok = build_report(arms, "v1", weights={"v1": 50, "v2": 25, "v3": 25}, split=fine.test())
+    assert ok["srm"]["flagged"] is False
+    assert ok["verdicts"]["v2"].endswith("; no sample-ratio mismatch")
+    none = build_report(arms, "v1", weights={"v1": 50, "v2": 25, "v3": 25})
+    assert none["srm"]["available"] is False and none["srm"]["flagged"] is None
+    assert "sample-ratio check unavailable" in none["verdicts"]["v2"]
+
+
+def test_latency_comparison_reads_the_histograms() -> None:
+    from router.controlplane.analysis import compare_latency
+
+    rng = np.random.default_rng(21)
+    a, b = LatencyHistogram(), LatencyHistogram()
+    for x in rng.lognormal(np.log(12.0), 0.3, 3000):
+        a.record(float(x))
+    for x in rng.lognormal(np.log(10.0), 0.3, 3000):
+        b.record(float(x))
+    lat = compare_latency(a, b)
+    assert lat is not None and lat.p_slower < 1e-10 and lat.prob_slower > 0.6
+    assert lat.shift_ratio == pytest.approx(1.2, rel=0.06)
+    assert compare_latency(LatencyHistogram(), b) is None
