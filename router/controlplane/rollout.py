@@ -105,12 +105,20 @@ class Rollout:
         return cls(plan, new_state(plan))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan.to_dict(), "state": self.state.to_dict()}
+        data: dict[str, Any] = {"plan": self.plan.to_dict(), "state": self.state.to_dict()}
+        if self.base_window >= 0:  # the window's start, so that a restart carries it on
+            data["window_base"] = {"window": self.base_window,
+                                   "metrics": {v: m.to_dict() for v, m in self.base.items()}}
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Rollout:
-        # The window's snapshot is not persisted: after a restart the window starts again.
-        return cls(CanaryPlan.from_dict(data["plan"]), CanaryState.from_dict(data["state"]))
+        rollout = cls(CanaryPlan.from_dict(data["plan"]), CanaryState.from_dict(data["state"]))
+        saved = data.get("window_base")
+        if saved is not None:
+            rollout.base = {v: ArmMetrics.from_dict(m) for v, m in saved["metrics"].items()}
+            rollout.base_window = int(saved["window"])
+        return rollout
 
     def _window(self, merged: Mapping[str, ArmMetrics]) -> tuple[ArmMetrics, ArmMetrics]:
         if self.base_window != self.state.window:

@@ -192,11 +192,14 @@ class ExperimentService:
         if rollout is None or rollout.state.status is not CanaryStatus.RUNNING:
             return
         async with self.lock:
+            opened = rollout.base_window
             decision, op = rollout.tick(
                 self.ledger.merged_metrics(), self.state.weights(), self.clock(),
                 shadow=self.ledger.merged_shadows().get(rollout.plan.candidate),
             )
             if decision.verdict is Verdict.WAIT:
+                if rollout.base_window != opened:  # a new window's start: durable too
+                    self._save_rollout()
                 return
             if op is not None:
                 try:

@@ -484,3 +484,20 @@ def test_the_journal_is_compacted_and_a_torn_line_is_skipped(
     arms = again.report()["arms"]
     assert (arms["v1"]["accuracy"], arms["v1"]["feedback_n"]) == (0.5, 30)
     assert again.record_feedback("new", 1)["counted"] is True
+
+
+def test_the_canary_window_survives_a_controller_restart(tmp_path: Path) -> None:
+    clock = Clock(0.0)
+    svc = service(tmp_path, clock)
+    run(svc.apply(Rollback("v2"), "ops"))
+    svc.sync("a", report(v1=50))
+    run(svc.start_canary(PLAN, "ops"))
+    run(svc.canary_tick())  # the window opens: its start is saved
+    clock.t = 5.0
+    svc.sync("a", report(v1=90, v3=40))  # 40 candidate requests inside the window
+    clock.t = 6.0
+    again = service(tmp_path, clock)  # SIGKILL and a new controller
+    again.sync("a", report(v1=90, v3=40))  # the live router reports its counters again
+    clock.t = 11.0
+    run(again.canary_tick())  # judged on the window since t=0, not a fresh one
+    assert again.state.weights()["v3"] == 100, again.canary_status()["state"]
