@@ -146,11 +146,12 @@ class RouterCore:
             pred = await self._serve_from_cache_or_arm(arm, batch)
         except ServiceUnavailable:
             ms = (self.clock() - started) * 1000.0
-            self.metrics[arm].record(ms, error=True)
+            self.metrics[arm].record(ms, error=True, assigned=pinned is None)
             self.recorder.request(arm, "none", "error", ms)
             raise
         ms = (self.clock() - started) * 1000.0
-        self.metrics[arm].record(ms, fallback=pred.fallback)
+        # ``assigned``: the policy chose the arm (not a pin); the sample-ratio test's counts.
+        self.metrics[arm].record(ms, fallback=pred.fallback, assigned=pinned is None)
         self.recorder.request(arm, pred.version, "fallback" if pred.fallback else "ok", ms)
         for shadow in self.shadows:
             if shadow.version != pred.version and self.rng.random() < shadow.share:
