@@ -18,7 +18,22 @@ requests. The caller starts new counters when ``state.window`` changes
 
 A gate whose data is missing (no baseline traffic at 100 %, feedback or
 shadow comparisons below their minimum) is *skipped* and says so in the
-reasons; it neither passes nor fails the window.
+reasons ("lacks data: ..."); it neither passes nor fails the window.
+
+Quality gates, beside the rates and p99 (docs/experiments.md, Statistics):
+
+    accuracy_noninferiority  on by default (margin 2 points): the always-valid
+              mSPRT interval of candidate - baseline accuracy over every label
+              since the canary started (``CanaryState.labels``); fails when it
+              lies below -margin, passes above, inconclusive (neither) between
+    srm       on by default (p < 0.001 fails): the window's assignment counts
+              (pins left out) against the weights in force, allowing the first
+              ``srm_grace_s`` of the window at the previous step's weights
+    latency_shift  off by default: Mann-Whitney on the latency histograms,
+              fails when the candidate is slower (one-sided p < latency_alpha)
+              by more than ``max_latency_shift`` (Hodges-Lehmann ratio)
+
+Every verdict's last reason names these gates with their numbers.
 
 ``now`` is wall-clock seconds (``time.time()``), not monotonic: the state is
 persisted as JSON and must mean the same thing after a controller restart.
@@ -34,6 +49,12 @@ from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
+from router.controlplane.analysis import compare_latency, fmt_p
+from router.controlplane.stats import (
+    DEFAULT_TAU,
+    msprt_difference,
+    noninferiority,
+)
 from router.dataplane.measures import ArmMetrics
 from router.dataplane.shadow import ShadowStats
 
@@ -47,8 +68,11 @@ __all__ = [
     "GateResult",
     "Verdict",
     "abort",
+    "QUALITY_GATES",
     "check_gates",
     "evaluate",
+    "expected_share",
+    "window_srm",
     "new_state",
     "pause",
     "resume",
@@ -58,6 +82,12 @@ __all__ = [
 MAX_HISTORY = 500  # newest entries kept; a flapping canary must not grow the state forever
 
 Metrics = dict[str, float | int | None]
+# The gates on what the candidate answers and how its traffic splits (the decision line
+# names each, with its numbers); the others are its error, fallback and latency rates.
+QUALITY_GATES = (
+    "accuracy_noninferiority", "accuracy_delta", "srm", "latency_shift", "shadow_agreement",
+)
+MIN_LATENCY_SAMPLES = 20  # per arm, for the rank test's normal approximation
 
 
 class CanaryStatus(StrEnum):
@@ -98,7 +128,18 @@ class GateConfig:
     ``max_p99_ratio`` compare with the baseline's window; ``min_accuracy_delta``
     is the least acceptable ``candidate accuracy - baseline accuracy``
     (e.g. -0.02 tolerates a two-point drop), checked once both arms have
-    ``min_feedback`` labelled answers in the window.
+    ``min_feedback`` labelled answers in the window (a point estimate, off by
+    default).
+
+    ``accuracy_margin`` (0.02): the sequential non-inferiority gate on every
+    label since the canary started, once both arms have ``min_feedback``:
+    fails when the always-valid ``1 - accuracy_alpha`` interval of the
+    difference lies below ``-accuracy_margin``. ``srm_alpha`` (0.001): the
+    window's sample-ratio test fails below it; ``srm_grace_s`` of each window
+    may still be at the previous step's weights (routers pick a change up
+    within ``state.poll_interval_s``). ``max_latency_shift`` (off): fails when
+    the candidate's latency distribution is slower (Mann-Whitney one-sided
+    p < ``latency_alpha``) by more than this ratio (1.2 = 20 %).
     """
 
     max_error_rate: float | None = 0.01
@@ -111,6 +152,12 @@ class GateConfig:
     min_accuracy_delta: float | None = None
     min_feedback: int = 200
     failures_to_rollback: int = 3
+    accuracy_margin: float | None = 0.02
+    accuracy_alpha: float = 0.05
+    srm_alpha: float | None = 0.001
+    srm_grace_s: float = 5.0
+    max_latency_shift: float | None = None
+    latency_alpha: float = 0.01
 
     def __post_init__(self) -> None:
         _rate_field("gates.max_error_rate", self.max_error_rate)
@@ -135,6 +182,22 @@ class GateConfig:
         if self.failures_to_rollback < 1:
             raise ValueError(
                 f"gates.failures_to_rollback: must be >= 1, got {self.failures_to_rollback}"
+            )
+        if self.accuracy_margin is not None and not 0.0 <= self.accuracy_margin < 1.0:
+            raise ValueError(
+                f"gates.accuracy_margin: must be in [0, 1) (0.02 = two points), "
+                f"got {self.accuracy_margin}"
+            )
+        for name in ("accuracy_alpha", "srm_alpha", "latency_alpha"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"gates.{name}: must be in (0, 1), got {value}")
+        if not (math.isfinite(self.srm_grace_s) and self.srm_grace_s >= 0):
+            raise ValueError(f"gates.srm_grace_s: must be >= 0 seconds, got {self.srm_grace_s}")
+        if self.max_latency_shift is not None and not self.max_latency_shift >= 1.0:
+            raise ValueError(
+                f"gates.max_latency_shift: must be a ratio >= 1 (1.2 = 20 % slower), "
+                f"got {self.max_latency_shift}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,6 +274,7 @@ class GateResult:
     name: str
     status: str  # "pass", "fail" or "skip"
     message: str
+    brief: str = ""  # the numbers in a few words, for the decision line
 
 
 @dataclass(frozen=True)
@@ -279,6 +343,10 @@ class CanaryState:
     consecutive_failures: int = 0
     updated_at: float | None = None
     history: tuple[Decision, ...] = ()
+    # Labels (correct, total) of the windows judged so far: the sequential accuracy gate
+    # judges all of them, not one window's (the evidence adds up over the steps).
+    candidate_labels: tuple[int, int] = (0, 0)
+    baseline_labels: tuple[int, int] = (0, 0)
 
     @property
     def done(self) -> bool:
@@ -297,12 +365,18 @@ class CanaryState:
             "consecutive_failures": self.consecutive_failures,
             "updated_at": self.updated_at,
             "history": [d.to_dict() for d in self.history],
+            "labels": {"candidate": list(self.candidate_labels),
+                       "baseline": list(self.baseline_labels)},
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CanaryState:
         def opt(key: str) -> float | None:
             return None if data.get(key) is None else float(data[key])
+
+        def label_pair(arm: str) -> tuple[int, int]:
+            correct, total = data.get("labels", {}).get(arm, (0, 0))
+            return int(correct), int(total)
 
         return cls(
             candidate=str(data["candidate"]),
@@ -316,6 +390,8 @@ class CanaryState:
             consecutive_failures=int(data.get("consecutive_failures", 0)),
             updated_at=opt("updated_at"),
             history=tuple(Decision.from_dict(d) for d in data.get("history", ())),
+            candidate_labels=label_pair("candidate"),
+            baseline_labels=label_pair("baseline"),
         )
 
 
@@ -408,13 +484,76 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def expected_share(
+    weights: Mapping[str, float],
+    candidate: str,
+    baseline: str,
+    previous_weight: float | None,
+    elapsed_s: float,
+    grace_s: float,
+) -> tuple[float, float] | None:
+    """The candidate's expected share of the candidate + baseline assignments in a window.
+
+    ``(lo, hi)``: the share the weights in force give, widened towards the
+    previous step's share (``previous_weight`` percent for the candidate, the
+    baseline giving or taking the difference) by the part of the window,
+    ``grace_s`` of ``elapsed_s``, that routers may still have served at the
+    previous weights. None when neither arm has weight.
+    """
+    w_c, w_b = max(weights.get(candidate, 0.0), 0.0), max(weights.get(baseline, 0.0), 0.0)
+    both = w_c + w_b
+    if both <= 0:
+        return None
+    share = w_c / both
+    if previous_weight is None or elapsed_s <= 0:
+        return share, share
+    old = min(max(previous_weight / both, 0.0), 1.0)
+    f = min(1.0, grace_s / elapsed_s)
+    mixed = (1.0 - f) * share + f * old
+    return min(share, mixed), max(share, mixed)
+
+
+def window_srm(candidate_n: int, baseline_n: int, share: tuple[float, float]) -> float:
+    """Two-sided p-value of the candidate's ``candidate_n`` of ``candidate_n + baseline_n``
+    assignments against an expected share in ``[lo, hi]``: 1 inside, else Pearson's
+    chi-square (one degree of freedom) against the nearer end; 0 when that end is 0 or 1
+    (a count the weights make impossible)."""
+    n = candidate_n + baseline_n
+    if n <= 0:
+        return 1.0
+    lo, hi = share
+    observed = candidate_n / n
+    if lo - 1e-12 <= observed <= hi + 1e-12:
+        return 1.0
+    end = lo if observed < lo else hi
+    if end <= 0.0 or end >= 1.0:
+        return 0.0
+    z = (candidate_n - n * end) / math.sqrt(n * end * (1.0 - end))
+    return math.erfc(abs(z) / math.sqrt(2.0))
+
+
+def _pp(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 100:+.2f} pp"
+
+
 def check_gates(
     gates: GateConfig,
     candidate: ArmMetrics,
     baseline: ArmMetrics,
     shadow: ShadowStats | None = None,
+    *,
+    labels: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    share: tuple[float, float] | None = None,
+    share_why: str = "the experiment's weights were not passed to evaluate",
 ) -> tuple[tuple[GateResult, ...], Metrics]:
-    """Judge one window: a result per enabled gate, and the numbers that decided."""
+    """Judge one window: a result per enabled gate, and the numbers that decided.
+
+    ``labels``: ((correct, total) of the candidate, of the baseline) for the
+    sequential accuracy gate, every label since the canary started; without
+    it, the window's. ``share``: the candidate's expected share for the SRM
+    gate (``expected_share``); without it that gate is skipped, saying
+    ``share_why``.
+    """
     c_err, b_err = candidate.error_rate, baseline.error_rate
     c_p99, b_p99 = candidate.latency.quantile(0.99), baseline.latency.quantile(0.99)
     c_acc, b_acc = candidate.accuracy, baseline.accuracy
@@ -426,6 +565,10 @@ def check_gates(
     acc_delta = c_acc - b_acc if acc_ready and c_acc is not None and b_acc is not None else None
     shadow_ready = shadow is not None and shadow.compared >= gates.min_shadow_samples
     agreement = shadow.agreement_rate if shadow is not None else None
+    if labels is None:
+        labels = ((candidate.feedback_correct, candidate.feedback_total),
+                  (baseline.feedback_correct, baseline.feedback_total))
+    (cl_ok, cl_n), (bl_ok, bl_n) = labels
     metrics: Metrics = {
         "candidate_requests": candidate.requests,
         "baseline_requests": baseline.requests,
@@ -443,12 +586,17 @@ def check_gates(
         "candidate_accuracy": c_acc,
         "baseline_accuracy": b_acc,
         "accuracy_delta": (c_acc - b_acc) if c_acc is not None and b_acc is not None else None,
+        "candidate_labels_total": cl_n,
+        "baseline_labels_total": bl_n,
+        "candidate_assigned": candidate.assigned,
+        "baseline_assigned": baseline.assigned,
     }
     results: list[GateResult] = []
 
-    def judge(name: str, ok: bool | None, detail: str) -> None:
+    def judge(name: str, ok: bool | None, detail: str, brief: str = "") -> None:
         status = "skip" if ok is None else "pass" if ok else "fail"
-        results.append(GateResult(name, status, f"{name}: {status}, {detail}"))
+        results.append(GateResult(name, status, f"{name}: {status}, {detail}",
+                                  f"{name} {status}" + (f" ({brief})" if brief else "")))
 
     if gates.max_error_rate is not None:
         ok = None if c_err is None else c_err <= gates.max_error_rate
@@ -500,7 +648,10 @@ def check_gates(
             "shadow_agreement",
             ok,
             f"{_fmt(agreement)} over {compared} rows vs min "
-            f"{gates.min_shadow_agreement:.4f} (needs {gates.min_shadow_samples} rows)",
+            f"{gates.min_shadow_agreement:.4f} (needs {gates.min_shadow_samples} rows)"
+            + ("" if shadow_ready else "; lacks data"),
+            f"{_fmt(agreement)} over {compared} rows vs min {gates.min_shadow_agreement:.4f}"
+            if shadow_ready else f"lacks data: {compared} of {gates.min_shadow_samples} rows",
         )
     if gates.min_accuracy_delta is not None:
         ok = None if acc_delta is None else acc_delta >= gates.min_accuracy_delta
@@ -509,9 +660,85 @@ def check_gates(
             ok,
             f"candidate {_fmt(c_acc)} (n={candidate.feedback_total}) - "
             f"baseline {_fmt(b_acc)} (n={baseline.feedback_total}) = {_fmt(acc_delta)} vs min "
-            f"{gates.min_accuracy_delta:+.4f} (needs n >= {gates.min_feedback} each)",
+            f"{gates.min_accuracy_delta:+.4f} (needs n >= {gates.min_feedback} each)"
+            + ("" if acc_ready else "; lacks data"),
+            f"{_fmt(acc_delta)} vs min {gates.min_accuracy_delta:+.4f}" if acc_ready
+            else f"lacks data: {candidate.feedback_total} and {baseline.feedback_total} labels "
+                 f"in the window, needs {gates.min_feedback} each",
         )
+    if gates.accuracy_margin is not None:
+        margin = gates.accuracy_margin
+        metrics["accuracy_margin"] = margin
+        if min(cl_n, bl_n) < gates.min_feedback:
+            metrics.update(accuracy_ci_lo=None, accuracy_ci_hi=None)
+            lack = (f"lacks data: {cl_n} candidate and {bl_n} baseline labels since the "
+                    f"canary started, needs {gates.min_feedback} each")
+            judge("accuracy_noninferiority", None, lack, lack)
+        else:
+            seq = msprt_difference(cl_ok, cl_n, bl_ok, bl_n, alpha=gates.accuracy_alpha,
+                                   tau=max(margin, DEFAULT_TAU / 2) if margin else DEFAULT_TAU)
+            lo, hi = seq.ci
+            metrics.update(accuracy_ci_lo=lo, accuracy_ci_hi=hi,
+                           accuracy_delta_total=seq.delta, accuracy_seq_p_value=seq.p_value)
+            outcome = noninferiority(seq, margin)
+            conf = f"{(1 - gates.accuracy_alpha) * 100:g} %"
+            numbers = (f"{_pp(seq.delta)} over {cl_n} and {bl_n} labels, always-valid {conf} "
+                       f"interval {_pp(lo)} to {_pp(hi)} vs margin {_pp(-margin)}")
+            word = {"pass": "not worse by the margin (interval above it)",
+                    "fail": "worse by more than the margin (interval below it)",
+                    "inconclusive": "inconclusive (interval straddles the margin): neither "
+                                    "passes nor fails"}[outcome]
+            judge("accuracy_noninferiority",
+                  {"pass": True, "fail": False}.get(outcome),
+                  f"candidate {cl_ok / cl_n:.4f} - baseline {bl_ok / bl_n:.4f} = {numbers}: "
+                  f"{word}",
+                  numbers + ("; inconclusive" if outcome == "inconclusive" else ""))
+    if gates.srm_alpha is not None:
+        x, y = candidate.assigned, baseline.assigned
+        if share is None:
+            lack = f"lacks data: {share_why}"
+            judge("srm", None, lack, lack)
+        elif x + y == 0:
+            lack = ("lacks data: no assignment counts in the window (routers that count "
+                    "requests but not assignments apart from pins)")
+            judge("srm", None, lack, lack)
+        else:
+            p = window_srm(x, y, share)
+            lo, hi = share
+            metrics.update(srm_p_value=p, srm_expected_lo=lo, srm_expected_hi=hi)
+            expected = f"{lo * 100:.2f} %" if hi - lo < 1e-9 else \
+                f"{lo * 100:.2f} % to {hi * 100:.2f} %"
+            numbers = (f"candidate {x} of {x + y} assignments = {x / (x + y) * 100:.2f} % vs "
+                       f"expected {expected}, p {fmt_p(p)} vs min {gates.srm_alpha:g}")
+            judge("srm", p >= gates.srm_alpha,
+                  numbers + ("" if p >= gates.srm_alpha else ": sample-ratio mismatch"),
+                  f"p {fmt_p(p)}")
+    if gates.max_latency_shift is not None:
+        c_n, b_n = candidate.latency.count, baseline.latency.count
+        if min(c_n, b_n) < MIN_LATENCY_SAMPLES:
+            lack = (f"lacks data: {c_n} candidate and {b_n} baseline latencies in the window, "
+                    f"needs {MIN_LATENCY_SAMPLES} each")
+            judge("latency_shift", None, lack, lack)
+        else:
+            lat = compare_latency(candidate.latency, baseline.latency)
+            assert lat is not None
+            metrics.update(latency_p_slower=lat.p_slower, latency_shift_ratio=lat.shift_ratio,
+                           latency_prob_slower=lat.prob_slower)
+            slower = lat.p_slower < gates.latency_alpha
+            ok = not (slower and lat.shift_ratio > gates.max_latency_shift)
+            numbers = (f"x{lat.shift_ratio:.2f} (Hodges-Lehmann), Mann-Whitney one-sided "
+                       f"p {fmt_p(lat.p_slower)} vs alpha {gates.latency_alpha:g}, max "
+                       f"x{gates.max_latency_shift:.2f}")
+            judge("latency_shift", ok,
+                  f"candidate latency typically {numbers}, P(slower) {lat.prob_slower:.3f}",
+                  numbers)
     return tuple(results), metrics
+
+
+def _quality_line(results: tuple[GateResult, ...]) -> str:
+    by_name = {r.name: r for r in results}
+    parts = [by_name[n].brief if n in by_name else f"{n} off" for n in QUALITY_GATES]
+    return "quality gates: " + "; ".join(parts)
 
 
 def evaluate(
@@ -522,10 +749,13 @@ def evaluate(
     now: float,
     *,
     shadow: ShadowStats | None = None,
+    weights: Mapping[str, float] | None = None,
 ) -> tuple[CanaryState, Decision]:
     """Judge the current step's window and move the plan on; see the module docstring.
 
     ``candidate``, ``baseline`` and ``shadow`` hold the current window only.
+    ``weights``: the experiment's weights in force during the window (for the
+    sample-ratio gate, which is skipped without them).
     """
     _check_plan(plan, state)
     step, weight = state.step, state.weight
@@ -552,19 +782,37 @@ def evaluate(
             now, Action.HOLD, Verdict.WAIT, step, weight, weight, tuple(waits), wait_metrics
         )
 
-    results, metrics = check_gates(plan.gates, candidate, baseline, shadow)
+    labels = (
+        (state.candidate_labels[0] + candidate.feedback_correct,
+         state.candidate_labels[1] + candidate.feedback_total),
+        (state.baseline_labels[0] + baseline.feedback_correct,
+         state.baseline_labels[1] + baseline.feedback_total),
+    )
+    share = None
+    if weights is not None:
+        previous = state.history[-1].weight if state.history else None
+        share = expected_share(weights, plan.candidate, plan.baseline, previous, elapsed,
+                               plan.gates.srm_grace_s)
+    results, metrics = check_gates(
+        plan.gates, candidate, baseline, shadow, labels=labels, share=share,
+        share_why="the experiment's weights were not passed to evaluate" if weights is None
+        else "neither arm has weight",
+    )
     metrics["elapsed_s"] = elapsed
     reasons = [r.message for r in results]
     failed = [r.name for r in results if r.status == "fail"]
     where = f"step {step + 1}/{len(plan.steps)} ({weight:g}%)"
     window = state.window + 1
+    quality = _quality_line(results)
 
     def decide(
         action: Action, verdict: Verdict, to_weight: float, reason: str, **changes: Any
     ) -> tuple[CanaryState, Decision]:
-        reasons.append(reason)
+        reasons.append(f"{reason}; {quality}")
         d = Decision(now, action, verdict, step, weight, to_weight, tuple(reasons), metrics)
-        return _record(state, d, step_started_at=now, window=window, **changes), d
+        new = _record(state, d, step_started_at=now, window=window,
+                      candidate_labels=labels[0], baseline_labels=labels[1], **changes)
+        return new, d
 
     if failed:
         n = state.consecutive_failures + 1
