@@ -127,8 +127,14 @@ class Rollout:
             self.base_window = self.state.window
         cand = merged.get(self.plan.candidate, ArmMetrics())
         base = merged.get(self.plan.baseline, ArmMetrics())
-        return (cand.subtract(self.base[self.plan.candidate]),
-                base.subtract(self.base[self.plan.baseline]))
+        try:
+            return (cand.subtract(self.base[self.plan.candidate]),
+                    base.subtract(self.base[self.plan.baseline]))
+        except ValueError:
+            # The counters went back past the window's start (a router that died with the
+            # controller lost its last second): the window starts again from here.
+            self.base = {self.plan.candidate: cand, self.plan.baseline: base}
+            return ArmMetrics(), ArmMetrics()
 
     def start(self, weights: Mapping[str, float], now: float) -> SetWeights:
         """The first step's weights; refuses a plan whose steps do not fit (nothing changes)."""

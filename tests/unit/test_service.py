@@ -501,3 +501,17 @@ def test_the_canary_window_survives_a_controller_restart(tmp_path: Path) -> None
     clock.t = 11.0
     run(again.canary_tick())  # judged on the window since t=0, not a fresh one
     assert again.state.weights()["v3"] == 100, again.canary_status()["state"]
+
+
+def test_a_window_whose_counters_went_back_starts_again(tmp_path: Path) -> None:
+    clock = Clock(0.0)
+    svc = service(tmp_path, clock)
+    run(svc.apply(Rollback("v2"), "ops"))
+    run(svc.start_canary(PLAN, "ops"))
+    svc.sync("a", report(v1=90, v3=40))
+    run(svc.canary_tick())  # the window opens at 40 candidate requests
+    svc.ledger.replica_metrics.clear()  # replica a's counters lost (it died with the controller)
+    svc.sync("b", report(v1=5, v3=5))
+    clock.t = 11.0
+    run(svc.canary_tick())  # no ValueError every tick: a fresh window, too few requests yet
+    assert status(svc) == "running" and svc.state.weights()["v3"] == 50
