@@ -95,6 +95,60 @@ def _bar_chart(values: dict[str, tuple[float | None, float | None, float | None]
             f"{''.join(parts)}</svg>")
 
 
+def _interval(ci: Any) -> str:
+    if not ci:
+        return "–"
+    return f"{ci[0] * 100:+.1f} to {ci[1] * 100:+.1f} pp"
+
+
+def _p(value: Any) -> str:
+    if value is None:
+        return "–"
+    return "&lt; 0.0001" if value < 1e-4 else f"{value:.2g}"
+
+
+def _statistics(report: dict[str, Any]) -> str:
+    """Per candidate: sequential and fixed-horizon tests, latency, verdict; the SRM check."""
+    alpha = report.get("alpha", 0.05)
+    rows = []
+    for arm, r in report["arms"].items():
+        if r.get("baseline") or "seq_p_value" not in r:
+            continue
+        lat = r.get("latency_test") or {}
+        reached = r.get("sample_size_reached")
+        valid = ("valid (planned n reached)" if reached else
+                 f"not yet valid (needs n = {r.get('min_sample_size')})"
+                 if r.get("min_sample_size") else "–")
+        shift = f"×{lat['shift_ratio']:.2f}, p {_p(lat.get('p_value'))}" if lat else "–"
+        rows.append(
+            f"<tr><th>{escape(arm)}</th><td>{_fmt(r.get('accuracy_delta'), pct=True)}</td>"
+            f"<td>{_interval(r.get('seq_ci'))}</td><td>{_p(r.get('seq_p_value'))}</td>"
+            f"<td>{_p(r.get('seq_p_value_holm'))}</td><td>{_fmt(r.get('seq_significant'))}</td>"
+            f"<td>{_p(r.get('p_value'))}</td><td>{escape(valid)}</td><td>{shift}</td></tr>"
+            f"<tr><td colspan='9' style='text-align:left'>{escape(str(r.get('verdict')))}"
+            "</td></tr>"
+        )
+    srm = report.get("srm") or {}
+    flagged = srm.get("flagged")
+    style = " style='color:#b00;font-weight:bold'" if flagged else ""
+    srm_html = (f"<p{style}>Sample ratio: {escape(str(srm.get('summary', '–')))}</p>"
+                if srm else "")
+    methods = "".join(f"<li><b>{escape(k)}</b>: {escape(v)}</li>"
+                      for k, v in (report.get("methods") or {}).items())
+    if not rows and not srm_html:
+        return ""
+    conf = f"{(1 - alpha) * 100:g} %"
+    table = (
+        "<table><tr><th>candidate</th><th>Δ accuracy</th>"
+        f"<th>always-valid {conf} interval</th><th>sequential p</th><th>Holm p</th>"
+        "<th>significant</th><th>z-test p</th><th>z-test validity</th>"
+        "<th>latency (Mann-Whitney)</th></tr>" + "".join(rows) + "</table>"
+    ) if rows else ""
+    return (f"<h2>Statistics</h2>{srm_html}{table}"
+            + (f"<details><summary>Methods</summary><ul>{methods}</ul></details>"
+               if methods else ""))
+
+
 def render_report_html(report: dict[str, Any]) -> str:
     arms = list(report["arms"])
     rows = []
@@ -102,7 +156,7 @@ def render_report_html(report: dict[str, Any]) -> str:
             ("weight", "weight %", False), ("error_rate", "errors", True),
             ("fallback_rate", "fallbacks", True), ("p50_ms", "p50 ms", False),
             ("p99_ms", "p99 ms", False), ("accuracy", "accuracy", True),
-            ("feedback_n", "feedback n", False), ("p_value", "p-value", False),
+            ("feedback_n", "feedback n", False), ("p_value", "z-test p", False),
             ("significant", "significant", False), ("sample_size_reached", "n reached", False)]
     for arm, row in report["arms"].items():
         ci = row.get("accuracy_ci95")
@@ -146,6 +200,7 @@ th:first-child{{text-align:left}}</style></head><body>
 minimum detectable effect {_fmt(report.get("min_detectable_effect"), pct=True)}
 · refreshes every 10 s</p>
 <table><tr><th>arm</th>{header}</tr>{''.join(rows)}</table>
+{_statistics(report)}
 {shadow_table}
 {_line_chart(_share_series(report.get("history", []), arms), arms, "Traffic share over time")}
 {_bar_chart(latency, "p99 latency per arm", " ms")}

@@ -206,8 +206,53 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"shadow {version}: compared {s['compared']}, agreement {pct(s['agreement_rate'])},"
               f" mean |dp| {num(s['mean_abs_diff'], '.4f')}, errors {s['errors']}, "
               f"p99 {num(s['p99_ms'])} ms")
-    print("* baseline; p-value: two-proportion z-test of accuracy against the baseline")
+    print("* baseline; p-value: two-proportion z-test of accuracy against the baseline, valid "
+          "only read once at the planned n (n ok); act on the sequential test below")
+    for line in _statistics_lines(report):
+        print(line)
     return 0
+
+
+def _statistics_lines(report: dict[str, Any]) -> list[str]:
+    """Per candidate: the sequential test, the z-test with its validity, the latency test and
+    the verdict; then the sample-ratio check (router/controlplane/analysis.py)."""
+    def pp(x: Any) -> str:
+        return "-" if x is None else f"{x * 100:+.1f}"
+
+    def p(x: Any) -> str:
+        return "-" if x is None else ("<0.0001" if x < 1e-4 else f"{x:.2g}")
+
+    alpha = report.get("alpha", 0.05)
+    lines: list[str] = []
+    for arm, r in report["arms"].items():
+        if r.get("baseline") or "seq_p_value" not in r:
+            continue
+        lines.append(f"{arm} vs {report['baseline']}:")
+        if r.get("seq_p_value") is None:
+            lines.append("  sequential (mSPRT, always valid): not enough labels yet")
+        else:
+            lo, hi = r["seq_ci"]
+            verdict = "significant" if r.get("seq_significant") else "not significant"
+            lines.append(
+                f"  sequential (mSPRT, always valid): delta {pp(r.get('accuracy_delta'))} pp, "
+                f"{(1 - alpha) * 100:g}% interval [{pp(lo)}, {pp(hi)}] pp, p {p(r['seq_p_value'])}"
+                f", Holm p {p(r.get('seq_p_value_holm'))}: {verdict}")
+        if r.get("p_value") is not None:
+            reached = r.get("sample_size_reached")
+            need = r.get("min_sample_size")
+            valid = ("valid: planned n reached" if reached else
+                     f"not valid yet: needs {need} labels per arm" if need else "validity unknown")
+            lines.append(f"  fixed-horizon z-test: p {p(r['p_value'])}, Holm p "
+                         f"{p(r.get('p_value_holm'))} ({valid})")
+        lat = r.get("latency_test")
+        if lat is not None:
+            lines.append(f"  latency (Mann-Whitney): typically x{lat['shift_ratio']:.2f}, "
+                         f"P(slower) {lat['prob_slower']:.2f}, p {p(lat['p_value'])}")
+        lines.append(f"  verdict: {r.get('verdict')}")
+    srm = report.get("srm")
+    if srm is not None:
+        lines.append(f"sample ratio: {srm.get('summary')}")
+    return lines
 
 
 def add_parsers(sub: Any) -> None:
@@ -224,7 +269,9 @@ def add_parsers(sub: Any) -> None:
     c.set_defaults(func=cmd_canary)
 
     rp = sub.add_parser("report", help="the experiment report: per-arm traffic, errors, latency, "
-                                       "accuracy with 95%% CI, significance (admin API)")
+                                       "accuracy with 95%% CI; per candidate the always-valid "
+                                       "sequential test, the z-test, the latency test, the "
+                                       "sample-ratio check and a verdict (admin API)")
     rp.add_argument("--json", action="store_true")
     rp.add_argument("--html", action="store_true",
                     help="print a signed link that opens the HTML report in a browser")
