@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "CONTROLLER_METRICS",
     "LATENCY_BOUNDARIES_MS",
     "METRICS",
     "MODEL_METRICS",
@@ -27,7 +28,7 @@ LATENCY_BOUNDARIES_MS = [
 @dataclass(frozen=True)
 class MetricSpec:
     name: str  # exported as ray_<name> (counters: ray_<name>_total)
-    kind: str  # counter | histogram
+    kind: str  # counter | histogram | gauge
     description: str
     tag_keys: tuple[str, ...]
     boundaries: tuple[float, ...] = ()
@@ -105,11 +106,33 @@ MODEL_METRICS: dict[str, MetricSpec] = {
 }
 
 
+# Set by the experiment controller after each router sync (router/controlplane/split.py
+# ``SplitTest.gauges``): the sample-ratio check, so that an alert can page on a broken split.
+CONTROLLER_METRICS: dict[str, MetricSpec] = {
+    m.name: m
+    for m in (
+        MetricSpec(
+            "abserve_srm_p_value", "gauge",
+            "Anytime-valid sample-ratio-mismatch p-value of the experiment (Lindon-Malek): the "
+            "assignment counts, pins left out, against the weights in force.",
+            ("experiment",),
+        ),
+        MetricSpec(
+            "abserve_srm_mismatch", "gauge",
+            "1 while the experiment's split is flagged (abserve_srm_p_value < 0.001), else 0.",
+            ("experiment",),
+        ),
+    )
+}
+
+
 def exported_names(spec: MetricSpec) -> tuple[str, ...]:
     """The names Ray's Prometheus export gives a metric (ray_ prefix; _total; _bucket...)."""
     base = f"ray_{spec.name}"
     if spec.kind == "histogram":
         return (f"{base}_bucket", f"{base}_sum", f"{base}_count")
+    if spec.kind == "gauge":
+        return (base,)
     return (f"{base}_total",)
 
 
@@ -123,5 +146,7 @@ def ray_metric_factory(spec: MetricSpec) -> Any:
         return metrics.Histogram(
             spec.name, spec.description, list(spec.boundaries), tag_keys=tag_keys
         )
+    if spec.kind == "gauge":
+        return metrics.Gauge(spec.name, spec.description, tag_keys=tag_keys)
     return metrics.Counter(spec.name, spec.description, tag_keys=tag_keys)
 

@@ -96,6 +96,11 @@ class SplitTest:
         """What the report flags on: the sequential p-value (it is looked at continuously)."""
         return self.seq_p_value < self.alpha
 
+    def gauges(self) -> dict[str, float]:
+        """The values of serve/telemetry.py's CONTROLLER_METRICS (tag: the experiment)."""
+        return {"abserve_srm_p_value": self.seq_p_value,
+                "abserve_srm_mismatch": 1.0 if self.flagged else 0.0}
+
     def describe(self) -> str:
         if self.n == 0:
             return "no assignment counts yet"

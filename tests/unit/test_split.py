@@ -22,6 +22,7 @@ from router.controlplane.split import (
     shares_of,
 )
 from router.controlplane.stats import dirichlet_multinomial_log_bf
+from serve.telemetry import CONTROLLER_METRICS, exported_names
 
 RUNS, EVERY, HORIZON = 10_000, 200, 20_000
 
@@ -188,6 +189,14 @@ def test_monitor_flags_a_biased_split() -> None:
         m.observe("r1", cum, {"v1": 50, "v2": 50})
     r = m.test()
     assert r.n == 19_000 and r.flagged, r.describe()
+
+
+def test_gauges_name_the_controller_metrics() -> None:
+    bad = tally(({"v1": 10_400, "v2": 9_600}, {"v1": 50, "v2": 50})).test()
+    assert bad.gauges() == {"abserve_srm_p_value": bad.seq_p_value, "abserve_srm_mismatch": 1.0}
+    assert set(bad.gauges()) == set(CONTROLLER_METRICS)
+    for spec in CONTROLLER_METRICS.values():
+        assert spec.kind == "gauge" and exported_names(spec) == (f"ray_{spec.name}",)
 
 
 if __name__ == "__main__":
