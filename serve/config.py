@@ -241,6 +241,15 @@ class ExperimentConfig(_Frozen):
         description="Versions that get a background copy of a share of requests; the client "
         "only ever sees the primary's answer.",
     )
+    compare_share: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Share of each candidate's own answers that the baseline also answers in "
+        "the background (the client gets the candidate's): their disagreement feeds the "
+        "report and the canary's no-label quality gate. Costs that share of the candidate's "
+        "traffic again on the baseline; 0 turns it off.",
+    )
     policy: Literal["weighted", "bandit"] = Field(
         "weighted",
         description="weighted: the weights (sticky per user key); bandit: Thompson sampling on "

@@ -32,6 +32,15 @@ Quality gates, beside the rates and p99 (docs/experiments.md, Statistics):
     latency_shift  off by default: Mann-Whitney on the latency histograms,
               fails when the candidate is slower (one-sided p < latency_alpha)
               by more than ``max_latency_shift`` (Hodges-Lehmann ratio)
+    disagreement  on by default, needs no labels: the share of the candidate's
+              rows that the baseline, asked too on ``experiment.compare_share``
+              of them, labels otherwise; fails when its 95 % Wilson interval lies
+              wholly above ``max_disagreement`` (0.2)
+    label_shift  on by default, needs no labels: the total variation distance
+              between the candidate's and the baseline's predicted-label
+              distributions in the window; fails when it is over
+              ``max_label_shift`` (0.2) and a chi-square test of homogeneity
+              says the difference is real (p < ``label_shift_alpha``, 0.001)
 
 Every verdict's last reason names these gates with their numbers.
 
@@ -49,9 +58,10 @@ from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
-from router.controlplane.analysis import compare_latency, fmt_p
+from router.controlplane.analysis import compare_latency, fmt_p, wilson_interval
 from router.controlplane.stats import (
     DEFAULT_TAU,
+    chi2_sf,
     msprt_difference,
     noninferiority,
 )
@@ -72,6 +82,7 @@ __all__ = [
     "check_gates",
     "evaluate",
     "expected_share",
+    "label_shift",
     "window_srm",
     "new_state",
     "pause",
@@ -85,7 +96,8 @@ Metrics = dict[str, float | int | None]
 # The gates on what the candidate answers and how its traffic splits (the decision line
 # names each, with its numbers); the others are its error, fallback and latency rates.
 QUALITY_GATES = (
-    "accuracy_noninferiority", "accuracy_delta", "srm", "latency_shift", "shadow_agreement",
+    "accuracy_noninferiority", "accuracy_delta", "disagreement", "label_shift", "srm",
+    "latency_shift", "shadow_agreement",
 )
 MIN_LATENCY_SAMPLES = 20  # per arm, for the rank test's normal approximation
 
@@ -158,12 +170,20 @@ class GateConfig:
     srm_grace_s: float = 5.0
     max_latency_shift: float | None = None
     latency_alpha: float = 0.01
+    max_disagreement: float | None = 0.2
+    max_label_shift: float | None = 0.2
+    label_shift_alpha: float = 0.001
+    min_compared: int = 50
 
     def __post_init__(self) -> None:
         _rate_field("gates.max_error_rate", self.max_error_rate)
         _rate_field("gates.max_error_rate_delta", self.max_error_rate_delta)
         _rate_field("gates.max_fallback_rate", self.max_fallback_rate)
         _rate_field("gates.min_shadow_agreement", self.min_shadow_agreement)
+        _rate_field("gates.max_disagreement", self.max_disagreement)
+        _rate_field("gates.max_label_shift", self.max_label_shift)
+        if self.min_compared < 1:
+            raise ValueError(f"gates.min_compared: must be >= 1, got {self.min_compared}")
         if self.max_p99_ratio is not None and not self.max_p99_ratio > 0:
             raise ValueError(f"gates.max_p99_ratio: must be > 0, got {self.max_p99_ratio}")
         if self.max_p99_ms is not None and not self.max_p99_ms > 0:
@@ -188,7 +208,7 @@ class GateConfig:
                 f"gates.accuracy_margin: must be in [0, 1) (0.02 = two points), "
                 f"got {self.accuracy_margin}"
             )
-        for name in ("accuracy_alpha", "srm_alpha", "latency_alpha"):
+        for name in ("accuracy_alpha", "srm_alpha", "latency_alpha", "label_shift_alpha"):
             value = getattr(self, name)
             if value is not None and not 0.0 < value < 1.0:
                 raise ValueError(f"gates.{name}: must be in (0, 1), got {value}")
@@ -693,6 +713,40 @@ def check_gates(
                   f"candidate {cl_ok / cl_n:.4f} - baseline {bl_ok / bl_n:.4f} = {numbers}: "
                   f"{word}",
                   numbers + ("; inconclusive" if outcome == "inconclusive" else ""))
+    if gates.max_disagreement is not None:
+        n, d = candidate.compared, candidate.disagreed
+        limit = gates.max_disagreement
+        if n < gates.min_compared:
+            lack = (f"lacks data: {n} of {gates.min_compared} rows compared with the baseline "
+                    "in the window (experiment.compare_share)")
+            judge("disagreement", None, lack, lack)
+        else:
+            lo, hi = wilson_interval(d, n, 0.95)
+            metrics.update(disagreement=d / n, disagreement_lo=lo, disagreement_hi=hi)
+            numbers = (f"{d / n * 100:.1f} % of {n} rows (95 % interval {lo * 100:.1f} to "
+                       f"{hi * 100:.1f} %) vs max {limit * 100:g} %")
+            judge("disagreement", lo <= limit,
+                  f"the baseline labels {numbers}"
+                  + ("" if lo <= limit else ": the candidate answers otherwise than the baseline"),
+                  numbers)
+    if gates.max_label_shift is not None:
+        shift = label_shift(candidate.labels, baseline.labels)
+        c_rows, b_rows = sum(candidate.labels.values()), sum(baseline.labels.values())
+        if min(c_rows, b_rows) < gates.min_compared or shift is None:
+            lack = (f"lacks data: {c_rows} candidate and {b_rows} baseline answers in the "
+                    f"window, needs {gates.min_compared} each")
+            judge("label_shift", None, lack, lack)
+        else:
+            tvd, p = shift
+            metrics.update(label_shift=tvd, label_shift_p_value=p)
+            real = p < gates.label_shift_alpha
+            ok = not (real and tvd > gates.max_label_shift)
+            numbers = (f"distance {tvd:.3f} vs max {gates.max_label_shift:g}, chi-square p "
+                       f"{fmt_p(p)} vs alpha {gates.label_shift_alpha:g}")
+            judge("label_shift", ok,
+                  f"predicted labels, candidate ({c_rows}) vs baseline ({b_rows}): {numbers}"
+                  + ("" if ok else ": the candidate predicts other classes"),
+                  numbers)
     if gates.srm_alpha is not None:
         x, y = candidate.assigned, baseline.assigned
         if share is None:
@@ -733,6 +787,29 @@ def check_gates(
                   f"candidate latency typically {numbers}, P(slower) {lat.prob_slower:.3f}",
                   numbers)
     return tuple(results), metrics
+
+
+def label_shift(a: Mapping[int, int], b: Mapping[int, int]) -> tuple[float, float] | None:
+    """(total variation distance, chi-square homogeneity p) of two label count maps.
+
+    None when either is empty. Classes neither predicted are left out; the
+    test has (classes - 1) degrees of freedom.
+    """
+    classes = sorted(k for k in a.keys() | b.keys() if a.get(k, 0) + b.get(k, 0) > 0)
+    na, nb = sum(a.get(k, 0) for k in classes), sum(b.get(k, 0) for k in classes)
+    if not na or not nb:
+        return None
+    tvd = 0.5 * sum(abs(a.get(k, 0) / na - b.get(k, 0) / nb) for k in classes)
+    if len(classes) < 2:
+        return tvd, 1.0
+    total = na + nb
+    stat = 0.0
+    for k in classes:
+        col = a.get(k, 0) + b.get(k, 0)
+        for n, obs in ((na, a.get(k, 0)), (nb, b.get(k, 0))):
+            expected = n * col / total
+            stat += (obs - expected) ** 2 / expected
+    return tvd, chi2_sf(stat, len(classes) - 1)
 
 
 def _quality_line(results: tuple[GateResult, ...]) -> str:

@@ -113,6 +113,7 @@ class RouterCore:
         timeouts = {v: exp.arm_timeout_s(v) for v in self.versions}
         self.arms, self.baseline, self.timeouts = arms, exp.baseline, timeouts
         self.shadows = tuple(exp.shadows)
+        self.compare_share = exp.compare_share
         self.bandit.floor = exp.bandit_floor
         self.policy = self.bandit if exp.policy == "bandit" else self.weighted
         self.revision = revision
@@ -153,17 +154,39 @@ class RouterCore:
         # ``assigned``: the policy chose the arm (not a pin); the sample-ratio test's counts.
         self.metrics[arm].record(ms, fallback=pred.fallback, assigned=pinned is None)
         self.recorder.request(arm, pred.version, "fallback" if pred.fallback else "ok", ms)
+        if not pred.fallback:
+            self.metrics[arm].record_labels(np.argmax(pred.probabilities, axis=1).tolist())
+            if arm != self.baseline and self.rng.random() < self.compare_share:
+                # The candidate's answer against the baseline's, for the no-label quality
+                # gates; in the background like a shadow, so the client never waits for it.
+                asyncio.get_running_loop().call_later(
+                    SHADOW_DELAY_S, self._spawn, self._compare, arm, batch, pred.probabilities
+                )
         for shadow in self.shadows:
             if shadow.version != pred.version and self.rng.random() < shadow.share:
                 # Started a moment later, so the client's answer is written out first.
                 asyncio.get_running_loop().call_later(
                     SHADOW_DELAY_S, self._spawn,
-                    self._shadow(shadow.version, batch, pred.probabilities),
+                    self._shadow, shadow.version, batch, pred.probabilities,
                 )
         return pred
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    async def _compare(self, arm: str, batch: np.ndarray, answer: np.ndarray) -> None:
+        """The baseline answers the candidate's rows too; disagreements are counted."""
+        try:
+            out = await (self.shadow_call or self.call)(
+                self.baseline, batch, self.timeouts[self.baseline]
+            )
+        except Exception:  # noqa: BLE001 - the baseline's failure says nothing of the arm
+            return
+        ours = np.argmax(answer, axis=1)
+        theirs = np.argmax(np.asarray(out), axis=1)
+        self.metrics[arm].record_comparison(len(ours), int((ours != theirs).sum()))
+
+    def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        """Start ``fn(*args)`` as a background task (the coroutine is made only now, so a
+        timer cancelled with its loop leaves no coroutine that was never awaited)."""
+        task = asyncio.get_running_loop().create_task(fn(*args))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -271,7 +294,7 @@ class RouterCore:
             waits.append(fut)
         if new:
             own = rows if len(new) == len(rows) else rows[list(new.values())]
-            self._spawn(self._fly(version, list(new), [self._flights[k] for k in new], own))
+            self._spawn(self._fly, version, list(new), [self._flights[k] for k in new], own)
         if len(waits) == 1:
             return (await asyncio.shield(waits[0]))[None]
         return np.stack([await asyncio.shield(f) for f in waits])
@@ -335,7 +358,7 @@ class RouterCore:
             # baseline at once: no client waits on an arm that was failing (a slow arm
             # would otherwise cost one client a full timeout per cool-down). The
             # baseline has nobody to fall back to, so its own probe stays in line.
-            self._spawn(self._probe(version, rows))
+            self._spawn(self._probe, version, rows)
             self.stats[version].rejected_by_breaker += 1
             self.recorder.arm_error(version, "circuit_open")
             raise UpstreamError(f"circuit half-open for {version}, probing", reason="circuit_open")

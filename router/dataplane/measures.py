@@ -13,7 +13,7 @@ the replicas' quantiles).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,6 +214,13 @@ class ArmMetrics:
     arm for, leaving out those pinned by ``X-Model-Version``: the counts the
     sample-ratio test (router/controlplane/split.py) compares with the
     weights. It stays 0 where the caller does not say (``record(assigned=...)``).
+
+    The quality of answers without labels: ``labels`` counts the labels this
+    arm answered (predicted class -> rows, fallbacks left out), so that the
+    candidate's label distribution can be compared with the baseline's;
+    ``compared`` and ``disagreed`` count the rows of the arm's own answers
+    that the baseline also answered, in the background, on a sampled share
+    (``experiment.compare_share``), and how many of them got another label.
     """
 
     requests: int = 0
@@ -224,6 +231,9 @@ class ArmMetrics:
     feedback_correct: int = 0
     feedback_total: int = 0
     assigned: int = 0
+    labels: dict[int, int] = field(default_factory=dict)
+    compared: int = 0
+    disagreed: int = 0
 
     def record(
         self,
@@ -245,6 +255,19 @@ class ArmMetrics:
             self.answered += 1
         if latency_ms is not None:
             self.latency.record(latency_ms)
+
+    def record_labels(self, labels: Iterable[int]) -> None:
+        """The labels of one answer's rows (this arm's own answer, not a fallback)."""
+        for label in labels:
+            self.labels[label] = self.labels.get(label, 0) + 1
+
+    def record_comparison(self, rows: int, disagreed: int) -> None:
+        self.compared += rows
+        self.disagreed += disagreed
+
+    @property
+    def disagreement_rate(self) -> float | None:
+        return self.disagreed / self.compared if self.compared else None
 
     def record_feedback(self, correct: bool, n: int = 1) -> None:
         self.feedback_total += n
@@ -273,6 +296,10 @@ class ArmMetrics:
             self.feedback_correct + other.feedback_correct,
             self.feedback_total + other.feedback_total,
             self.assigned + other.assigned,
+            {k: self.labels.get(k, 0) + other.labels.get(k, 0)
+             for k in self.labels.keys() | other.labels.keys()},
+            self.compared + other.compared,
+            self.disagreed + other.disagreed,
         )
 
     def subtract(self, earlier: ArmMetrics) -> ArmMetrics:
@@ -286,6 +313,10 @@ class ArmMetrics:
             self.feedback_correct - earlier.feedback_correct,
             self.feedback_total - earlier.feedback_total,
             self.assigned - earlier.assigned,
+            {k: n - earlier.labels.get(k, 0) for k, n in self.labels.items()
+             if n - earlier.labels.get(k, 0)},
+            self.compared - earlier.compared,
+            self.disagreed - earlier.disagreed,
         )
         if (
             min(
@@ -296,8 +327,12 @@ class ArmMetrics:
                 out.answered,
                 out.feedback_correct,
                 out.feedback_total,
+                out.compared,
+                out.disagreed,
+                *out.labels.values(),
             )
             < 0
+            or set(earlier.labels) - set(self.labels)
         ):
             raise ValueError("subtract: 'earlier' is not a snapshot of these metrics")
         return out
@@ -312,6 +347,9 @@ class ArmMetrics:
             "feedback_correct": self.feedback_correct,
             "feedback_total": self.feedback_total,
             "assigned": self.assigned,
+            "labels": {str(k): n for k, n in sorted(self.labels.items())},
+            "compared": self.compared,
+            "disagreed": self.disagreed,
         }
 
     @classmethod
@@ -326,6 +364,9 @@ class ArmMetrics:
             feedback_correct=int(data.get("feedback_correct", 0)),
             feedback_total=int(data.get("feedback_total", 0)),
             assigned=int(data.get("assigned", 0)),
+            labels={int(k): int(n) for k, n in data.get("labels", {}).items()},
+            compared=int(data.get("compared", 0)),
+            disagreed=int(data.get("disagreed", 0)),
         )
 
 

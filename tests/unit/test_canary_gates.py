@@ -214,3 +214,53 @@ def test_new_gate_fields_are_validated(changes: dict[str, object], field: str) -
         GateConfig(**changes)  # type: ignore[arg-type]
     off = GateConfig.from_dict({"accuracy_margin": None, "srm_alpha": None})
     assert off.accuracy_margin is None and off.srm_alpha is None
+
+
+# ------------------------------------------------------------ quality without labels
+
+
+def _answers(counts: dict[int, int], compared: int = 0, disagreed: int = 0) -> ArmMetrics:
+    m = ArmMetrics(requests=sum(counts.values()), answered=sum(counts.values()))
+    m.labels = dict(counts)
+    m.record_comparison(compared, disagreed)
+    return m
+
+
+def test_disagreement_gate_fails_only_when_the_interval_is_above_the_limit() -> None:
+    gates = GateConfig(max_label_shift=None, srm_alpha=None, accuracy_margin=None)
+    base = _answers({0: 500, 1: 500})
+
+    def status(compared: int, disagreed: int) -> str:
+        results, _ = check_gates(gates, _answers({0: 50, 1: 50}, compared, disagreed), base)
+        return {r.name: r.status for r in results}["disagreement"]
+
+    assert status(49, 40) == "skip"  # fewer than min_compared (50) rows compared
+    assert status(100, 5) == "pass"  # a good model: 5 %
+    assert status(100, 25) == "pass"  # 25 %, interval 17.5-34.3 %: not shown to be above 20 %
+    assert status(100, 31) == "fail"  # interval 22.8-40.6 %: above 20 %
+    assert status(200, 176) == "fail"  # a constant model against a good one
+
+
+def test_label_shift_gate_needs_a_real_and_material_difference() -> None:
+    from scipy.stats import chi2_contingency
+
+    from router.controlplane.canary import label_shift
+
+    a, b = {0: 60, 1: 30, 2: 10}, {0: 40, 1: 45, 2: 15}
+    tvd, p = label_shift(a, b)  # type: ignore[misc]
+    table = [[a[k] for k in (0, 1, 2)], [b[k] for k in (0, 1, 2)]]
+    assert p == pytest.approx(chi2_contingency(table, correction=False).pvalue, rel=1e-6)
+    assert tvd == pytest.approx(0.2)
+    gates = GateConfig(max_disagreement=None, srm_alpha=None, accuracy_margin=None)
+
+    def status(cand: dict[int, int], base: dict[int, int]) -> str:
+        results, _ = check_gates(gates, _answers(cand), _answers(base))
+        return {r.name: r.status for r in results}["label_shift"]
+
+    assert status({0: 30}, {0: 900, 1: 100}) == "skip"  # 30 candidate answers, needs 50
+    assert status({4: 300}, {k: 100 for k in range(8)}) == "fail"  # always "Car"
+    assert status({0: 105, 1: 95}, {0: 1000, 1: 1000}) == "pass"  # the same distribution
+    # Material but not shown (p > 0.001 with 60 answers): no verdict against it.
+    assert status({0: 40, 1: 20}, {0: 500, 1: 500}) == "pass"
+    # Real but small (distance 0.05 < 0.2 with 20,000 answers each): passes.
+    assert status({0: 11_000, 1: 9_000}, {0: 10_000, 1: 10_000}) == "pass"

@@ -221,6 +221,35 @@ def test_shadow_gets_a_copy_and_never_changes_the_answer() -> None:
     assert pred.version == "v2" and core.shadow_stats["v1"].errors == 1
 
 
+def test_a_sampled_share_of_the_candidates_answers_is_compared_with_the_baseline() -> None:
+    core, arms, _ = make()
+    core.set_experiment(CONFIG.experiment.model_copy(update={"compare_share": 1.0}))
+    batch = np.zeros((3, 50, 9), np.float32)
+
+    async def go() -> Any:
+        pred = await core.predict(batch)
+        await asyncio.sleep(0.01)  # the baseline's copy runs in the background
+        return pred
+
+    pred = run(go)
+    assert pred.version == "v2" and ("v1", 3) in arms.calls  # the client got v2's answer
+    m = core.metrics["v2"]
+    assert (m.compared, m.disagreed, m.disagreement_rate) == (3, 3, 1.0)  # label 1 vs label 0
+    assert m.labels == {1: 3} and core.metrics["v1"].labels == {}
+    arms.failing["v1"] = "error"
+    run(go)  # the baseline failing says nothing about the candidate
+    assert (m.compared, m.labels) == (3, {1: 6})
+    arms.failing = {"v2": "error"}
+    run(go)  # a fallback is the baseline's answer: neither counted as v2's nor compared
+    assert (m.compared, m.labels, m.fallbacks) == (3, {1: 6}, 1)
+    core.set_experiment(CONFIG.experiment.model_copy(update={"compare_share": 0.0}))
+    arms.failing = {}
+    run(go)
+    assert m.compared == 3 and m.labels == {1: 9}
+    again = type(m).from_dict(m.to_dict())
+    assert again == m and again.subtract(m).labels == {}
+
+
 def test_bandit_policy_follows_feedback_counts() -> None:
     core, _, _ = make()
     arms_cfg = [{"version": "v1", "weight": 50}, {"version": "v2", "weight": 50}]
