@@ -99,6 +99,12 @@ QUALITY_GATES = (
     "accuracy_noninferiority", "accuracy_delta", "disagreement", "label_shift", "srm",
     "latency_shift", "shadow_agreement",
 )
+# The gates that judge the answers themselves: a window is judged only once one of the
+# enabled ones has its data (the others may pass on rates and latency alone).
+ANSWER_QUALITY_GATES = frozenset(
+    {"accuracy_noninferiority", "accuracy_delta", "disagreement", "label_shift",
+     "shadow_agreement"}
+)
 MIN_LATENCY_SAMPLES = 20  # per arm, for the rank test's normal approximation
 
 
@@ -907,6 +913,15 @@ def evaluate(
             f"({', '.join(failed)}); a new window starts",
             consecutive_failures=n,
         )
+    answer_gates = [r for r in results if r.name in ANSWER_QUALITY_GATES]
+    if answer_gates and all(r.status == "skip" for r in answer_gates):
+        # Nothing failed, but nothing has judged the answers yet either: a window closes
+        # (and the canary goes on) only once one of them has its data, so a candidate
+        # is never advanced or promoted on its error rate and latency alone.
+        hold = (f"hold at {where}: no gate on the answers has data yet "
+                f"({', '.join(r.name for r in answer_gates)}); the window goes on; {quality}")
+        return state, Decision(now, Action.HOLD, Verdict.WAIT, step, weight, weight,
+                               (*reasons, hold), metrics)
     if step == len(plan.steps) - 1:
         return decide(
             Action.PROMOTE, Verdict.PASS, 100.0, f"promote: every gate passed at {where}",

@@ -55,6 +55,7 @@ def window(
     outcome = rng.random(n)
     for u, ms in zip(outcome, rng.lognormal(np.log(median_ms), 0.3, n), strict=True):
         m.record(float(ms), fallback=u < fail, error=fail <= u < fail + errors)
+    m.record_comparison(m.answered, 0)  # the baseline agrees: answer quality is not at issue
     return m
 
 
@@ -249,7 +250,7 @@ def test_accuracy_shadow_and_latency_gates() -> None:
         "accuracy_delta": "skip",
         "accuracy_noninferiority": "skip",  # on by default: 150 labels, needs 200
         "srm": "skip",  # on by default: no expected share passed
-        "disagreement": "skip",  # on by default: nothing compared with the baseline
+        "disagreement": "pass",  # on by default: the baseline agreed with every answer
         "label_shift": "skip",  # on by default: no predicted labels counted
     }
     assert metrics["p99_ratio"] == pytest.approx(2.4, rel=0.15)

@@ -41,6 +41,7 @@ def arm(rng: np.random.Generator, n: int, *, labels: int = 0, accuracy: float = 
     m = ArmMetrics()
     for ms in rng.lognormal(np.log(median_ms), 0.3, n):
         m.record(float(ms), assigned=assigned)
+    m.record_comparison(n, 0)  # the baseline agrees: only the labels judge the answers here
     if labels:
         correct = int(rng.binomial(labels, accuracy))
         m.record_feedback(True, correct)
@@ -264,3 +265,34 @@ def test_label_shift_gate_needs_a_real_and_material_difference() -> None:
     assert status({0: 40, 1: 20}, {0: 500, 1: 500}) == "pass"
     # Real but small (distance 0.05 < 0.2 with 20,000 answers each): passes.
     assert status({0: 11_000, 1: 9_000}, {0: 10_000, 1: 10_000}) == "pass"
+
+
+def test_a_window_is_judged_only_once_a_gate_on_the_answers_has_data() -> None:
+    from router.controlplane.canary import Action, Verdict, evaluate
+
+    p = plan(srm_alpha=None)
+    state = start(p, new_state(p), T0)
+    quiet = ArmMetrics(requests=300, answered=300)  # healthy rates, nothing on the answers
+    state2, d = evaluate(p, state, quiet, ArmMetrics(requests=5000, answered=5000), T0 + 60)
+    assert (d.action, d.verdict) == (Action.HOLD, Verdict.WAIT)
+    assert "no gate on the answers has data yet" in d.reasons[-1]
+    assert "disagreement" in d.reasons[-1] and "lacks data" in d.reasons[-1]
+    assert state2.window == state.window  # the window goes on: its data accumulates
+    quiet.record_comparison(60, 2)
+    _, d = evaluate(p, state2, quiet, ArmMetrics(requests=5000, answered=5000), T0 + 70)
+    assert d.action is Action.ADVANCE
+
+
+def test_a_constant_model_is_rolled_back_without_any_label() -> None:
+    from router.controlplane.canary import CanaryStatus, evaluate
+
+    p = plan(srm_alpha=None, failures_to_rollback=2)
+    state, now = start(p, new_state(p), T0), T0
+    for _ in range(2):
+        now += 60
+        cand = _answers({4: 300}, compared=60, disagreed=53)  # always "Car"
+        base = _answers({k: 600 for k in range(8)})
+        state, d = evaluate(p, state, cand, base, now)
+    assert state.status is CanaryStatus.ROLLED_BACK
+    assert "disagreement: fail" in " ".join(d.reasons) and "label_shift: fail" in " ".join(
+        d.reasons)

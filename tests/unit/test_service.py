@@ -65,6 +65,7 @@ def report(**requests: int) -> SyncReport:
         m = ArmMetrics()
         for _ in range(n):
             m.record(5.0)
+        m.record_comparison(n, 0)  # the baseline agrees with every answer
         metrics[version] = m.to_dict()
     return SyncReport(metrics=metrics, shadows={}, served=[])
 
@@ -216,12 +217,12 @@ def test_a_canary_advances_and_promotes_on_the_fake_clock(tmp_path: Path) -> Non
     assert svc.state.weights() == {"v1": 50, "v2": 0, "v3": 50}  # added, then 50 %
     run(svc.canary_tick())  # opens the window's snapshot; too early to judge
     assert svc.state.revision == 4
-    svc.sync("a", report(v1=40, v2=40, v3=40))
+    svc.sync("a", report(v1=60, v2=60, v3=60))
     clock.t = 11.0
     run(svc.canary_tick())
     assert svc.state.weights() == {"v1": 0, "v2": 0, "v3": 100} and svc.state.revision == 5
     run(svc.canary_tick())  # a new window: nothing yet
-    svc.sync("a", report(v1=80, v2=80, v3=80))
+    svc.sync("a", report(v1=120, v2=120, v3=120))
     clock.t = 22.0
     run(svc.canary_tick())
     assert svc.state.experiment.baseline == "v3" and status(svc) == "promoted"
@@ -244,7 +245,7 @@ def test_a_canary_whose_operation_is_refused_is_aborted(tmp_path: Path) -> None:
     run(svc.start_canary(PLAN, "ops"))
     run(svc.canary_tick())
     run(svc.apply(RemoveArm("v3"), "operator"))  # the arms changed under the canary
-    svc.sync("a", report(v1=40, v2=40, v3=40))
+    svc.sync("a", report(v1=60, v2=60, v3=60))
     clock.t = 11.0
     run(svc.canary_tick())  # SetWeights for an arm that is gone: refused
     assert status(svc) == "rolled_back" and svc.state.weights() == {"v1": 100, "v2": 0}
@@ -494,10 +495,10 @@ def test_the_canary_window_survives_a_controller_restart(tmp_path: Path) -> None
     run(svc.start_canary(PLAN, "ops"))
     run(svc.canary_tick())  # the window opens: its start is saved
     clock.t = 5.0
-    svc.sync("a", report(v1=90, v3=40))  # 40 candidate requests inside the window
+    svc.sync("a", report(v1=90, v3=60))  # 60 candidate requests inside the window
     clock.t = 6.0
     again = service(tmp_path, clock)  # SIGKILL and a new controller
-    again.sync("a", report(v1=90, v3=40))  # the live router reports its counters again
+    again.sync("a", report(v1=90, v3=60))  # the live router reports its counters again
     clock.t = 11.0
     run(again.canary_tick())  # judged on the window since t=0, not a fresh one
     assert again.state.weights()["v3"] == 100, again.canary_status()["state"]
