@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from router.controlplane.analysis import build_report
+from router.controlplane.split import SplitMonitor, SplitTally
 from router.controlplane.store import Journal
 from router.dataplane.measures import ArmMetrics
 from router.dataplane.shadow import ShadowStats
@@ -58,6 +59,7 @@ class Ledger:
         self.feedback: dict[str, list[int]] = {}  # version -> [correct, total]
         self.history: list[dict[str, Any]] = []
         self._last_history = float("-inf")
+        self.split = SplitMonitor()  # the sample-ratio check over the routers' assignments
         if journal is not None:
             self._replay(journal)
 
@@ -98,6 +100,7 @@ class Ledger:
                         for r, per in self.replica_metrics.items()},
             "shadows": {r: {v: s.to_dict() for v, s in per.items()}
                         for r, per in self.replica_shadows.items()},
+            "split": self.split.tally.to_dict(),
         }
 
     def restore(self, counters: Mapping[str, Any] | None,
@@ -108,18 +111,29 @@ class Ledger:
             self.replica_metrics[replica] = {v: ArmMetrics.from_dict(m) for v, m in per.items()}
         for replica, per in (counters or {}).get("shadows", {}).items():
             self.replica_shadows[replica] = {v: ShadowStats.from_dict(s) for v, s in per.items()}
+        split = (counters or {}).get("split")
+        if split:
+            # The tally so far; each replica's next two syncs re-establish its weights
+            # (what is served meanwhile is excluded, as after any weight change).
+            self.split = SplitMonitor(tally=SplitTally.from_dict(split))
         self.history = list((history or {}).get("points", []))[-HISTORY_POINTS:]
         if self.history:
             self._last_history = float(self.history[-1].get("time", float("-inf")))
 
-    def update(self, replica: str, payload: Mapping[str, Any]) -> bool:
+    def update(self, replica: str, payload: Mapping[str, Any],
+               weights: Mapping[str, float] | None = None) -> bool:
         """One router replica's cumulative metrics, shadow stats and served predictions.
 
-        Returns whether a history point was added (the service then saves the history).
+        ``weights``: what this sync's reply tells the replica (None under the bandit,
+        where no weights are in force), for the sample-ratio check. Returns whether a
+        history point was added (the service then saves the history).
         """
         self.replica_metrics[replica] = {
             v: ArmMetrics.from_dict(m) for v, m in payload.get("metrics", {}).items()
         }
+        self.split.observe(
+            replica, {v: m.assigned for v, m in self.replica_metrics[replica].items()}, weights
+        )
         self.replica_shadows[replica] = {
             v: ShadowStats.from_dict(s) for v, s in payload.get("shadows", {}).items()
         }
@@ -199,7 +213,8 @@ class Ledger:
 
     def report(self, baseline: str, weights: Mapping[str, float]) -> dict[str, Any]:
         """Per arm: traffic, errors, fallbacks, latency, accuracy with CI, significance."""
-        report = build_report(self.merged_metrics(), baseline, weights=weights)
+        report = build_report(self.merged_metrics(), baseline, weights=weights,
+                              split=self.split.test())
         report["shadows"] = {v: s.summary() for v, s in self.merged_shadows().items()}
         report["history"] = self.history
         report["generated_at"] = self.clock()

@@ -164,10 +164,15 @@ class Rollout:
         weights: Mapping[str, float],
         now: float,
         shadow: ShadowStats | None = None,
+        in_force: Mapping[str, float] | None = None,
     ) -> tuple[Decision, Operation | None]:
+        """``weights``: the stored weights (the next step is computed from them);
+        ``in_force``: the effective ones the routers served the window with (a paused
+        experiment sends everything to the baseline), for the sample-ratio gate."""
         cand, base = self._window(merged)
         before = self.state
-        self.state, decision = evaluate(self.plan, self.state, cand, base, now, shadow=shadow)
+        self.state, decision = evaluate(self.plan, self.state, cand, base, now, shadow=shadow,
+                                        weights=in_force)
         if decision.action is Action.ADVANCE:
             reason = does_not_fit(
                 weights, self.plan.baseline, self.plan.candidate, decision.new_weight)

@@ -144,9 +144,11 @@ class ExperimentService:
                     self.ledger.replica_shadows.get(replica_id))
 
         before = counters()
+        told = (None if self.state.experiment.policy == "bandit"
+                else effective_weights(self.state))  # what this reply makes the router use
         added_history = self.ledger.update(
             replica_id, {"metrics": report.metrics, "shadows": report.shadows,
-                         "served": report.served})
+                         "served": report.served}, told)
         self._counters_dirty |= before != counters()
         self._save_counters(added_history)
         counts = self.ledger.bandit_counts()
@@ -196,6 +198,8 @@ class ExperimentService:
             decision, op = rollout.tick(
                 self.ledger.merged_metrics(), self.state.weights(), self.clock(),
                 shadow=self.ledger.merged_shadows().get(rollout.plan.candidate),
+                in_force=None if self.state.experiment.policy == "bandit"
+                else effective_weights(self.state),
             )
             if decision.verdict is Verdict.WAIT:
                 if rollout.base_window != opened:  # a new window's start: durable too

@@ -22,6 +22,7 @@ CONFIG = parse_config(
             "baseline": "v1",
             "arms": [{"version": "v1", "weight": 0}, {"version": "v2", "weight": 100}],
             "breaker": {"failure_threshold": 3, "cooldown_s": 10},
+            "compare_share": 0,  # these tests count calls; one test turns it on
         },
     }
 )
