@@ -142,17 +142,20 @@ class RouterCore:
     ) -> Prediction:
         """One request: route, answer (cache, arm, or baseline), measure, shadow."""
         arm = self.choose(user_key, pinned)
+        # ``assigned``: the policy drew the arm at random (no pin, no sticky key), the
+        # sample-ratio test's counts. A sticky user's requests all follow one draw, so
+        # counting them would inflate the variance and raise false alarms.
+        drawn = pinned is None and user_key is None
         started = self.clock()
         try:
             pred = await self._serve_from_cache_or_arm(arm, batch)
         except ServiceUnavailable:
             ms = (self.clock() - started) * 1000.0
-            self.metrics[arm].record(ms, error=True, assigned=pinned is None)
+            self.metrics[arm].record(ms, error=True, assigned=drawn)
             self.recorder.request(arm, "none", "error", ms)
             raise
         ms = (self.clock() - started) * 1000.0
-        # ``assigned``: the policy chose the arm (not a pin); the sample-ratio test's counts.
-        self.metrics[arm].record(ms, fallback=pred.fallback, assigned=pinned is None)
+        self.metrics[arm].record(ms, fallback=pred.fallback, assigned=drawn)
         self.recorder.request(arm, pred.version, "fallback" if pred.fallback else "ok", ms)
         if not pred.fallback:
             self.metrics[arm].record_labels(np.argmax(pred.probabilities, axis=1).tolist())

@@ -210,8 +210,9 @@ class ArmMetrics:
     ``errors`` are client-visible failures of requests routed to this arm;
     ``fallbacks`` are requests routed here that the baseline answered
     instead (the arm failed, the client did not notice). Rates are per
-    routed request. ``assigned`` counts the requests the policy chose this
-    arm for, leaving out those pinned by ``X-Model-Version``: the counts the
+    routed request. ``assigned`` counts the requests the policy drew this
+    arm for at random, leaving out those pinned by ``X-Model-Version`` and
+    those with a sticky user key (one draw per user, not per request): the counts the
     sample-ratio test (router/controlplane/split.py) compares with the
     weights. It stays 0 where the caller does not say (``record(assigned=...)``).
 
@@ -245,7 +246,7 @@ class ArmMetrics:
     ) -> None:
         """One routed request; ``latency_ms`` is None when it never got an answer.
 
-        ``assigned``: the policy chose the arm (the request was not pinned).
+        ``assigned``: the policy drew the arm at random (no pin, no user key).
         """
         self.requests += 1
         self.assigned += int(assigned)
