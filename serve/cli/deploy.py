@@ -287,8 +287,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     if not state:
         print("nothing to stop (no .abserve/state.json)")
         return 0
-    if state.get("ray_address") and not state.get("ray_pid") and state.get("app_name"):
-        # A cluster we did not start: remove only our application from it.
+    if state.get("ray_address") and state.get("app_name"):
+        # Delete our application first, on a cluster we started too: a graceful stop lets
+        # the experiment controller save its last second of counters (a SIGKILL would not).
         with contextlib.suppress(Exception):
             connect(state["ray_address"])
             from ray import serve
