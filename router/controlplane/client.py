@@ -15,14 +15,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 from router.controlplane.experiment import ExperimentState
-from router.controlplane.messages import SyncReply, SyncReport
+from router.controlplane.messages import Applied, SyncReply, SyncReport
 from router.controlplane.operations import Operation
 from router.dataplane.upstream import call, unwrap
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
 
-__all__ = ["ControlClient", "ControlPlane", "SyncReply", "SyncReport"]
+__all__ = ["Applied", "ControlClient", "ControlPlane", "SyncReply", "SyncReport"]
 
 
 class ControlPlane(Protocol):
@@ -32,7 +32,7 @@ class ControlPlane(Protocol):
         self, replica_id: str, report: SyncReport, timeout_s: float | None = None
     ) -> SyncReply: ...
 
-    async def apply(self, op: Operation, who: str) -> ExperimentState: ...
+    async def apply(self, op: Operation, who: str) -> Applied: ...
 
     async def record_feedback(
         self, request_id: str, label: int, timeout_s: float | None = None
@@ -73,7 +73,7 @@ class ControlClient:
     ) -> SyncReply:
         return await _ask(self.handle.sync.remote(replica_id, report), timeout_s)
 
-    async def apply(self, op: Operation, who: str) -> ExperimentState:
+    async def apply(self, op: Operation, who: str) -> Applied:
         return await _ask(self.handle.apply.remote(op, who))
 
     async def record_feedback(

@@ -19,7 +19,7 @@ from typing import Any
 from ray import serve
 
 from router.controlplane.experiment import ExperimentState
-from router.controlplane.messages import SyncReply, SyncReport
+from router.controlplane.messages import Applied, SyncReply, SyncReport
 from router.controlplane.operations import Operation
 from router.controlplane.service import ExperimentService
 from router.controlplane.store import FileStore
@@ -59,7 +59,7 @@ class ExperimentController:
     def get_state(self) -> ExperimentState:
         return self.service.state
 
-    async def apply(self, op: Operation, who: str) -> ExperimentState:
+    async def apply(self, op: Operation, who: str) -> Applied:
         return await self.service.apply(op, who)
 
     async def sync(self, replica_id: str, report: SyncReport) -> SyncReply:

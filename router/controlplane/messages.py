@@ -1,4 +1,5 @@
-"""What a router replica and the controller exchange on each sync, as typed values.
+"""What a router replica and the controller exchange, as typed values: on each sync, and
+the result of each change (``Applied``).
 
 Defined here, below both the service and the client (which re-exports them),
 so that the service, a plane, never imports the client, an adapter.
@@ -7,8 +8,11 @@ so that the service, a plane, never imports the client, an adapter.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["SyncReply", "SyncReport"]
+from router.controlplane.experiment import ExperimentState
+
+__all__ = ["Applied", "SyncReply", "SyncReport"]
 
 
 @dataclass(frozen=True)
@@ -27,3 +31,12 @@ class SyncReply:
     revision: int
     bandit_successes: dict[str, int]
     bandit_failures: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Applied:
+    """An accepted change: the new state, and the sticky users it moved beyond the promise
+    of router/dataplane/policy.py (its audit entry's ``reassigned``; None when it kept it)."""
+
+    state: ExperimentState
+    reassigned: dict[str, Any] | None = None

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from router.controlplane.canary import CanaryPlan, CanaryStatus, Verdict
 from router.controlplane.experiment import ExperimentState, effective_weights
 from router.controlplane.ledger import Ledger
-from router.controlplane.messages import SyncReply, SyncReport
+from router.controlplane.messages import Applied, SyncReply, SyncReport
 from router.controlplane.operations import AddCandidate, Operation, apply_operation, audit_entry
 from router.controlplane.rollout import Rollout
 from router.controlplane.store import Journal
@@ -116,12 +116,14 @@ class ExperimentService:
 
     # ------------------------------------------------------------ the experiment
 
-    async def apply(self, op: Operation, who: str) -> ExperimentState:
-        """Validate and apply one operation atomically; raises InvalidInput/NotFound."""
+    async def apply(self, op: Operation, who: str) -> Applied:
+        """Validate and apply one operation atomically; raises InvalidInput/NotFound.
+
+        The result carries the new state and the sticky users it moved beyond the promise."""
         async with self.lock:
             return self._apply_locked(op, who)
 
-    def _apply_locked(self, op: Operation, who: str) -> ExperimentState:
+    def _apply_locked(self, op: Operation, who: str) -> Applied:
         new, entry = apply_operation(self.state, op, deployed=self.deployed, who=who,
                                      clock=self.clock)
         self.store.save(new.to_dict(), entry)  # durable before it is visible
@@ -130,7 +132,7 @@ class ExperimentService:
         if "reassigned" in entry:
             log.warning("experiment revision %d moves sticky users beyond the promise: %s",
                         new.revision, entry["reassigned"]["moves"])
-        return new
+        return Applied(new, entry.get("reassigned"))
 
     def audit(self, limit: int = 100) -> list[dict[str, Any]]:
         return self.store.audit(limit)

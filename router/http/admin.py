@@ -3,8 +3,11 @@
 Every route checks the bearer token first (router/http/auth.py). A change is
 a typed operation (router/controlplane/operations.py) applied by the
 controller; this replica takes the new state at once, the others within a
-poll interval. The controller's own refusals (InvalidInput 422, NotFound 404)
-keep their status: the client re-raises them unwrapped.
+poll interval. A change's response is the new experiment plus ``reassigned``:
+the sticky users it moved beyond the promise of router/dataplane/policy.py
+(``{"percent_of_users", "moves"}``, as in its audit entry), or null. The
+controller's own refusals (InvalidInput 422, NotFound 404) keep their status:
+the client re-raises them unwrapped.
 """
 
 from __future__ import annotations
@@ -68,9 +71,10 @@ def register(
 
     async def change(request: Request, op: Operation) -> Response:
         authorize(request)
-        state = await control.apply(op, _who(request))
-        follower.apply_state(state)
-        return json_response(experiment_view(state))
+        applied = await control.apply(op, _who(request))
+        follower.apply_state(applied.state)
+        return json_response({**experiment_view(applied.state),
+                              "reassigned": applied.reassigned})
 
     @app.get("/admin/experiment")
     async def admin_experiment(request: Request) -> Response:

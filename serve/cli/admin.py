@@ -18,7 +18,7 @@ from serve.config import load_config
 from serve.errors import AbserveError
 
 __all__ = ["ADMIN_COMMANDS", "add_parsers", "admin_call", "cmd_admin", "cmd_canary", "cmd_report",
-           "print_experiment"]
+           "print_experiment", "reassigned_warning"]
 
 
 # The admin commands that are one call each, with their help.
@@ -80,7 +80,18 @@ def admin_call(args: argparse.Namespace, method: str, path: str,
     return dict(data)
 
 
+def reassigned_warning(reassigned: dict[str, Any] | None) -> str | None:
+    """The line that tells the operator a change moved sticky users beyond the promise of
+    docs/experiments.md (a change's ``reassigned``), or None when it kept it."""
+    if not reassigned:
+        return None
+    return (f"warning: this change moved {reassigned['percent_of_users']:g}% of users beyond "
+            f"the sticky-assignment promise ({reassigned['moves']}); see 'Sticky assignment' "
+            "in docs/experiments.md")
+
+
 def print_experiment(data: dict[str, Any]) -> None:
+    """The experiment, and after a change the warning when it reassigned users."""
     exp = data["experiment"]
     paused = "  PAUSED (all traffic to the baseline)" if data.get("paused") else ""
     print(f"experiment {exp['name']}  revision {data['revision']}  baseline {exp['baseline']}"
@@ -92,6 +103,9 @@ def print_experiment(data: dict[str, Any]) -> None:
         mark = " (baseline)" if arm["version"] == exp["baseline"] else ""
         effective = eff.get(arm["version"], 0)
         print(f"  {arm['version']:<10}{arm['weight']:>7g}%  effective {effective:g}%{mark}")
+    warning = reassigned_warning(data.get("reassigned"))
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def _parse_weights(pairs: list[str]) -> dict[str, float]:
@@ -132,8 +146,11 @@ def cmd_admin(args: argparse.Namespace) -> int:
         for e in admin_call(args, "GET", f"/admin/audit?limit={args.limit}")["entries"]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
             before = (e.get("before") or {}).get("weights")
+            moved = e.get("reassigned")
+            note = (f"  (moved {moved['percent_of_users']:g}% of users: {moved['moves']})"
+                    if moved else "")
             print(f"{when}  r{e['revision']:<4} {e['who']:<12} {e['operation']:<14} "
-                  f"{before} -> {e['after']['weights']}")
+                  f"{before} -> {e['after']['weights']}{note}")
     return 0
 
 

@@ -21,14 +21,15 @@ import numpy as np
 import pytest
 
 from models.registry import Manifest
-from router.controlplane.client import SyncReply, SyncReport
+from router.controlplane.client import Applied, SyncReply, SyncReport
 from router.controlplane.experiment import ExperimentState
-from router.controlplane.operations import Operation, apply_operation
+from router.controlplane.operations import Operation, apply_operation, reassigned
 from router.dataplane.admission import AdmissionMiddleware
 from router.dataplane.upstream import Arms
 from router.http.app import ReplicaParts, assemble, build_app, cache_backend
 from router.http.auth import report_link
 from router.http.serving import ModelInfo
+from serve.cli.admin import print_experiment
 from serve.config import AbserveConfig, parse_config
 from serve.errors import InvalidInput, NotFound
 
@@ -166,10 +167,10 @@ class FakeControl:
         self.served.update({rid: (v, label) for rid, v, label in report.served})
         return SyncReply(self.state.revision, {}, {})
 
-    async def apply(self, op: Operation, who: str) -> ExperimentState:
+    async def apply(self, op: Operation, who: str) -> Applied:
         self.state, entry = apply_operation(self.state, op, deployed=self.deployed, who=who)
         self.entries.append(entry)
-        return self.state
+        return Applied(self.state, entry.get("reassigned"))
 
     async def record_feedback(
         self, request_id: str, label: int, timeout_s: float | None = None
@@ -613,6 +614,47 @@ def test_admin_changes_apply_to_this_replica_at_once() -> None:
         audit = (await client.get("/admin/audit?limit=2", headers=AUTH)).json()["entries"]
         assert [e["operation"] for e in audit] == ["pause", "resume"]
         assert r.control.entries[0]["who"] == "alice"
+
+    drive(r, scenario)
+
+
+def test_a_change_that_moves_sticky_users_says_so_in_its_response(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every change answers ``reassigned``: null inside the layout's promise, else the share
+    and the moves of its audit entry; the CLI prints that as a warning."""
+    r = replica()
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        first = await client.put("/admin/weights", json={"weights": {"v1": 80, "v2": 20}},
+                                 headers=AUTH)
+        assert first.status_code == 200 and first.json()["reassigned"] is None
+        added = await client.post("/admin/candidates", json={"version": "v3", "weight": 10},
+                                  headers=AUTH)
+        assert added.json()["reassigned"] is None  # the newest candidate takes baseline users
+        before = r.control.state.experiment
+        resp = await client.put("/admin/weights",  # v2 (listed first) grows into v3's space
+                                json={"weights": {"v1": 40, "v2": 50, "v3": 10}}, headers=AUTH)
+        assert resp.status_code == 200
+        body = resp.json()
+        expected = reassigned(before, r.control.state.experiment)
+        assert expected is not None and body["reassigned"] == expected
+        assert body["reassigned"] == r.control.entries[-1]["reassigned"]
+        assert body["reassigned"]["percent_of_users"] > 0
+        assert "v3 -> v2" in body["reassigned"]["moves"]
+        assert body["revision"] == 4 and r.parts.core.revision == 4  # applied all the same
+        assert (await client.post("/admin/pause", headers=AUTH)).json()["reassigned"] is None
+        assert "reassigned" not in (await client.get("/admin/experiment", headers=AUTH)).json()
+
+        print_experiment(first.json())
+        quiet = capsys.readouterr()
+        assert "experiment default" in quiet.out and "warning" not in quiet.out + quiet.err
+        print_experiment(body)
+        printed = capsys.readouterr()
+        percent = f"{body['reassigned']['percent_of_users']:g}%"
+        assert "v3" in printed.out and "warning" not in printed.out
+        assert printed.err.startswith(f"warning: this change moved {percent} of users")
+        assert body["reassigned"]["moves"] in printed.err
 
     drive(r, scenario)
 

@@ -17,7 +17,7 @@ import pytest
 from router.controlplane.canary import CanaryStatus
 from router.controlplane.client import ControlClient
 from router.controlplane.experiment import ExperimentState
-from router.controlplane.messages import SyncReply, SyncReport
+from router.controlplane.messages import Applied, SyncReply, SyncReport
 from router.controlplane.operations import (
     AddCandidate,
     Pause,
@@ -125,13 +125,35 @@ def test_apply_persists_before_the_new_state_is_visible(tmp_path: Path) -> None:
     store = FailingStore(tmp_path, holder)
     svc = ExperimentService(CONFIG, store, clock=Clock())
     holder.append(svc)
-    new = run(svc.apply(Promote("v2"), "bob"))
+    applied = run(svc.apply(Promote("v2"), "bob"))
+    new = applied.state
     assert store.visible_during_save == [1] and svc.state is new and new.revision == 2
+    assert applied.reassigned is None  # promoting the newest candidate keeps the promise
     store.fail = True
     with pytest.raises(OSError):
         run(svc.apply(Rollback("v1"), "bob"))
     assert svc.state is new  # the failed save left the old state visible
     assert [e["operation"] for e in svc.audit()] == ["init", "promote"]
+
+
+def test_apply_returns_the_users_a_change_moves_beyond_the_promise(tmp_path: Path) -> None:
+    """The result of ``apply`` carries the audit entry's ``reassigned`` (what the admin route
+    answers): None for a change inside the promise, the share and moves outside it."""
+    config = parse_config({
+        "models": [{"version": "v1"}, {"version": "v2"}, {"version": "v3"}],
+        "experiment": {"name": "exp", "baseline": "v1",
+                       "arms": [{"version": "v1", "weight": 80}, {"version": "v2", "weight": 10},
+                                {"version": "v3", "weight": 10}]},
+    })
+    svc = service(tmp_path, config=config)
+    moved = run(svc.apply(SetWeights({"v1": 40, "v2": 50, "v3": 10}), "ops"))  # v2 into v3
+    assert moved.state is svc.state and moved.state.revision == 2
+    assert moved.reassigned is not None and moved.reassigned == svc.audit()[-1]["reassigned"]
+    assert moved.reassigned["percent_of_users"] == pytest.approx(4.02, abs=0.01)  # the docs'
+    assert "v3 -> v2" in moved.reassigned["moves"]
+    kept = run(svc.apply(SetWeights({"v1": 30, "v2": 50, "v3": 20}), "ops"))  # the newest
+    assert kept.reassigned is None and "reassigned" not in svc.audit()[-1]
+    assert run(svc.apply(Pause(), "ops")).reassigned is None
 
 
 def test_audit_entries_name_who_what_before_and_after(tmp_path: Path) -> None:
@@ -364,12 +386,13 @@ def test_the_client_calls_the_controllers_typed_methods(tmp_path: Path) -> None:
     state = service(tmp_path).state
     reply = SyncReply(3, {"v1": 1}, {"v1": 0})
     handle = FakeHandle(get_state=FakeResponse(state), sync=FakeResponse(reply),
-                        apply=FakeResponse(state), audit=FakeResponse([{"x": 1}]))
+                        apply=FakeResponse(Applied(state)), audit=FakeResponse([{"x": 1}]))
     client = ControlClient(handle)  # type: ignore[arg-type]
     sync = SyncReport(metrics={}, shadows={}, served=[("r", "v1", 1)])
     assert run(client.get_state(1.0)) is state
     assert run(client.sync("replica-a", sync, 1.0)) == reply
-    assert run(client.apply(Pause(), "ops")) is state
+    applied = run(client.apply(Pause(), "ops"))
+    assert applied.state is state and applied.reassigned is None
     assert run(client.audit(5)) == [{"x": 1}]
     run(client.start_canary(PLAN, "ops"))
     run(client.canary_action("abort", "ops"))
