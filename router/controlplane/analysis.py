@@ -5,6 +5,13 @@ plane's (router/dataplane/measures.py); this module only judges them. The
 sequential tests, Holm's correction and the rank test are in
 router/controlplane/stats.py, the sample-ratio check in split.py; ``METHODS``
 names each with its reference, and the report carries it.
+
+Quality without labels, per arm: ``disagreement`` (the share of the arm's
+compared rows, ``experiment.compare_share`` of its own answers, that the
+baseline labels otherwise) and ``label_distribution``; per candidate the
+``label_shift`` of its predicted labels from the baseline's. The verdict
+names them when they are material by the canary gates' defaults
+(``DISAGREEMENT_MATERIAL``, ``LABEL_SHIFT_MATERIAL``, ``LABEL_SHIFT_ALPHA``).
 """
 
 from __future__ import annotations
@@ -20,21 +27,36 @@ from router.controlplane.stats import (
     MIN_LABELS,
     SequentialResult,
     holm,
+    label_shift,
     mann_whitney_binned,
     msprt_difference,
 )
 from router.dataplane.measures import ArmMetrics, LatencyHistogram
 
 __all__ = [
+    "DISAGREEMENT_MATERIAL",
+    "LABEL_SHIFT_ALPHA",
+    "LABEL_SHIFT_MATERIAL",
     "METHODS",
+    "MIN_COMPARED",
     "LatencyComparison",
     "build_report",
     "compare_latency",
     "fmt_p",
+    "label_distribution",
     "min_sample_size",
     "two_proportion_ztest",
     "wilson_interval",
 ]
+
+# What the verdict calls material, the canary gates' defaults (GateConfig: max_disagreement,
+# max_label_shift, label_shift_alpha, min_compared; tests/unit/test_analysis.py holds them
+# equal): a disagreement whose 95 % Wilson interval lies above 20 %, a label shift of more than
+# 0.2 total variation with a chi-square p under 0.001, each on at least 50 rows a side.
+DISAGREEMENT_MATERIAL = 0.2
+LABEL_SHIFT_MATERIAL = 0.2
+LABEL_SHIFT_ALPHA = 0.001
+MIN_COMPARED = 50
 
 def _z(confidence: float) -> float:
     if not 0.0 < confidence < 1.0:
@@ -134,6 +156,16 @@ METHODS = {
         "Mann-Whitney U on the latency histograms (ties within a bucket, normal approximation), "
         "candidate against baseline, with the Hodges-Lehmann shift as a ratio; fixed-horizon"
     ),
+    "disagreement": (
+        "without labels: a sampled share (experiment.compare_share) of each candidate's own "
+        "answers is answered by the baseline too; the share of those rows whose predicted "
+        "labels differ, with its 95 % Wilson interval"
+    ),
+    "label_shift": (
+        "without labels: total variation distance between the candidate's and the baseline's "
+        "predicted-label distributions, and Pearson's chi-square test of homogeneity on the "
+        "2 x classes table (fixed-horizon), from 50 answers a side"
+    ),
 }
 
 
@@ -141,8 +173,20 @@ def _rate(num: int, den: int) -> float | None:
     return num / den if den else None
 
 
+def label_distribution(labels: Mapping[int, int]) -> dict[str, float] | None:
+    """{class index: share} of an arm's predicted labels, by index; None without any.
+
+    The keys are strings, as JSON has them (the report is served as JSON).
+    """
+    n = sum(labels.values())
+    if not n:
+        return None
+    return {str(k): c / n for k, c in sorted(labels.items()) if c}
+
+
 def _arm_row(m: ArmMetrics, total_requests: int, weight: float | None) -> dict[str, Any]:
     lo, hi = wilson_interval(m.feedback_correct, m.feedback_total)
+    d_lo, d_hi = wilson_interval(m.disagreed, m.compared)
     return {
         "requests": m.requests,
         "traffic_share": _rate(m.requests, total_requests),
@@ -157,6 +201,10 @@ def _arm_row(m: ArmMetrics, total_requests: int, weight: float | None) -> dict[s
         "accuracy": m.accuracy,
         "accuracy_ci95": [lo, hi] if m.feedback_total else None,
         "feedback_n": m.feedback_total,
+        "disagreement": m.disagreement_rate,
+        "disagreement_ci95": [d_lo, d_hi] if m.compared else None,
+        "compared": m.compared,
+        "label_distribution": label_distribution(m.labels),
     }
 
 
@@ -246,6 +294,20 @@ def _latency_phrase(lat: LatencyComparison | None, alpha: float) -> str:
     return f"latency: no shift shown (Mann-Whitney p {fmt_p(lat.p_value)})"
 
 
+def _answers_phrases(name: str, baseline: str, row: Mapping[str, Any]) -> list[str]:
+    """The no-label quality, when it is material (see DISAGREEMENT_MATERIAL)."""
+    out = []
+    ci, n = row["disagreement_ci95"], row["compared"]
+    if ci is not None and n >= MIN_COMPARED and ci[0] > DISAGREEMENT_MATERIAL:
+        out.append(f"{name} disagrees with {baseline} on {row['disagreement'] * 100:.0f} % of {n} "
+                   f"compared answers (95 % interval {ci[0] * 100:.0f} to {ci[1] * 100:.0f} %)")
+    tvd, p = row["label_shift"], row["label_shift_p_value"]
+    if tvd is not None and tvd > LABEL_SHIFT_MATERIAL and p < LABEL_SHIFT_ALPHA:
+        out.append(f"{name} predicts other classes than {baseline} (total variation {tvd:.2f}, "
+                   f"chi-square p {fmt_p(p)})")
+    return out
+
+
 def _srm_phrase(srm: Mapping[str, Any]) -> str:
     if srm.get("flagged") is None:
         return "sample-ratio check unavailable (see srm)"
@@ -297,6 +359,14 @@ def build_report(
     ``latency_test`` compares latency distributions (``compare_latency``);
     ``srm`` is the experiment's sample-ratio check (``split``, from
     router/controlplane/split.py); ``verdict`` says it in one line.
+
+    Without labels: ``disagreement`` (``None`` until the arm has compared
+    rows; the baseline is not compared with itself), ``disagreement_ci95``
+    (Wilson), ``compared`` (rows), ``label_distribution`` (``{class index:
+    share}`` of the arm's own answers, ``None`` without any); for a candidate
+    ``label_shift`` (total variation from the baseline's distribution) and
+    ``label_shift_p_value`` (chi-square homogeneity), ``None`` until both
+    have ``MIN_COMPARED`` answers.
     """
     if baseline not in arms:
         raise ValueError(f"baseline {baseline!r} is not among the arms {sorted(arms)}")
@@ -321,6 +391,7 @@ def build_report(
         row.update(min_sample_size=None, sample_size_reached=None, p_value_holm=None)
         row.update(seq_p_value=None, seq_p_value_holm=None, seq_significant=None, seq_ci=None,
                    seq_ci_simultaneous=None, latency_test=None, verdict=None)
+        row.update(label_shift=None, label_shift_p_value=None)
         if name == baseline:
             row["verdict"] = f"{name} is the baseline"
         else:
@@ -341,6 +412,10 @@ def build_report(
                 )
             lat = compare_latency(m.latency, base.latency)
             row["latency_test"] = None if lat is None else lat.to_dict()
+            if min(sum(m.labels.values()), sum(base.labels.values())) >= MIN_COMPARED:
+                shift = label_shift(m.labels, base.labels)
+                if shift is not None:
+                    row["label_shift"], row["label_shift_p_value"] = shift
         rows[name] = row
     for name, adj in zip(fixed_p, holm(list(fixed_p.values())), strict=True):
         rows[name]["p_value_holm"] = adj
@@ -362,6 +437,7 @@ def build_report(
             _accuracy_phrase(name, baseline, seqs.get(name), holm_seq.get(name),
                              m.feedback_total, base.feedback_total, family, alpha),
             _latency_phrase(lat, alpha),
+            *_answers_phrases(name, baseline, rows[name]),
             _srm_phrase(srm),
         ))
         rows[name]["verdict"] = verdicts[name] = line

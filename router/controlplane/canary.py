@@ -61,7 +61,7 @@ from typing import Any
 from router.controlplane.analysis import compare_latency, fmt_p, wilson_interval
 from router.controlplane.stats import (
     DEFAULT_TAU,
-    chi2_sf,
+    label_shift,
     msprt_difference,
     noninferiority,
 )
@@ -793,29 +793,6 @@ def check_gates(
                   f"candidate latency typically {numbers}, P(slower) {lat.prob_slower:.3f}",
                   numbers)
     return tuple(results), metrics
-
-
-def label_shift(a: Mapping[int, int], b: Mapping[int, int]) -> tuple[float, float] | None:
-    """(total variation distance, chi-square homogeneity p) of two label count maps.
-
-    None when either is empty. Classes neither predicted are left out; the
-    test has (classes - 1) degrees of freedom.
-    """
-    classes = sorted(k for k in a.keys() | b.keys() if a.get(k, 0) + b.get(k, 0) > 0)
-    na, nb = sum(a.get(k, 0) for k in classes), sum(b.get(k, 0) for k in classes)
-    if not na or not nb:
-        return None
-    tvd = 0.5 * sum(abs(a.get(k, 0) / na - b.get(k, 0) / nb) for k in classes)
-    if len(classes) < 2:
-        return tvd, 1.0
-    total = na + nb
-    stat = 0.0
-    for k in classes:
-        col = a.get(k, 0) + b.get(k, 0)
-        for n, obs in ((na, a.get(k, 0)), (nb, b.get(k, 0))):
-            expected = n * col / total
-            stat += (obs - expected) ** 2 / expected
-    return tvd, chi2_sf(stat, len(classes) - 1)
 
 
 def _quality_line(results: tuple[GateResult, ...]) -> str:

@@ -20,6 +20,9 @@ up to 20,000, tests/unit/test_stats.py). What is here instead:
   (router/controlplane/split.py). Pearson's chi-square, and the anytime-valid
   Dirichlet-multinomial Bayes factor of Lindon and Malek, "Anytime-valid
   inference for multinomial count data", NeurIPS 2022 (arXiv:2011.03567).
+- ``label_shift``: two predicted-label distributions compared, total variation
+  distance and Pearson's chi-square test of homogeneity (the canary's
+  label_shift gate and the report's no-label quality).
 - ``mann_whitney_binned``: the Mann-Whitney U test (tie-corrected normal
   approximation, as scipy's ``method="asymptotic"``) on two histograms over
   the same ordered bins, plus the Hodges-Lehmann shift in bins: latency
@@ -32,7 +35,7 @@ every formula with an equivalent against scipy.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +48,7 @@ __all__ = [
     "chi2_sf",
     "dirichlet_multinomial_log_bf",
     "holm",
+    "label_shift",
     "mann_whitney_binned",
     "msprt_difference",
     "msprt_p_values",
@@ -227,6 +231,29 @@ def chi2_sf(x: float, df: float) -> float:
         return 0.0
     return _gammainc_upper(df / 2.0, x / 2.0)
 
+
+def label_shift(a: Mapping[int, int], b: Mapping[int, int]) -> tuple[float, float] | None:
+    """(total variation distance, chi-square homogeneity p) of two label count maps.
+
+    None when either is empty. Classes neither predicted are left out; the
+    test has (classes - 1) degrees of freedom. Pearson's statistic on the
+    2 x classes table, as scipy's ``chi2_contingency(correction=False)``.
+    """
+    classes = sorted(k for k in a.keys() | b.keys() if a.get(k, 0) + b.get(k, 0) > 0)
+    na, nb = sum(a.get(k, 0) for k in classes), sum(b.get(k, 0) for k in classes)
+    if not na or not nb:
+        return None
+    tvd = 0.5 * sum(abs(a.get(k, 0) / na - b.get(k, 0) / nb) for k in classes)
+    if len(classes) < 2:
+        return tvd, 1.0
+    total = na + nb
+    stat = 0.0
+    for k in classes:
+        col = a.get(k, 0) + b.get(k, 0)
+        for n, obs in ((na, a.get(k, 0)), (nb, b.get(k, 0))):
+            expected = n * col / total
+            stat += (obs - expected) ** 2 / expected
+    return tvd, chi2_sf(stat, len(classes) - 1)
 
 def dirichlet_multinomial_log_bf(
     counts: Sequence[float], probs: Sequence[float], concentration: float

@@ -327,3 +327,63 @@ def test_latency_comparison_reads_the_histograms() -> None:
     assert lat is not None and lat.p_slower < 1e-10 and lat.prob_slower > 0.6
     assert lat.shift_ratio == pytest.approx(1.2, rel=0.06)
     assert compare_latency(LatencyHistogram(), b) is None
+
+
+def test_report_quality_without_labels() -> None:
+    from router.controlplane.analysis import (
+        DISAGREEMENT_MATERIAL,
+        LABEL_SHIFT_ALPHA,
+        LABEL_SHIFT_MATERIAL,
+        MIN_COMPARED,
+    )
+    from router.controlplane.canary import GateConfig
+    from router.controlplane.stats import label_shift
+
+    defaults = GateConfig()  # what the verdict calls material is what the canary fails on
+    gate_defaults = (defaults.max_disagreement, defaults.max_label_shift,
+                     defaults.label_shift_alpha, defaults.min_compared)
+    assert gate_defaults == (DISAGREEMENT_MATERIAL, LABEL_SHIFT_MATERIAL, LABEL_SHIFT_ALPHA,
+                             MIN_COMPARED)
+
+    def arm(labels: dict[int, int], compared: int = 0, disagreed: int = 0) -> ArmMetrics:
+        m = _arm(sum(labels.values()), 0, 0, 0, 4.0)
+        m.labels, m.compared, m.disagreed = dict(labels), compared, disagreed
+        return m
+
+    arms = {
+        "v1": arm({0: 500, 1: 300, 2: 200}),
+        "v2": arm({0: 240, 1: 160, 2: 100}, compared=100, disagreed=4),  # agrees, same classes
+        "v4": arm({0: 20, 1: 40, 2: 180}, compared=240, disagreed=170),  # another model
+        "v5": arm({2: 30}, compared=20, disagreed=20),  # too few answers to say
+        "v6": ArmMetrics(),
+    }
+    report = build_report(arms, "v1", weights={"v1": 70, "v2": 10, "v4": 10, "v5": 10, "v6": 0})
+    json.dumps(report, allow_nan=False)
+    rows = report["arms"]
+    keys = {"disagreement", "disagreement_ci95", "compared", "label_distribution",
+            "label_shift", "label_shift_p_value"}
+    assert all(keys <= set(r) for r in rows.values())
+    assert keys - {"label_shift", "label_shift_p_value"} <= set(report["totals"])
+    base, v2, v4, v5, v6 = (rows[v] for v in ("v1", "v2", "v4", "v5", "v6"))
+    assert base["label_distribution"] == {"0": 0.5, "1": 0.3, "2": 0.2}
+    assert base["compared"] == 0 and base["disagreement"] is None
+    assert base["disagreement_ci95"] is None and base["label_shift"] is None
+    assert v4["compared"] == 240 and v4["disagreement"] == pytest.approx(170 / 240)
+    assert v4["disagreement_ci95"] == pytest.approx(list(wilson_interval(170, 240)))
+    tvd, p = label_shift(arms["v4"].labels, arms["v1"].labels)  # type: ignore[misc]
+    assert v4["label_shift"] == pytest.approx(tvd) and v4["label_shift_p_value"] == p
+    assert tvd == pytest.approx(0.55) and p < 1e-10
+    assert v2["label_shift"] == pytest.approx(0.02) and v2["label_shift_p_value"] > 0.5
+    assert v5["disagreement"] == 1.0 and v5["label_shift"] is None  # 30 answers: under 50
+    assert v5["label_distribution"] == {"2": 1.0}
+    assert v6["label_distribution"] is None and v6["disagreement"] is None
+    assert v6["compared"] == 0 and v6["label_shift_p_value"] is None
+    verdicts = report["verdicts"]
+    assert ("v4 disagrees with v1 on 71 % of 240 compared answers (95 % interval 65 to 76 %)"
+            in verdicts["v4"])
+    assert "v4 predicts other classes than v1 (total variation 0.55, chi-square p < 0.0001)" \
+        in verdicts["v4"]
+    for quiet in ("v2", "v5", "v6"):  # not material, or too little data: not in the line
+        assert "disagrees" not in verdicts[quiet] and "other classes" not in verdicts[quiet]
+    assert "Wilson" in report["methods"]["disagreement"]
+    assert "chi-square" in report["methods"]["label_shift"]

@@ -17,6 +17,7 @@ from router.controlplane.stats import (
     chi2_sf,
     dirichlet_multinomial_log_bf,
     holm,
+    label_shift,
     mann_whitney_binned,
     msprt_difference,
     msprt_p_values,
@@ -194,6 +195,20 @@ def test_chi2_sf_matches_scipy(df: int) -> None:
     with pytest.raises(ValueError):
         chi2_sf(1.0, 0)
 
+
+def test_label_shift_matches_scipy_contingency() -> None:
+    a, b = {0: 120, 1: 60, 2: 20, 5: 0}, {0: 90, 1: 95, 2: 15, 3: 4}
+    tvd, p = label_shift(a, b)  # type: ignore[misc]
+    classes = [0, 1, 2, 3]  # 5: predicted by neither, left out
+    table = np.array([[a.get(k, 0) for k in classes], [b.get(k, 0) for k in classes]])
+    assert p == pytest.approx(stats.chi2_contingency(table, correction=False).pvalue, rel=1e-9)
+    shares = table / table.sum(axis=1, keepdims=True)
+    assert tvd == pytest.approx(0.5 * np.abs(shares[0] - shares[1]).sum())
+    assert label_shift({1: 10}, {1: 30}) == (0.0, 1.0)  # one class: nothing to test
+    assert label_shift({}, b) is None and label_shift(a, {7: 0}) is None
+    from router.controlplane import canary
+
+    assert canary.label_shift is label_shift  # the gate's, importable where it was
 
 def test_dirichlet_multinomial_bayes_factor_matches_scipy() -> None:
     rng = np.random.default_rng(7)
