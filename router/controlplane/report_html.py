@@ -107,8 +107,40 @@ def _p(value: Any) -> str:
     return "&lt; 0.0001" if value < 1e-4 else f"{value:.2g}"
 
 
+def _disagreement(r: dict[str, Any]) -> str:
+    ci = r.get("disagreement_ci95")
+    if r.get("disagreement") is None or not ci:
+        return "–"
+    return (f"{r['disagreement'] * 100:.1f} % of {_fmt(r.get('compared'))} "
+            f"[{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]")
+
+
+def _label_shift(r: dict[str, Any]) -> str:
+    if r.get("label_shift") is None:
+        return "–"
+    return f"{r['label_shift']:.3f}, p {_p(r.get('label_shift_p_value'))}"
+
+
+def _label_table(report: dict[str, Any]) -> str:
+    """Each arm's predicted labels: the share of its own answers per class index."""
+    dists = {a: r.get("label_distribution") for a, r in report["arms"].items()}
+    present = {a: d for a, d in dists.items() if d}
+    if not present:
+        return ""
+    classes = sorted({k for d in present.values() for k in d}, key=lambda k: (len(k), k))
+    head = "".join(f"<th>{escape(k)}</th>" for k in classes)
+    rows = "".join(
+        f"<tr><th>{escape(a)}</th>"
+        + "".join(f"<td>{_fmt(d.get(k), pct=True)}</td>" for k in classes) + "</tr>"
+        for a, d in present.items()
+    )
+    return ("<h3>Predicted labels (share of each arm's own answers, by class index)</h3>"
+            f"<table><tr><th>arm</th>{head}</tr>{rows}</table>")
+
+
 def _statistics(report: dict[str, Any]) -> str:
-    """Per candidate: sequential and fixed-horizon tests, latency, verdict; the SRM check."""
+    """Per candidate: sequential and fixed-horizon tests, latency, the quality without labels,
+    verdict; the SRM check; the predicted labels."""
     alpha = report.get("alpha", 0.05)
     rows = []
     for arm, r in report["arms"].items():
@@ -124,8 +156,9 @@ def _statistics(report: dict[str, Any]) -> str:
             f"<tr><th>{escape(arm)}</th><td>{_fmt(r.get('accuracy_delta'), pct=True)}</td>"
             f"<td>{_interval(r.get('seq_ci'))}</td><td>{_p(r.get('seq_p_value'))}</td>"
             f"<td>{_p(r.get('seq_p_value_holm'))}</td><td>{_fmt(r.get('seq_significant'))}</td>"
-            f"<td>{_p(r.get('p_value'))}</td><td>{escape(valid)}</td><td>{shift}</td></tr>"
-            f"<tr><td colspan='9' style='text-align:left'>{escape(str(r.get('verdict')))}"
+            f"<td>{_p(r.get('p_value'))}</td><td>{escape(valid)}</td><td>{shift}</td>"
+            f"<td>{_disagreement(r)}</td><td>{_label_shift(r)}</td></tr>"
+            f"<tr><td colspan='11' style='text-align:left'>{escape(str(r.get('verdict')))}"
             "</td></tr>"
         )
     srm = report.get("srm") or {}
@@ -142,9 +175,11 @@ def _statistics(report: dict[str, Any]) -> str:
         "<table><tr><th>candidate</th><th>Δ accuracy</th>"
         f"<th>always-valid {conf} interval</th><th>sequential p</th><th>Holm p</th>"
         "<th>significant</th><th>z-test p</th><th>z-test validity</th>"
-        "<th>latency (Mann-Whitney)</th></tr>" + "".join(rows) + "</table>"
+        "<th>latency (Mann-Whitney)</th><th>disagreement with the baseline (95 % CI)</th>"
+        "<th>label shift (total variation, chi-square p)</th></tr>"
+        + "".join(rows) + "</table>"
     ) if rows else ""
-    return (f"<h2>Statistics</h2>{srm_html}{table}"
+    return (f"<h2>Statistics</h2>{srm_html}{table}{_label_table(report)}"
             + (f"<details><summary>Methods</summary><ul>{methods}</ul></details>"
                if methods else ""))
 
@@ -157,7 +192,8 @@ def render_report_html(report: dict[str, Any]) -> str:
             ("fallback_rate", "fallbacks", True), ("p50_ms", "p50 ms", False),
             ("p99_ms", "p99 ms", False), ("accuracy", "accuracy", True),
             ("feedback_n", "feedback n", False), ("p_value", "z-test p", False),
-            ("significant", "significant", False), ("sample_size_reached", "n reached", False)]
+            ("significant", "significant", False), ("sample_size_reached", "n reached", False),
+            ("disagreement", "disagreement", True), ("compared", "compared n", False)]
     for arm, row in report["arms"].items():
         ci = row.get("accuracy_ci95")
         ci_txt = f" [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci and row.get("accuracy") else ""

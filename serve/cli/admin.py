@@ -231,8 +231,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _statistics_lines(report: dict[str, Any]) -> list[str]:
-    """Per candidate: the sequential test, the z-test with its validity, the latency test and
-    the verdict; then the sample-ratio check (router/controlplane/analysis.py)."""
+    """Per candidate: the sequential test, the z-test with its validity, the latency test, the
+    quality without labels (disagreement, label shift) and the verdict; then the sample-ratio
+    check and each arm's predicted labels (router/controlplane/analysis.py)."""
     def pp(x: Any) -> str:
         return "-" if x is None else f"{x * 100:+.1f}"
 
@@ -265,10 +266,30 @@ def _statistics_lines(report: dict[str, Any]) -> list[str]:
         if lat is not None:
             lines.append(f"  latency (Mann-Whitney): typically x{lat['shift_ratio']:.2f}, "
                          f"P(slower) {lat['prob_slower']:.2f}, p {p(lat['p_value'])}")
+        if "compared" in r:  # the quality without labels (reports since it was added)
+            ci = r.get("disagreement_ci95")
+            lines.append(
+                f"  disagreement with {report['baseline']}: {r['disagreement'] * 100:.1f}% of "
+                f"{r['compared']} compared rows, 95% Wilson [{ci[0] * 100:.1f}, "
+                f"{ci[1] * 100:.1f}]" if r.get("disagreement") is not None and ci else
+                f"  disagreement with {report['baseline']}: none compared yet "
+                "(experiment.compare_share)")
+            lines.append(
+                f"  label shift: total variation {r['label_shift']:.3f}, chi-square p "
+                f"{p(r.get('label_shift_p_value'))}" if r.get("label_shift") is not None else
+                "  label shift: not enough answers yet (50 on each side)")
         lines.append(f"  verdict: {r.get('verdict')}")
     srm = report.get("srm")
     if srm is not None:
         lines.append(f"sample ratio: {srm.get('summary')}")
+    dists = {a: r.get("label_distribution") for a, r in report["arms"].items()}
+    if any(dists.values()):
+        lines.append("predicted labels (class index: share of the arm's own answers):")
+        for arm, d in dists.items():
+            if d:
+                shares = ", ".join(f"{k} {v * 100:.1f}%" for k, v in d.items())
+                lines.append(f"  {arm + ('*' if report['arms'][arm].get('baseline') else '')}: "
+                             f"{shares}")
     return lines
 
 
@@ -286,9 +307,11 @@ def add_parsers(sub: Any) -> None:
     c.set_defaults(func=cmd_canary)
 
     rp = sub.add_parser("report", help="the experiment report: per-arm traffic, errors, latency, "
-                                       "accuracy with 95%% CI; per candidate the always-valid "
-                                       "sequential test, the z-test, the latency test, the "
-                                       "sample-ratio check and a verdict (admin API)")
+                                       "accuracy with 95%% CI, predicted labels; per candidate "
+                                       "the always-valid sequential test, the z-test, the "
+                                       "latency test, disagreement and label shift against the "
+                                       "baseline, the sample-ratio check and a verdict (admin "
+                                       "API)")
     rp.add_argument("--json", action="store_true")
     rp.add_argument("--html", action="store_true",
                     help="print a signed link that opens the HTML report in a browser")
