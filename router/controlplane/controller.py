@@ -3,8 +3,9 @@
 A thin shell around ``ExperimentService`` (router/controlplane/service.py),
 which holds the logic and is unit-tested without Ray. What is left here is
 what needs Serve: one replica (the single writer), the store on the
-configured directory, and the canary's clock, a task that ticks every
-``state.canary_tick_s`` once routers report. Routers talk to it through
+configured directory, the canary's clock, a task that ticks every
+``state.canary_tick_s`` once routers report, and the sample-ratio gauges
+(``SrmGauges``), set after each sync. Routers talk to it through
 ``router.controlplane.client.ControlClient``; on start the service loads the
 persisted state, so weights survive router restarts, controller restarts
 and a full ``abserve down`` / ``abserve up``.
@@ -22,8 +23,10 @@ from router.controlplane.experiment import ExperimentState
 from router.controlplane.messages import Applied, SyncReply, SyncReport
 from router.controlplane.operations import Operation
 from router.controlplane.service import ExperimentService
+from router.controlplane.split import SrmGauges
 from router.controlplane.store import FileStore
 from serve.config import parse_config
+from serve.telemetry import ray_metric_factory
 
 __all__ = ["ExperimentController"]
 
@@ -37,6 +40,8 @@ class ExperimentController:
         self.service = ExperimentService(cfg, FileStore(cfg.state.dir, cfg.app_name))
         self.tick_s = cfg.state.canary_tick_s
         self._ticker: asyncio.Task[None] | None = None
+        self.srm_gauges = SrmGauges(ray_metric_factory)
+        self._gauges_failed = False
 
     async def _tick_forever(self) -> None:
         while True:
@@ -65,7 +70,14 @@ class ExperimentController:
     async def sync(self, replica_id: str, report: SyncReport) -> SyncReply:
         if self._ticker is None:  # the canary clock runs once routers report
             self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
-        return self.service.sync(replica_id, report)
+        reply = self.service.sync(replica_id, report)
+        try:
+            self.srm_gauges.update(self.service.ledger.split, self.service.state.experiment.name)
+        except Exception:  # noqa: BLE001 - a metric must not fail the router's sync
+            if not self._gauges_failed:  # once: syncs come every second from every router
+                log.exception("could not set the sample-ratio gauges")
+            self._gauges_failed = True
+        return reply
 
     def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
         return self.service.record_feedback(request_id, label)

@@ -23,18 +23,20 @@ A count on an arm whose share was 0 is a mismatch outright (p = 0).
 ``SplitTally`` is that accumulator; ``SplitMonitor`` feeds it from the
 routers' cumulative counts, sync by sync, and counts an interval only when
 the router is known to have served all of it under one set of weights.
+``SrmGauges`` exports the check as serve/telemetry.py's CONTROLLER_METRICS.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from router.controlplane.stats import chi2_sf, dirichlet_multinomial_log_bf
+from serve.telemetry import CONTROLLER_METRICS, MetricSpec
 
 __all__ = [
     "CONCENTRATION",
@@ -42,6 +44,7 @@ __all__ = [
     "SplitMonitor",
     "SplitTally",
     "SplitTest",
+    "SrmGauges",
     "shares_of",
 ]
 
@@ -296,3 +299,30 @@ class SplitMonitor:
 
     def test(self, alpha: float = SRM_ALPHA) -> SplitTest:
         return self.tally.test(alpha)
+
+
+class SrmGauges:
+    """The sample-ratio check as gauges (CONTROLLER_METRICS, tag ``experiment``).
+
+    ``factory`` makes one metric object per spec (``serve.telemetry.ray_metric_factory``
+    in the controller; anything with ``set(value, tags)`` in tests). ``update`` after
+    each sync: the test is recomputed only when the tally counted something new, and
+    nothing is set before it has counts (no p = 1 for an experiment not checked yet).
+    """
+
+    def __init__(self, factory: Callable[[MetricSpec], Any]) -> None:
+        self.gauges = {name: factory(spec) for name, spec in CONTROLLER_METRICS.items()}
+        self._last: tuple[str, int, int] | None = None
+
+    def update(self, monitor: SplitMonitor, experiment: str) -> SplitTest | None:
+        """Set the gauges from ``monitor``'s test; the test, or None when nothing changed."""
+        tally = monitor.tally
+        key = (experiment, id(tally), sum(tally.observed.values()))
+        if key[2] == 0 or key == self._last:
+            return None
+        test = monitor.test()
+        tags = {"experiment": experiment}
+        for name, value in test.gauges().items():
+            self.gauges[name].set(value, tags=tags)
+        self._last = key
+        return test

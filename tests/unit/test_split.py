@@ -19,10 +19,11 @@ from router.controlplane.split import (
     SRM_ALPHA,
     SplitMonitor,
     SplitTally,
+    SrmGauges,
     shares_of,
 )
 from router.controlplane.stats import dirichlet_multinomial_log_bf
-from serve.telemetry import CONTROLLER_METRICS, exported_names
+from serve.telemetry import CONTROLLER_METRICS, MetricSpec, exported_names
 
 RUNS, EVERY, HORIZON = 10_000, 200, 20_000
 
@@ -198,6 +199,40 @@ def test_gauges_name_the_controller_metrics() -> None:
     for spec in CONTROLLER_METRICS.values():
         assert spec.kind == "gauge" and exported_names(spec) == (f"ray_{spec.name}",)
 
+
+
+def test_srm_gauges_are_set_after_a_sync_that_counted() -> None:
+    """The controller's part without Ray: one gauge per CONTROLLER_METRICS spec from its
+    factory, set with the experiment's tag from the monitor's test, only when it changed."""
+    class Gauge:
+        def __init__(self, spec: MetricSpec) -> None:
+            self.spec = spec
+            self.values: list[tuple[float, dict[str, str]]] = []
+
+        def set(self, value: float, tags: dict[str, str]) -> None:
+            assert set(tags) == set(self.spec.tag_keys)
+            self.values.append((value, tags))
+
+    gauges = SrmGauges(Gauge)
+    made = gauges.gauges
+    assert set(made) == set(CONTROLLER_METRICS)
+    m = SplitMonitor()
+    w = {"v1": 50, "v2": 50}
+    m.observe("r1", {"v1": 0, "v2": 0}, w)
+    assert gauges.update(m, "exp") is None  # no counts: nothing set (no p = 1 before a check)
+    assert all(not g.values for g in made.values())
+    for cum in ({"v1": 10, "v2": 10}, {"v1": 20, "v2": 20}, {"v1": 5_220, "v2": 4_820}):
+        m.observe("r1", cum, w)
+    test = gauges.update(m, "exp")
+    assert test is not None and test.n == 10_020  # 20 + 10,000: the first interval is not known clean
+    tags = {"experiment": "exp"}
+    assert made["abserve_srm_p_value"].values == [(test.seq_p_value, tags)]
+    assert made["abserve_srm_mismatch"].values == [(1.0 if test.flagged else 0.0, tags)]
+    assert gauges.update(m, "exp") is None  # the same tally: not recomputed, not set again
+    m.observe("r1", {"v1": 5_240, "v2": 4_840}, w)
+    assert gauges.update(m, "exp") is not None and len(made["abserve_srm_p_value"].values) == 2
+    assert gauges.update(m, "renamed") is not None  # a new experiment name: its own series
+    assert made["abserve_srm_mismatch"].values[-1][1] == {"experiment": "renamed"}
 
 if __name__ == "__main__":
     seq, monitored, once = sequential_false_alarms()
