@@ -18,7 +18,9 @@ requests. The caller starts new counters when ``state.window`` changes
 
 A gate whose data is missing (no baseline traffic at 100 %, feedback or
 shadow comparisons below their minimum) is *skipped* and says so in the
-reasons ("lacks data: ..."); it neither passes nor fails the window.
+reasons ("lacks data: ..."); it neither passes nor fails the window. A
+window passes only once a gate on the answers (``ANSWER_QUALITY_GATES``)
+has its data; until then it holds and goes on (a failing gate still fails it).
 
 Quality gates, beside the rates and p99 (docs/experiments.md, Statistics):
 
