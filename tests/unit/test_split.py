@@ -224,7 +224,7 @@ def test_srm_gauges_are_set_after_a_sync_that_counted() -> None:
     for cum in ({"v1": 10, "v2": 10}, {"v1": 20, "v2": 20}, {"v1": 5_220, "v2": 4_820}):
         m.observe("r1", cum, w)
     test = gauges.update(m, "exp")
-    assert test is not None and test.n == 10_020  # 20 + 10,000: the first interval is not known clean
+    assert test is not None and test.n == 10_020  # 20 + 10,000: the first interval is unknown
     tags = {"experiment": "exp"}
     assert made["abserve_srm_p_value"].values == [(test.seq_p_value, tags)]
     assert made["abserve_srm_mismatch"].values == [(1.0 if test.flagged else 0.0, tags)]
