@@ -893,6 +893,16 @@ def evaluate(
             consecutive_failures=n,
         )
     answer_gates = [r for r in results if r.name in ANSWER_QUALITY_GATES]
+    disagreement = next((r for r in answer_gates if r.name == "disagreement"), None)
+    if disagreement is not None and disagreement.status == "skip" and candidate.compared > 0:
+        # Comparisons are flowing (experiment.compare_share > 0): they are the one answer
+        # gate every window can feed, and the label distribution alone misses a model that
+        # is wrong in every class alike, so the window waits for their minimum.
+        hold = (f"hold at {where}: waiting for the disagreement gate's data "
+                f"({candidate.compared} of {plan.gates.min_compared} rows compared); "
+                f"the window goes on; {quality}")
+        return state, Decision(now, Action.HOLD, Verdict.WAIT, step, weight, weight,
+                               (*reasons, hold), metrics)
     if answer_gates and all(r.status == "skip" for r in answer_gates):
         # Nothing failed, but nothing has judged the answers yet either: a window closes
         # (and the canary goes on) only once one of them has its data, so a candidate

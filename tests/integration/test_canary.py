@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from benchmarks.faults import set_fault_all
-from models.activity.data import make_windows
 from serve.app import model_deployment_name
+from tests.integration.canary_load import drive_canary
 from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, serve_app, small_app
 
 APP, PREFIX = "can", "/can"
@@ -29,34 +29,6 @@ def can(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> It
         "breaker": {"failure_threshold": 50, "cooldown_s": 1},
     })
     yield from serve_app(config, serve_instance, PREFIX)
-
-async def _drive(url: str, until: Any, timeout_s: float) -> tuple[list[int], dict[str, Any]]:
-    """Load at a steady pace until ``until(status)`` holds; return statuses and the canary."""
-    xs, _ = make_windows(64, seed=8)
-    statuses: list[int] = []
-    stop = asyncio.Event()
-
-    async def worker(k: int) -> None:
-        async with httpx.AsyncClient(timeout=30) as client:
-            i = k
-            while not stop.is_set():
-                r = await client.post(f"{url}/predict", json={"features": xs[i % 64].tolist()})
-                statuses.append(r.status_code)
-                i += 4
-
-    workers = [asyncio.create_task(worker(k)) for k in range(4)]
-    deadline = time.monotonic() + timeout_s
-    status: dict[str, Any] = {}
-    async with httpx.AsyncClient(timeout=10) as admin:
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-            status = (await admin.get(f"{url}/admin/canary", headers=AUTH)).json()
-            if until(status["state"]["status"]):
-                break
-    stop.set()
-    await asyncio.gather(*workers)
-    return statuses, status
-
 
 def start(url: str, candidate: str, **gates: Any) -> dict[str, Any]:
     plan = {"candidate": candidate, "steps": [20, 50, 100], "interval_s": 2,
@@ -78,7 +50,8 @@ def test_plan_validation(can: str) -> None:
 def test_healthy_candidate_is_promoted(can: str) -> None:
     started = start(can, "v2")
     assert started["state"]["status"] == "running" and started["state"]["weight"] == 20
-    statuses, status = asyncio.run(_drive(can, lambda s: s != "running", timeout_s=90))
+    run = asyncio.run(drive_canary(can, timeout_s=90))
+    statuses, status = run.predict, run.status
     assert status["state"]["status"] == "promoted", status["state"]["history"][-3:]
     assert statuses and set(statuses) == {200}
     actions = [d["action"] for d in status["state"]["history"]]
@@ -96,7 +69,8 @@ def test_candidate_failing_20_percent_is_rolled_back(can: str) -> None:
     try:
         start(can, "v4", failures_to_rollback=2)
         t0 = time.monotonic()
-        statuses, status = asyncio.run(_drive(can, lambda s: s != "running", timeout_s=90))
+        run = asyncio.run(drive_canary(can, timeout_s=90))
+        statuses, status = run.predict, run.status
         elapsed = time.monotonic() - t0
     finally:
         set_fault_all(APP, v4, error_rate=0.0)

@@ -296,3 +296,20 @@ def test_a_constant_model_is_rolled_back_without_any_label() -> None:
     assert state.status is CanaryStatus.ROLLED_BACK
     assert "disagreement: fail" in " ".join(d.reasons) and "label_shift: fail" in " ".join(
         d.reasons)
+
+
+def test_while_comparisons_flow_a_window_waits_for_the_disagreement_gate() -> None:
+    from router.controlplane.canary import Action, evaluate
+
+    p = plan(srm_alpha=None)
+    state = start(p, new_state(p), T0)
+    # 28 % accurate, but its labels are spread like the baseline's: label_shift passes.
+    cand = _answers({k: 40 for k in range(8)}, compared=30, disagreed=22)
+    base = _answers({k: 400 for k in range(8)})
+    state2, d = evaluate(p, state, cand, base, T0 + 60)
+    assert d.action is Action.HOLD and "waiting for the disagreement gate" in d.reasons[-1]
+    assert "label_shift: pass" in " ".join(d.reasons)
+    cand.record_comparison(30, 21)  # 60 rows compared, 43 disagreed
+    _, d = evaluate(p, state2, cand, base, T0 + 70)
+    assert d.action is Action.HOLD and "disagreement" in d.reasons[-1]  # failed window 1 of 3
+    assert "disagreement: fail" in " ".join(d.reasons)
