@@ -247,3 +247,22 @@ def serve_app(config: Any, serve_instance: ServeInstance, prefix: str) -> Iterat
     deploy(config, route_prefix=prefix)
     yield serve_instance.url + prefix
     serve.delete(config.app_name)
+
+
+def settled_report(url: str, timeout_s: float = 30) -> dict[str, Any]:
+    """The report's arms once two reads a second apart agree (the routers have synced)."""
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    def read() -> dict[str, Any]:
+        r = httpx.get(f"{url}/admin/report", headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        return dict(r.json()["arms"])
+
+    last, deadline = read(), time.monotonic() + timeout_s
+    while True:
+        time.sleep(1.0)
+        now = read()
+        if now == last:
+            return now
+        assert time.monotonic() < deadline, "the report did not settle"
+        last = now

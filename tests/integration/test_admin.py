@@ -16,7 +16,14 @@ import pytest
 from scipy.stats import binomtest
 
 from models.activity.data import make_windows
-from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, deploy, serve_app, small_app
+from tests.integration.conftest import (
+    ADMIN_TOKEN,
+    ServeInstance,
+    deploy,
+    serve_app,
+    settled_report,
+    small_app,
+)
 
 APP, PREFIX = "adm", "/adm"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Admin-User": "pytest"}
@@ -219,25 +226,6 @@ def test_candidate_lifecycle_and_audit(adm: str) -> None:
     np.testing.assert_equal(audit[0]["before"]["weights"], {"v1": 90, "v2": 10})
 
 
-def _report(adm: str) -> dict[str, Any]:
-    r = httpx.get(f"{adm}/admin/report", headers=AUTH, timeout=30)
-    assert r.status_code == 200, r.text
-    return r.json()["arms"]
-
-
-def _settled_report(adm: str) -> dict[str, Any]:
-    """The report once two reads a poll interval apart agree (the routers have synced)."""
-    last = _report(adm)
-    deadline = time.monotonic() + 30
-    while True:
-        time.sleep(1.0)
-        now = _report(adm)
-        if now == last:
-            return now
-        assert time.monotonic() < deadline, "the report did not settle"
-        last = now
-
-
 def _feedback_until_answered(adm: str, rid: str, label: int, deadline: float) -> dict[str, Any]:
     """Post one label until it is answered 200; a 503 must carry Retry-After."""
     while True:
@@ -268,7 +256,7 @@ def test_labels_and_counts_survive_a_controller_sigkill_and_a_redeploy(
     labels = [int(v) for v in y]
     for rid, label in zip(ids[:10], labels[:10], strict=True):
         assert _feedback_until_answered(adm, rid, label, time.monotonic() + 30)["counted"]
-    before = _settled_report(adm)
+    before = settled_report(adm)
     labelled_before = sum(a["feedback_n"] for a in before.values())
     pid = httpx.get(f"{adm}/admin/canary", headers=AUTH).json()["controller_pid"]
     os.kill(pid, signal.SIGKILL)  # 30 predictions still wait for their label
@@ -278,11 +266,11 @@ def test_labels_and_counts_survive_a_controller_sigkill_and_a_redeploy(
     assert all(c["counted"] for c in counted), "a label pending at the kill was lost or doubled"
     again = _feedback_until_answered(adm, ids[0], labels[0], deadline)
     assert again["status"] == "duplicate" and again["counted"] is False
-    after_kill = _settled_report(adm)
+    after_kill = settled_report(adm)
     assert sum(a["feedback_n"] for a in after_kill.values()) == labelled_before + 30
     assert {v: a["requests"] for v, a in after_kill.items()} == {
         v: a["requests"] for v, a in before.items()}
     # Full stop and start (abserve down / up): only the state directory survives.
     serve.delete(APP)
     deploy(make_config(serve_instance, registry_root, state_dir), route_prefix=PREFIX)
-    assert _settled_report(adm) == after_kill
+    assert settled_report(adm) == after_kill

@@ -19,8 +19,9 @@ import httpx
 import pytest
 import yaml
 
+from models.activity.data import make_windows
 from serve.local import free_port, pid_alive
-from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, small_app
+from tests.integration.conftest import ADMIN_TOKEN, ServeInstance, settled_report, small_app
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,11 +98,25 @@ def test_up_traffic_deploy_version_down_up(cli: tuple[Any, dict[str, Any]]) -> N
 
     out = _ok(run("status"))
     assert "v3" in out and "tensorflow" in out
+    # Experiment data through a full down / up: counts, labels, and labels still pending.
+    X, y = make_windows(20, seed=12)
+    ids = [httpx.post(f"{url}/predict", json={"features": x.tolist()}).json()["request_id"]
+           for x in X]
+    for rid, label in zip(ids[:10], y[:10], strict=True):
+        fb = httpx.post(f"{url}/feedback", json={"request_id": rid, "label": int(label)})
+        assert fb.status_code == 200 and fb.json()["counted"], fb.text
+    before = settled_report(url)
     _ok(run("down", timeout=120))
     assert not pid_alive(ray_pid) and not pid_alive(redis_pid)
     assert not info["state_file"].exists()
 
     _ok(run("up", "--config", info["config"], "--redis-port", str(free_port())))
+    assert settled_report(url) == before, "the report's counts changed across down / up"
+    for rid, label in zip(ids[10:], y[10:], strict=True):  # pending through the restart
+        fb = httpx.post(f"{url}/feedback", json={"request_id": rid, "label": int(label)})
+        assert fb.status_code == 200 and fb.json()["counted"], fb.text
+    again = httpx.post(f"{url}/feedback", json={"request_id": ids[0], "label": int(y[0])})
+    assert again.json()["counted"] is False  # counted once, across the restart too
     head_pid = yaml.safe_load(info["state_file"].read_text())["ray_pid"]
     # `up --address` deploys onto the running cluster instead of starting one.
     out = _ok(run("up", "--config", info["config"], "--address", info["address"]))
