@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
 
@@ -226,14 +226,7 @@ class LatencyComparison:
     shift_ratio: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "n_candidate": self.n_candidate,
-            "n_baseline": self.n_baseline,
-            "p_value": self.p_value,
-            "p_slower": self.p_slower,
-            "prob_slower": self.prob_slower,
-            "shift_ratio": self.shift_ratio,
-        }
+        return asdict(self)
 
 
 def compare_latency(

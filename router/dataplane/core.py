@@ -16,6 +16,7 @@ import contextlib
 import random
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,12 @@ class Prediction:
     cache_status: str  # HIT (all rows), MISS, BYPASS
     fallback: bool
     fallback_reason: str | None = None
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        """Each row's predicted class index (argmax), computed once per answer: the
+        metrics, the baseline comparison and the follower's served log all read it."""
+        return np.argmax(self.probabilities, axis=1)
 
 
 @dataclass
@@ -158,12 +165,12 @@ class RouterCore:
         self.metrics[arm].record(ms, fallback=pred.fallback, assigned=drawn)
         self.recorder.request(arm, pred.version, "fallback" if pred.fallback else "ok", ms)
         if not pred.fallback:
-            self.metrics[arm].record_labels(np.argmax(pred.probabilities, axis=1).tolist())
+            self.metrics[arm].record_labels(pred.labels.tolist())
             if arm != self.baseline and self.rng.random() < self.compare_share:
                 # The candidate's answer against the baseline's, for the no-label quality
                 # gates; in the background like a shadow, so the client never waits for it.
                 asyncio.get_running_loop().call_later(
-                    SHADOW_DELAY_S, self._spawn, self._compare, arm, batch, pred.probabilities
+                    SHADOW_DELAY_S, self._spawn, self._compare, arm, batch, pred.labels
                 )
         for shadow in self.shadows:
             if shadow.version != pred.version and self.rng.random() < shadow.share:
@@ -174,15 +181,15 @@ class RouterCore:
                 )
         return pred
 
-    async def _compare(self, arm: str, batch: np.ndarray, answer: np.ndarray) -> None:
-        """The baseline answers the candidate's rows too; disagreements are counted."""
+    async def _compare(self, arm: str, batch: np.ndarray, ours: np.ndarray) -> None:
+        """The baseline answers the candidate's rows too; disagreements with the
+        candidate's labels ``ours`` are counted."""
         try:
             out = await (self.shadow_call or self.call)(
                 self.baseline, batch, self.timeouts[self.baseline]
             )
         except Exception:  # noqa: BLE001 - the baseline's failure says nothing of the arm
             return
-        ours = np.argmax(answer, axis=1)
         theirs = np.argmax(np.asarray(out), axis=1)
         self.metrics[arm].record_comparison(len(ours), int((ours != theirs).sum()))
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import numpy as np
-
 from router.controlplane.client import ControlPlane, SyncReport
 from router.controlplane.experiment import ExperimentState, effective_weights
 from router.dataplane.core import Prediction, RouterCore
@@ -124,7 +122,7 @@ class Follower:
 
         Item i of a batch request R is "R/i".
         """
-        labels = np.argmax(pred.probabilities, axis=1)
+        labels = pred.labels
         if len(labels) == 1:
             self._served.append((request_id, pred.version, int(labels[0])))
         else:
