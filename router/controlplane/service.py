@@ -146,15 +146,20 @@ class ExperimentService:
                     self.ledger.replica_shadows.get(replica_id))
 
         before = counters()
-        told = (None if self.state.experiment.policy == "bandit"
-                else effective_weights(self.state))  # what this reply makes the router use
         added_history = self.ledger.update(
             replica_id, {"metrics": report.metrics, "shadows": report.shadows,
-                         "served": report.served}, told)
+                         "served": report.served}, self._weights_in_force())
         self._counters_dirty |= before != counters()
         self._save_counters(added_history)
         counts = self.ledger.bandit_counts()
         return SyncReply(self.state.revision, counts["successes"], counts["failures"])
+
+    def _weights_in_force(self) -> dict[str, float] | None:
+        """The weights routers serve with now (the paused experiment's included); None under
+        the bandit, where no weights are in force (the sample-ratio checks skip then)."""
+        if self.state.experiment.policy == "bandit":
+            return None
+        return effective_weights(self.state)
 
     def _save_counters(self, history: bool = False, force: bool = False) -> None:
         """The counters' snapshot, when they changed and at most every COUNTERS_EVERY_S."""
@@ -200,8 +205,7 @@ class ExperimentService:
             decision, op = rollout.tick(
                 self.ledger.merged_metrics(), self.state.weights(), self.clock(),
                 shadow=self.ledger.merged_shadows().get(rollout.plan.candidate),
-                in_force=None if self.state.experiment.policy == "bandit"
-                else effective_weights(self.state),
+                in_force=self._weights_in_force(),
             )
             if decision.verdict is Verdict.WAIT:
                 if rollout.base_window != opened:  # a new window's start: durable too
