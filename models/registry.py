@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from models.kinds import MULTICLASS, OutputSpec, kind_problems
 from serve.errors import ArtifactError, InvalidInput
 
 __all__ = [
@@ -84,15 +85,35 @@ class Manifest:
     sha256: str
     extra: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    # The output kind (models/kinds.py); manifests written before kinds are multiclass.
+    kind: str = MULTICLASS
+    threshold: float | None = None  # binary: the positive label's score cut (default 0.5)
+    outputs: tuple[str, ...] = ()  # regression: the output names (default ("value",))
+    # Tabular models: the named, typed input fields (models/schema.py); None for tensors.
+    input_schema: tuple[dict[str, Any], ...] | None = None
 
     @property
     def n_classes(self) -> int:
         return len(self.class_labels)
 
+    @property
+    def spec(self) -> OutputSpec:
+        """How to read this model's output batch (its width, labels, threshold)."""
+        return OutputSpec.of(self.kind, self.class_labels, self.threshold, self.outputs)
+
+    @property
+    def width(self) -> int:
+        """Columns of the output batch every backend returns for this manifest."""
+        return self.spec.width
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["input_shape"] = list(self.input_shape)
         data["class_labels"] = list(self.class_labels)
+        data["outputs"] = list(self.outputs)
+        data["input_schema"] = (
+            None if self.input_schema is None else [dict(f) for f in self.input_schema]
+        )
         return data
 
     @classmethod
@@ -101,7 +122,7 @@ class Manifest:
         if not isinstance(data, dict):
             raise ArtifactError(f"manifest must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
-        optional = {"extra", "description"}
+        optional = {"extra", "description", "kind", "threshold", "outputs", "input_schema"}
         unknown = sorted(set(data) - known)
         missing = sorted(known - optional - set(data))
         if unknown or missing:
@@ -128,6 +149,13 @@ class Manifest:
                 sha256=str(data["sha256"]),
                 extra=dict(data.get("extra") or {}),
                 description=str(data.get("description", "")),
+                kind=str(data.get("kind", MULTICLASS)),
+                threshold=None if data.get("threshold") is None else float(data["threshold"]),
+                outputs=tuple(str(o) for o in data.get("outputs") or ()),
+                input_schema=(
+                    None if data.get("input_schema") is None
+                    else tuple(dict(f) for f in data["input_schema"])
+                ),
             )
         except (TypeError, ValueError) as exc:
             raise ArtifactError(f"invalid manifest: {exc}") from exc
@@ -147,8 +175,7 @@ class Manifest:
             problems.append(f"input_shape {self.input_shape} must be non-empty and positive")
         if self.input_dtype not in INPUT_DTYPES:
             problems.append(f"input_dtype {self.input_dtype!r} is not one of {list(INPUT_DTYPES)}")
-        if len(self.class_labels) < 2 or len(set(self.class_labels)) != len(self.class_labels):
-            problems.append("class_labels must hold at least two distinct labels")
+        problems.extend(kind_problems(self.kind, self.class_labels, self.threshold, self.outputs))
         # The artifact is a bare file name inside the version directory, never a path.
         if (
             not self.artifact
@@ -340,8 +367,16 @@ class Registry:
         description: str = "",
         overwrite: bool = False,
         attachments: Mapping[str, str | Path] | None = None,
+        kind: str = MULTICLASS,
+        threshold: float | None = None,
+        outputs: tuple[str, ...] | list[str] = (),
+        input_schema: list[dict[str, Any]] | tuple[dict[str, Any], ...] | None = None,
     ) -> Manifest:
         """Copy ``artifact_path`` into the registry and write its manifest.
+
+        ``kind``, ``threshold`` and ``outputs`` declare the output kind (models/kinds.py; a
+        regression model without output names has one, ``value``); ``input_schema`` the
+        named fields of a tabular model.
 
         The sha256 is computed on the copy, so the digest describes the bytes that
         will be served. ``attachments`` maps plain file names to files copied beside
@@ -418,6 +453,11 @@ class Registry:
                 sha256=digest,
                 extra=extra_json,
                 description=description,
+                kind=kind,
+                threshold=threshold,
+                outputs=tuple(str(o) for o in outputs) or (("value",) if kind == "regression"
+                                                            else ()),
+                input_schema=None if input_schema is None else tuple(dict(f) for f in input_schema),
             )
             try:
                 manifest.validate()
