@@ -15,9 +15,15 @@ __all__ = ["add_parsers", "cmd_register", "cmd_train", "cmd_validate"]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from models.activity.train import train_all
+    family = getattr(args, "family", "all")
+    if family in ("all", "activity"):
+        from models.activity.train import train_all
 
-    train_all(args.registry, seed=args.seed)
+        train_all(args.registry, seed=args.seed)
+    if family in ("all", "sales"):
+        from models.sales.train import train_all as train_sales
+
+        train_sales(args.registry, seed=args.seed)
     return 0
 
 
@@ -60,9 +66,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    t = sub.add_parser("train", help="train the demo models v1 (sklearn), v2 (torch), v3 (keras)")
+    t = sub.add_parser("train", help="train the demo models: activity v1 (sklearn), v2 (torch), "
+                       "v3 (keras); sales v1 (sklearn), v2 (torch)")
     t.add_argument("--registry", default="registry")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--family", choices=["all", "activity", "sales"], default="all",
+                   help="which demo family to train (default: both)")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("register", help="register your own model file as a new version")
