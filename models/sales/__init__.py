@@ -1,0 +1,1 @@
+"""The ``sales`` demo family: a daily store sales forecast from tabular features (regression)."""
