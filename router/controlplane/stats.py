@@ -97,12 +97,15 @@ def _check_alpha(alpha: float) -> None:
 
 
 def _confidence_sequence(
-    delta: float, v: float, tau: float, alpha: float
+    delta: float, v: float, tau: float, alpha: float,
+    bounds: tuple[float, float] = (-1.0, 1.0),
 ) -> tuple[float, float]:
+    """The mSPRT's interval, clipped to ``bounds``: [-1, 1] for a difference of
+    proportions; a difference of means (kind_stats.py) passes its own."""
     _check_alpha(alpha)
     t2 = tau * tau
     half = math.sqrt(v * (v + t2) / t2 * (math.log((v + t2) / v) - 2.0 * math.log(alpha)))
-    return max(-1.0, delta - half), min(1.0, delta + half)
+    return max(bounds[0], delta - half), min(bounds[1], delta + half)
 
 
 def msprt_difference(
