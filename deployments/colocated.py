@@ -40,7 +40,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from deployments.backends.base import expected_shape
 from models.registry import Manifest
+from models.verify import window_dtype
 from serve.config import ModelConfig
 from serve.errors import ArmBusy, InvalidInput, UpstreamError
 
@@ -141,7 +143,8 @@ class ColocatedModel:
         return running is not None and not running.done()
 
     async def predict(self, batch: np.ndarray, timeout_s: float) -> np.ndarray:
-        """The backend's probabilities; raises UpstreamError (or the caller's InvalidInput)."""
+        """The backend's ``(n, width)`` outputs; raises UpstreamError (or the caller's
+        InvalidInput)."""
         rest = self._free_at - self._clock()
         if rest > 0:  # the batcher counts this call as in flight: the next batch grows
             await asyncio.sleep(rest)
@@ -218,7 +221,8 @@ def load_colocated(
         try:
             replica = replica_class(registry_root, model, m.model_dump(mode="json"),
                                     colocated=True)
-            replica.compute(np.zeros((1, *manifests[m.version].input_shape), dtype=np.float32))
+            manifest = manifests[m.version]
+            replica.compute(np.zeros((1, *expected_shape(manifest)), dtype=window_dtype(manifest)))
         except Exception as exc:  # noqa: BLE001 - the deployment serves it instead
             log.error("colocated %s could not be loaded, it stays remote: %r", m.version, exc)
             final.append(ColocationChoice(m.version, False, f"load failed: {exc!r}"[:300]))

@@ -1,9 +1,10 @@
 """The generic model deployment: one Ray Serve deployment per model version.
 
-Every call carries a batch (n, *input_shape) and gets (n, n_classes)
-probabilities back. Concurrent calls are merged by ``@serve.batch`` into one
-backend call, sized in *rows* (``batch_size_fn``), so a /predict/batch of 40
-and two single predictions share one forward pass up to ``max_batch_size``
+Every call carries a batch (n, *input_shape) (float64 rows (n, len(input_schema)) for a
+tabular model) and gets (n, manifest.width) float32 outputs of the manifest's kind back
+(probabilities, a binary score, regression values). Concurrent calls are merged by
+``@serve.batch`` into one backend call, sized in *rows* (``batch_size_fn``), so a
+/predict/batch of 40 and two single predictions share one forward pass up to ``max_batch_size``
 rows. A batch waits up to ``batch_wait_timeout_s`` to fill only while calls
 arrive closer together than that (``AdaptiveWait``): a sparse call runs at
 once. The backend runs in a worker thread so the replica's event loop keeps
@@ -24,7 +25,9 @@ import ray
 from ray import serve
 
 from deployments.backends import check_batch, load_backend
+from deployments.backends.base import expected_shape
 from models.registry import Registry
+from models.verify import window_dtype
 from router.dataplane.adaptive import AdaptiveWait
 from serve.config import ModelConfig
 from serve.errors import InvalidInput
@@ -78,7 +81,9 @@ class ModelReplica:
         self.input_shape = tuple(self.manifest.input_shape)
         self.calls = 0  # backend calls, for the batching tests and the bench
         self.rows = 0
-        self._probe = np.zeros((1, *self.input_shape), dtype=np.float32)
+        # All zeros is a valid row of every schema too (category 0, false, 0).
+        self._probe = np.zeros((1, *expected_shape(self.manifest)),
+                               dtype=window_dtype(self.manifest))
         # Once per replica, tags bound once: a record per backend call (a batch), not per row.
         self.batch_rows = ray_metric_factory(BATCH_ROWS)
         self.batch_rows.set_default_tags({"model": model, "version": version})
@@ -96,7 +101,7 @@ class ModelReplica:
         )
 
     async def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for a batch; merged with concurrent callers' batches."""
+        """The outputs for a batch; merged with concurrent callers' batches."""
         wait = self._wait.arrival()
         if wait != self._wait_now:  # read by Serve's batch queue when a batch starts
             self._predict_rows.set_batch_wait_timeout_s(wait)  # type: ignore[attr-defined]
@@ -113,7 +118,8 @@ class ModelReplica:
         good: list[int] = []
         for i, item in enumerate(items):
             try:
-                items[i] = check_batch(np.asarray(item, dtype=np.float32), self.manifest)
+                # In the manifest's dtype: float64 tabular rows are not rounded to float32.
+                items[i] = check_batch(item, self.manifest)
                 good.append(i)
             except InvalidInput as exc:
                 results[i] = exc
@@ -158,8 +164,12 @@ class ModelReplica:
     def check_health(self) -> None:
         """Fail (and let Serve replace the replica) when the model cannot predict."""
         out = self.backend.predict(self._probe)
-        if out.shape != (1, len(self.manifest.class_labels)) or not np.all(np.isfinite(out)):
-            raise RuntimeError(f"health probe returned {out.shape}, not a probability row")
+        width = self.manifest.width
+        if out.shape != (1, width) or not np.all(np.isfinite(out)):
+            raise RuntimeError(
+                f"health probe returned {out.shape}, not one finite row of {width} "
+                f"({self.manifest.kind}) outputs"
+            )
 
 
 # No options here: serve/app.py sets every one from the config (.options), once.

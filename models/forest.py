@@ -32,16 +32,21 @@ from typing import Any
 
 import numpy as np
 
+from models.kinds import REGRESSION
 from models.verify import TOLERANCE, max_abs_diff
+from serve.errors import ArtifactError
 
 __all__ = [
+    "PREDICT",
     "PREDICT_PROBA",
     "TREE_LOOP",
     "InferencePath",
     "choose_path",
+    "class_columns",
     "compile_forest",
     "needs_flatten",
     "registration_extra",
+    "regression_path",
     "set_single_threaded",
 ]
 
@@ -49,6 +54,7 @@ log = logging.getLogger(__name__)
 
 TREE_LOOP = "forest-tree-loop"
 PREDICT_PROBA = "predict_proba"
+PREDICT = "predict"  # a regression model's own call
 
 Proba = Callable[[Any], np.ndarray]
 
@@ -232,6 +238,43 @@ def choose_path(est: Any, x: np.ndarray, tolerance: float = TOLERANCE) -> Infere
     return InferencePath(TREE_LOOP, fast, worst, "", len(x))
 
 
+def regression_path(est: Any) -> InferencePath:
+    """A regression model serves through its own ``predict``: the tree loop reproduces
+    forest classifiers' ``predict_proba`` only, so it is refused here with that reason."""
+    return InferencePath(
+        PREDICT, est.predict, None,
+        "the tree loop serves forest classifiers only; a regression model is served by predict",
+    )
+
+
+def class_columns(classes: Any, labels: tuple[str, ...]) -> np.ndarray:
+    """Column in the manifest's label order for each of the estimator's ``classes_``
+    (label strings, label indices, or False/True for a binary model's two labels)."""
+    cols = []
+    for c in list(classes):
+        if isinstance(c, bool | np.bool_) and len(labels) == 2:
+            cols.append(int(c))
+        elif isinstance(c, str | np.str_):
+            if c not in labels:
+                raise ArtifactError(
+                    f"estimator class {c!r} is not among the manifest's class_labels {list(labels)}"
+                )
+            cols.append(labels.index(str(c)))
+        elif isinstance(c, int | np.integer) and not isinstance(c, bool | np.bool_):
+            if not 0 <= int(c) < len(labels):
+                raise ArtifactError(
+                    f"estimator class {int(c)} does not index the {len(labels)} class_labels"
+                )
+            cols.append(int(c))
+        else:
+            raise ArtifactError(
+                f"estimator classes must be label strings or label indices, got {c!r}"
+            )
+    if len(set(cols)) != len(cols):
+        raise ArtifactError("estimator classes_ map twice onto the same class label")
+    return np.asarray(cols, dtype=np.intp)
+
+
 def set_single_threaded(est: Any) -> None:
     """``n_jobs=1`` everywhere in ``est``: replicas share few cores, no nested parallelism."""
     params = est.get_params(deep=True) if hasattr(est, "get_params") else {}
@@ -249,26 +292,43 @@ def needs_flatten(est: Any, input_shape: Sequence[int], extra: dict[str, Any]) -
     return getattr(est, "n_features_in_", None) == math.prod(input_shape)
 
 
+def estimator_input(
+    est: Any, windows: np.ndarray, input_shape: Sequence[int], extra: dict[str, Any],
+    input_schema: Sequence[dict[str, Any]] | None = None,
+) -> Any:
+    """What the estimator is called on for ``windows``: the schema's DataFrame for a tabular
+    model, the flattened rows for one fitted on flattened windows, else the windows."""
+    if input_schema is not None:
+        from models.schema import Schema
+
+        return Schema.parse(input_schema).to_frame(windows)
+    if needs_flatten(est, input_shape, extra):
+        return windows.reshape(len(windows), -1)
+    return windows
+
+
 def registration_extra(
-    artifact: str | Path, input_shape: Sequence[int], extra: dict[str, Any], windows: np.ndarray
+    artifact: str | Path, input_shape: Sequence[int], extra: dict[str, Any], windows: np.ndarray,
+    *, kind: str = "multiclass", input_schema: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Load the estimator about to be registered, choose its path on ``windows`` and
     return the manifest entries recording it. Never raises: an estimator that cannot be
-    loaded or verified here is recorded as served by ``predict_proba``, with the reason
-    (the backend decides again at load)."""
+    loaded or verified here is recorded as served by ``predict_proba`` (``predict`` for
+    regression), with the reason (the backend decides again at load)."""
     try:
         import joblib
 
         est = joblib.load(artifact)
         set_single_threaded(est)
-        x = windows.reshape(len(windows), -1) if needs_flatten(est, input_shape, extra) else (
-            windows
-        )
-        choice = choose_path(est, x)
+        if kind == REGRESSION:
+            choice = regression_path(est)
+        else:
+            choice = choose_path(est, estimator_input(est, windows, input_shape, extra,
+                                                      input_schema))
     except Exception as exc:
         log.warning("cannot verify %s at registration: %s", artifact, exc)
         choice = InferencePath(
-            PREDICT_PROBA, lambda X: X, None,
+            PREDICT if kind == REGRESSION else PREDICT_PROBA, lambda X: X, None,
             f"not verified at registration: cannot load or call the estimator ({exc})",
         )
     return choice.to_extra()

@@ -1,8 +1,10 @@
 """The Backend contract, the shared input check and the factory.
 
-Every backend takes a batch ``(n, *input_shape)`` float32 and returns
-``(n, n_classes)`` float32 probabilities whose rows sum to 1. Making the batch
-the only shape removes a whole class of single-versus-batch bugs.
+Every backend takes a batch ``(n, *input_shape)`` in the manifest's ``input_dtype``
+(float32 tensors; float64 rows ``(n, len(input_schema))`` for a tabular model) and returns
+``(n, manifest.width)`` float32 outputs of the manifest's kind (``models.outputs.to_outputs``:
+probabilities summing to 1, a binary score, or regression values). Making the batch the
+only shape removes a whole class of single-versus-batch bugs.
 """
 
 from __future__ import annotations
@@ -16,8 +18,16 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from models.kinds import REGRESSION
+from models.outputs import output_form, to_outputs, to_probabilities
 from models.registry import Manifest, verify_digest
-from models.verify import TOLERANCE, max_abs_diff, verification_windows
+from models.verify import (
+    REGRESSION_RTOL,
+    TOLERANCE,
+    output_diff,
+    verification_windows,
+    window_dtype,
+)
 from serve.errors import ArtifactError, ConfigError, InvalidInput
 
 __all__ = [
@@ -26,7 +36,9 @@ __all__ = [
     "Backend",
     "BaseBackend",
     "check_batch",
+    "expected_shape",
     "load_backend",
+    "to_outputs",
     "to_probabilities",
 ]
 
@@ -52,18 +64,26 @@ def _shape_text(shape: tuple[Any, ...]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
+def expected_shape(manifest: Manifest) -> tuple[int, ...]:
+    """One instance's shape: ``(len(input_schema),)`` for a tabular model, else input_shape."""
+    if manifest.input_schema is not None:
+        return (len(manifest.input_schema),)
+    return tuple(manifest.input_shape)
+
+
 def check_batch(batch: Any, manifest: Manifest) -> np.ndarray:
-    """Return ``batch`` as a C-contiguous float32 array, or raise InvalidInput saying why."""
+    """Return ``batch`` as a C-contiguous array of the manifest's ``input_dtype`` (float32,
+    or float64 for tabular rows), or raise InvalidInput saying why."""
+    shape = expected_shape(manifest)
+    expected = ("n", *shape)
     try:
-        arr = np.asarray(batch, dtype=np.float32)
+        arr = np.asarray(batch, dtype=window_dtype(manifest))
     except (TypeError, ValueError) as exc:
-        expected_text = _shape_text(("n", *manifest.input_shape))
         raise InvalidInput(
-            f"input must be a numeric array of shape {expected_text}; "
+            f"input must be a numeric array of shape {_shape_text(expected)}; "
             f"it could not be read as one ({exc})"
         ) from exc
-    expected = ("n", *manifest.input_shape)
-    if arr.ndim != len(expected) or tuple(arr.shape[1:]) != tuple(manifest.input_shape):
+    if arr.ndim != len(expected) or tuple(arr.shape[1:]) != shape:
         raise InvalidInput(f"expected shape {_shape_text(expected)}, got {_shape_text(arr.shape)}")
     if arr.shape[0] == 0:
         raise InvalidInput("empty batch: send at least one instance")
@@ -75,25 +95,6 @@ def check_batch(batch: Any, manifest: Manifest) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def to_probabilities(out: Any, n: int, n_classes: int, output: str) -> np.ndarray:
-    """Validate a model's raw output and turn it into float32 rows summing to 1."""
-    arr = np.asarray(out, dtype=np.float64)
-    if arr.shape != (n, n_classes):
-        raise ArtifactError(
-            f"the model returned shape {_shape_text(arr.shape)}, expected ({n}, {n_classes}); "
-            "check the manifest's class_labels and input_shape"
-        )
-    if output == "logits":
-        arr = np.exp(arr - arr.max(axis=1, keepdims=True))
-    elif output != "probabilities":
-        raise ArtifactError(f"unknown output kind {output!r}; use 'probabilities' or 'logits'")
-    arr = np.clip(arr, 0.0, None)
-    sums = arr.sum(axis=1, keepdims=True)
-    if not np.all(np.isfinite(sums)) or np.any(sums <= 0):
-        raise ArtifactError("the model returned non-finite or all-zero scores")
-    return (arr / sums).astype(np.float32)
-
-
 Forward = Callable[[np.ndarray], Any]
 
 
@@ -101,8 +102,8 @@ class BaseBackend(ABC):
     """Shared skeleton: verify the digest, load, then check input and output on every call.
 
     ``inference_path`` names the call that serves once loaded (the plain framework call
-    or a faster one verified at load to give the same probabilities); the replica's
-    stats report it.
+    or a faster one verified at load to give the same outputs); the replica's stats
+    report it.
     """
 
     framework: str = ""
@@ -138,10 +139,11 @@ class BaseBackend(ABC):
         manifest = self.manifest
         arr = check_batch(batch, manifest)
         out = self._predict(arr)
-        return to_probabilities(out, arr.shape[0], manifest.n_classes, self.output_kind(manifest))
+        return to_outputs(out, arr.shape[0], manifest.spec, self.output_kind(manifest))
 
     def output_kind(self, manifest: Manifest) -> str:
-        return str(manifest.extra.get("output", "probabilities"))
+        """What the raw output holds: 'probabilities', 'logits' or 'values' (regression)."""
+        return output_form(manifest.kind, manifest.extra)
 
     def _choose_forward(
         self,
@@ -150,10 +152,11 @@ class BaseBackend(ABC):
         plain: tuple[str, Forward],
         build: Callable[[np.ndarray], tuple[str, Forward] | str],
     ) -> Forward:
-        """The faster forward that ``build`` makes, if its probabilities equal the plain
-        forward's within ``TOLERANCE`` on the registered verification windows (as a batch,
-        and at one and two rows); else the plain forward. ``build`` returns
-        ``(name, forward)`` or the reason it cannot make one."""
+        """The faster forward that ``build`` makes, if its outputs equal the plain forward's
+        on the registered verification windows (as a batch, and at one and two rows): within
+        ``TOLERANCE`` for probabilities and scores, within ``REGRESSION_RTOL`` of each
+        column's scale for regression values (models/verify.py says why); else the plain
+        forward. ``build`` returns ``(name, forward)`` or the reason it cannot make one."""
         where = f"{manifest.name} {manifest.version}"
         plain_name, plain_fn = plain
         chosen, max_dp, reason = plain_name, None, ""
@@ -167,23 +170,25 @@ class BaseBackend(ABC):
             reason = built
         else:
             fast_name, fast = built
-            n_classes, output = manifest.n_classes, self.output_kind(manifest)
+            spec, output = manifest.spec, self.output_kind(manifest)
+            tolerance = REGRESSION_RTOL if spec.kind == REGRESSION else TOLERANCE
+            relative = " relative to scale" if spec.kind == REGRESSION else ""
             try:
                 worst = 0.0
                 for batch in (windows, windows[:1], windows[:2]):
-                    ref = to_probabilities(plain_fn(batch), len(batch), n_classes, output)
-                    got = to_probabilities(fast(batch), len(batch), n_classes, output)
-                    worst = max(worst, max_abs_diff(got, ref))
+                    ref = to_outputs(plain_fn(batch), len(batch), spec, output)
+                    got = to_outputs(fast(batch), len(batch), spec, output)
+                    worst = max(worst, output_diff(got, ref, spec.kind))
             except Exception as exc:
                 reason = f"{fast_name} not verified ({type(exc).__name__}: {exc})"
             else:
                 max_dp = worst
-                if worst <= TOLERANCE:
+                if worst <= tolerance:
                     chosen = fast_name
                 else:
                     reason = (
-                        f"{fast_name} differs from {plain_name} by {worst:.3g} > {TOLERANCE:g} "
-                        f"on {len(windows)} verification windows"
+                        f"{fast_name} differs from {plain_name} by {worst:.3g}{relative} > "
+                        f"{tolerance:g} on {len(windows)} verification windows"
                     )
         self.inference_path, self.inference_path_max_dp = chosen, max_dp
         self.inference_path_reason = reason

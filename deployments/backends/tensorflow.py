@@ -10,6 +10,9 @@ a graph, bitwise the same probabilities (benchmarks/model_paths.py; XLA is faste
 still but compiles again for each new batch size and moved probabilities by 3e-6).
 The graph serves only after matching the eager call on the verification windows;
 otherwise, and on GPU, the eager call serves. ``inference_path`` says which.
+
+The raw output goes through ``to_outputs`` for the manifest's kind; a tabular model's
+float64 rows are given to the model as float32 (categories as their index).
 """
 
 from __future__ import annotations
@@ -48,6 +51,12 @@ def _import_tf(num_threads: int) -> tuple[Any, Any]:
             # The runtime is already initialized in this process; keep its pools.
             pass
     return tf, keras
+
+
+def _float32(batch: np.ndarray) -> np.ndarray:
+    """The model's float32 input: tabular rows arrive as float64 (exact category indices and
+    integers), tensors already as float32 (then this copies nothing)."""
+    return np.ascontiguousarray(batch, dtype=np.float32)
 
 
 class TensorflowBackend(BaseBackend):
@@ -100,7 +109,7 @@ class TensorflowBackend(BaseBackend):
 
     def _run_graph(self, batch: np.ndarray) -> np.ndarray:
         with self._tf.device(self._tf_device):
-            out = self._graph(batch)
+            out = self._graph(_float32(batch))
         if isinstance(out, list | tuple | dict):
             raise ArtifactError("the keras model must have exactly one output")
         return np.asarray(out)
@@ -150,7 +159,7 @@ class TensorflowBackend(BaseBackend):
     def _eager(self, batch: np.ndarray) -> np.ndarray:
         # Calling the model directly is much faster than model.predict for small batches.
         with self._tf.device(self._tf_device):
-            out = self._model(batch, training=False)
+            out = self._model(_float32(batch), training=False)
         if isinstance(out, list | tuple | dict):
             raise ArtifactError("the keras model must have exactly one output")
         return np.asarray(out)

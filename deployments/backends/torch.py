@@ -11,6 +11,10 @@ made for a module that ``torch.export`` accepts with a dynamic batch (export ref
 Python control flow on tensor values), and it serves only after matching the eager
 module on the verification windows; otherwise, and on GPU or under autocast, the
 eager module serves. ``inference_path`` says which.
+
+The raw output goes through ``to_outputs`` for the manifest's kind (logits or
+probabilities of classes, a binary score or logit, regression values); a tabular model's
+float64 rows are given to the net as float32 (categories as their index).
 """
 
 from __future__ import annotations
@@ -50,6 +54,12 @@ def _import_class(spec: str) -> Any:
         return getattr(module, cls_name)
     except AttributeError as exc:
         raise ArtifactError(f"module {module_name!r} has no class {cls_name!r}") from exc
+
+
+def _float32(batch: np.ndarray) -> np.ndarray:
+    """The net's float32 input: tabular rows arrive as float64 (exact category indices and
+    integers), tensors already as float32 (then this copies nothing)."""
+    return np.ascontiguousarray(batch, dtype=np.float32)
 
 
 class TorchBackend(BaseBackend):
@@ -110,7 +120,7 @@ class TorchBackend(BaseBackend):
         if self._torch_device.type != "cpu" or self._autocast_dtype is not None:
             return f"the eager module serves on {self.device}/{self.precision}"
         # Two rows: a batch of one would be specialized as a constant size.
-        two = np.resize(windows, (2, *windows.shape[1:]))
+        two = np.resize(_float32(windows), (2, *windows.shape[1:]))
         example = torch.from_numpy(np.ascontiguousarray(two))
         from torch.export import Dim, export
 
@@ -135,14 +145,14 @@ class TorchBackend(BaseBackend):
     def _run_traced(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
-            out = self._traced(torch.from_numpy(batch))
+            out = self._traced(torch.from_numpy(_float32(batch)))
         if not isinstance(out, torch.Tensor):
             raise ArtifactError(f"the torch model returned {type(out).__name__}, not a tensor")
         return out.float().numpy()
 
     def _eager(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
-        x = torch.from_numpy(batch).to(self._torch_device)
+        x = torch.from_numpy(_float32(batch)).to(self._torch_device)
         ctx = (
             torch.autocast(device_type=self._torch_device.type, dtype=self._autocast_dtype)
             if self._autocast_dtype is not None
