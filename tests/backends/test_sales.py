@@ -193,6 +193,28 @@ def test_schema_encoding_equals_the_generators(trained: tuple[Registry, list[Man
     np.testing.assert_array_equal(pipe.predict(rebuilt), pipe.predict(df))
 
 
+def test_both_versions_serve_through_their_backends(
+    trained: tuple[Registry, list[Manifest]],
+) -> None:
+    import joblib
+
+    from deployments.backends import load_backend
+
+    registry, manifests = trained
+    df, y = frame(400, seed=77)
+    x = encode_frame(df)
+    direct = joblib.load(registry.verified_artifact(manifests[0])).predict(df)
+    for m in manifests:
+        backend = load_backend(m, registry.verified_artifact(m))
+        served = backend.predict(x)
+        assert served.shape == (400, 1), m.version
+        assert regression_metrics(y, served[:, 0])["r2"] > 0.9, m.version
+        if m.framework == "sklearn":
+            np.testing.assert_allclose(served[:, 0], direct, rtol=1e-6)
+        else:
+            assert backend.inference_path == "torchscript-trace", backend.inference_path_reason
+
+
 def test_retraining_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
     from serve.errors import ArtifactError
 
