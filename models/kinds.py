@@ -117,6 +117,18 @@ class OutputSpec:
             return (values[:, 0] >= self.threshold).astype(np.int64)
         raise TypeError("a regression model's answers have no labels")
 
+    def agreement(
+        self, ours: np.ndarray, theirs: np.ndarray, rtol: float = 0.05, atol: float = 0.0
+    ) -> np.ndarray:
+        """Per row, whether two answers to the same input agree: the same label for a
+        classifier; for regression, every output within ``atol + rtol * |theirs|`` of
+        ``theirs`` (the reference: the baseline or the primary), so that one far-off step
+        of a forecast horizon is not averaged away."""
+        if self.classifies:
+            return np.asarray(self.labels_of(ours) == self.labels_of(theirs))
+        close = np.abs(ours - theirs) <= atol + rtol * np.abs(theirs)
+        return np.asarray(close.all(axis=1))
+
     def answer(self, row: np.ndarray) -> dict[str, Any]:
         """One row as the JSON answer of /predict and /predict/batch."""
         if self.kind == MULTICLASS:

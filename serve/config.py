@@ -250,6 +250,20 @@ class ExperimentConfig(_Frozen):
         "report and the canary's no-label quality gate. Costs that share of the candidate's "
         "traffic again on the baseline; 0 turns it off.",
     )
+    agreement_rtol: float = Field(
+        0.05,
+        ge=0,
+        description="Regression models: two answers to one input agree (shadows, the "
+        "baseline comparison, the disagreement gate) when every output is within "
+        "agreement_atol + agreement_rtol * |reference| of the reference's. Classifiers agree "
+        "when their labels are equal.",
+    )
+    agreement_atol: float = Field(
+        0.0,
+        ge=0,
+        description="Regression models: the absolute part of the agreement tolerance, in the "
+        "output's units (for values near zero, where a relative tolerance says little).",
+    )
     policy: Literal["weighted", "bandit"] = Field(
         "weighted",
         description="weighted: the weights (sticky per user key); bandit: Thompson sampling on "

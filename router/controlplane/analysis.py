@@ -26,10 +26,12 @@ from router.controlplane.split import SRM_ALPHA, SplitTest
 from router.controlplane.stats import (
     MIN_LABELS,
     SequentialResult,
+    _z,
     holm,
     label_shift,
     mann_whitney_binned,
     msprt_difference,
+    wilson_interval,
 )
 from router.dataplane.measures import ArmMetrics, LatencyHistogram
 
@@ -57,32 +59,6 @@ DISAGREEMENT_MATERIAL = 0.2
 LABEL_SHIFT_MATERIAL = 0.2
 LABEL_SHIFT_ALPHA = 0.001
 MIN_COMPARED = 50
-
-def _z(confidence: float) -> float:
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    return NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a proportion.
-
-    Chosen over the normal (Wald) interval because it keeps its coverage
-    near 0 and 1 and with small ``n``, where accuracies of good models live.
-    ``n == 0`` gives the uninformative ``(0, 1)``.
-    """
-    if n < 0 or not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
-    z = _z(confidence)
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
 
 def two_proportion_ztest(s1: int, n1: int, s2: int, n2: int) -> tuple[float, float]:
     """Two-sided pooled z-test of ``s1/n1 == s2/n2``; returns ``(z, p_value)``.

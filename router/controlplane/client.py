@@ -35,7 +35,7 @@ class ControlPlane(Protocol):
     async def apply(self, op: Operation, who: str) -> Applied: ...
 
     async def record_feedback(
-        self, request_id: str, label: int, timeout_s: float | None = None
+        self, request_id: str, label: int | list[float], timeout_s: float | None = None
     ) -> dict[str, Any]: ...
 
     async def report(self) -> dict[str, Any]: ...
@@ -77,7 +77,7 @@ class ControlClient:
         return await _ask(self.handle.apply.remote(op, who))
 
     async def record_feedback(
-        self, request_id: str, label: int, timeout_s: float | None = None
+        self, request_id: str, label: int | list[float], timeout_s: float | None = None
     ) -> dict[str, Any]:
         return await _ask(self.handle.record_feedback.remote(request_id, label), timeout_s)
 

@@ -79,7 +79,7 @@ class ExperimentController:
             self._gauges_failed = True
         return reply
 
-    def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
+    def record_feedback(self, request_id: str, label: int | list[float]) -> dict[str, Any]:
         return self.service.record_feedback(request_id, label)
 
     def report(self) -> dict[str, Any]:

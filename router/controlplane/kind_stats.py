@@ -30,8 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from router.controlplane.analysis import wilson_interval
-from router.controlplane.stats import _MAX_LOG, SequentialResult, _check_alpha, _confidence_sequence
+from router.controlplane.stats import (
+    _MAX_LOG,
+    SequentialResult,
+    _check_alpha,
+    _confidence_sequence,
+    wilson_interval,
+)
 
 __all__ = [
     "AUC_BINS",

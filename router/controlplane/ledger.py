@@ -15,6 +15,11 @@ label counted survive a SIGKILL of the controller and a full down / up. The
 replicas' cumulative counters are a snapshot the service saves (at most one
 poll interval behind); live routers re-report theirs on the next sync anyway,
 so only the last second of a router that died with the controller is lost.
+
+Per output kind (models/kinds.py; the router has checked the truth against it): a
+classifier's served answer is its label index, a binary model's ``[label, score]``
+(the score also feeds the AUC's histogram) and a regression model's list of values;
+the truth is a label index, or a list of values whose errors go into ``ErrorMoments``.
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from router.controlplane.analysis import build_report
+from router.controlplane.kind_stats import ErrorMoments, ScoreHistogram
 from router.controlplane.split import SplitMonitor, SplitTally
 from router.controlplane.store import Journal
 from router.dataplane.measures import ArmMetrics
 from router.dataplane.shadow import ShadowStats
-from serve.errors import NotFound
+from serve.errors import InvalidInput, NotFound
 
 __all__ = ["Ledger"]
 
@@ -57,6 +63,8 @@ class Ledger:
         self.replica_shadows: dict[str, dict[str, ShadowStats]] = {}
         self.served: OrderedDict[str, list[Any]] = OrderedDict()  # id -> [t, version, label, seen]
         self.feedback: dict[str, list[int]] = {}  # version -> [correct, total]
+        self.errors: dict[str, ErrorMoments] = {}  # regression: version -> its errors
+        self.scores: dict[str, ScoreHistogram] = {}  # binary: version -> scores by truth
         self.history: list[dict[str, Any]] = []
         self._last_history = float("-inf")
         self.split = SplitMonitor()  # the sample-ratio check over the routers' assignments
@@ -66,30 +74,50 @@ class Ledger:
     # ------------------------------------------------------------ durability
 
     def _replay(self, journal: Journal) -> None:
-        """Served predictions (``s``), counted labels (``f``) and compacted counts (``c``)."""
+        """Served predictions (``s``), counted labels (``f``, a binary model's with its
+        score and truth), counted values (``e``) and compacted counts (``c``)."""
         for rec in journal.replay():
             kind = rec[0]
             if kind == "s":
                 _, rid, version, label, t, seen = rec
                 self.served.setdefault(rid, [t, version, label, seen])
-            elif kind == "f":
-                _, rid, version, correct = rec
-                counts = self.feedback.setdefault(version, [0, 0])
-                counts[0] += int(correct)
-                counts[1] += 1
+            elif kind in ("f", "e"):
+                rid, version = rec[1], rec[2]
+                if kind == "f":
+                    self._count_label(version, bool(rec[3]), *rec[4:6])
+                else:
+                    self._count_values(version, rec[3], rec[4])
                 entry = self.served.get(rid)
                 if entry is not None:
                     entry[3] = True
             elif kind == "c":
                 self.feedback = {v: [int(c), int(t)] for v, (c, t) in rec[1].items()}
+                more = rec[2] if len(rec) > 2 else {}
+                self.errors = {v: ErrorMoments.from_dict(m)
+                               for v, m in more.get("errors", {}).items()}
+                self.scores = {v: ScoreHistogram.from_dict(h)
+                               for v, h in more.get("scores", {}).items()}
         self._expire(self.clock())
+
+    def _count_label(self, version: str, correct: bool, score: float | None = None,
+                     truth: int | None = None) -> None:
+        counts = self.feedback.setdefault(version, [0, 0])
+        counts[0] += int(correct)
+        counts[1] += 1
+        if score is not None and truth is not None:
+            self.scores.setdefault(version, ScoreHistogram()).add(float(score), int(truth))
+
+    def _count_values(self, version: str, predicted: Sequence[float],
+                      actual: Sequence[float]) -> None:
+        self.errors.setdefault(version, ErrorMoments()).add(predicted, actual)
 
     def _compact_if_due(self) -> None:
         journal = self.journal
         if journal is None or journal.lines <= 2 * len(self.served) + COMPACT_SLACK:
             return
         journal.rewrite([
-            ["c", self.feedback],
+            ["c", self.feedback, {"errors": {v: m.to_dict() for v, m in self.errors.items()},
+                                  "scores": {v: h.to_dict() for v, h in self.scores.items()}}],
             *(["s", rid, v, label, t, seen] for rid, (t, v, label, seen) in self.served.items()),
         ])
 
@@ -138,7 +166,8 @@ class Ledger:
             v: ShadowStats.from_dict(s) for v, s in payload.get("shadows", {}).items()
         }
         now = self.clock()
-        fresh = [(rid, v, int(label)) for rid, v, label in payload.get("served", ())
+        fresh = [(rid, v, answer if isinstance(answer, list) else int(answer))
+                 for rid, v, answer in payload.get("served", ())
                  if rid not in self.served]  # a report resent after a lost reply
         if fresh and self.journal is not None:
             self.journal.append(["s", rid, v, label, now, False] for rid, v, label in fresh)
@@ -159,8 +188,11 @@ class Ledger:
             else:
                 break
 
-    def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
-        """Join ground truth to a served prediction; a second feedback does not count."""
+    def record_feedback(self, request_id: str, label: int | list[float]) -> dict[str, Any]:
+        """Join ground truth to a served prediction; a second feedback does not count.
+
+        ``label``: a label index (classifiers) or the true values (regression).
+        """
         self._expire(self.clock())
         entry = self.served.get(request_id)
         if entry is None:
@@ -168,15 +200,34 @@ class Ledger:
         _, version, predicted, seen = entry
         if seen:
             return {"request_id": request_id, "status": "duplicate", "counted": False}
-        correct = int(predicted == label)
+        out: dict[str, Any] = {"request_id": request_id, "status": "recorded", "counted": True,
+                               "version": version}
+        if isinstance(label, list):  # regression: the values and their errors
+            if not isinstance(predicted, list) or len(predicted) != len(label):
+                raise InvalidInput(f"request {request_id!r} was answered with "
+                                   f"{predicted!r}; a value of that shape is expected",
+                                   field="value")
+            record: list[Any] = ["e", request_id, version, predicted, label]
+            apply = lambda: self._count_values(version, predicted, label)  # noqa: E731
+            out["abs_error"] = sum(abs(p - a) for p, a in zip(predicted, label, strict=True)) \
+                / len(label)
+        else:
+            binary = isinstance(predicted, list)
+            if binary and len(predicted) != 2:
+                raise InvalidInput(f"request {request_id!r} was answered with values, not a "
+                                   "label: send its true value", field="label")
+            pred_label = int(predicted[0]) if binary else int(predicted)
+            correct = int(pred_label == label)
+            record = ["f", request_id, version, correct]
+            if binary:
+                record += [float(predicted[1]), int(label)]
+            apply = lambda: self._count_label(version, bool(correct), *record[4:6])  # noqa: E731
+            out["correct"] = bool(correct)
         if self.journal is not None:  # durable before it is counted and answered
-            self.journal.append([["f", request_id, version, correct]])
+            self.journal.append([record])
         entry[3] = True
-        counts = self.feedback.setdefault(version, [0, 0])
-        counts[0] += correct
-        counts[1] += 1
-        return {"request_id": request_id, "status": "recorded", "counted": True,
-                "version": version, "correct": bool(correct)}
+        apply()
+        return out
 
     def bandit_counts(self) -> dict[str, dict[str, int]]:
         return {

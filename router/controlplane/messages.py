@@ -21,7 +21,8 @@ class SyncReport:
 
     metrics: dict[str, dict]  # version -> ArmMetrics.to_dict()
     shadows: dict[str, dict]  # version -> ShadowStats.to_dict()
-    served: list[tuple[str, str, int]]  # (request id, version, predicted label)
+    # (request id, version, what was answered: label index, [label, score] or the values)
+    served: list[tuple[str, str, Any]]
 
 
 @dataclass(frozen=True)

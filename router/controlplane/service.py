@@ -175,7 +175,7 @@ class ExperimentService:
         """Save what is not saved yet (a graceful shutdown)."""
         self._save_counters(force=True)
 
-    def record_feedback(self, request_id: str, label: int) -> dict[str, Any]:
+    def record_feedback(self, request_id: str, label: int | list[float]) -> dict[str, Any]:
         return self.ledger.record_feedback(request_id, label)
 
     def report(self) -> dict[str, Any]:

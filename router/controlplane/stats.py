@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -53,6 +54,7 @@ __all__ = [
     "msprt_difference",
     "msprt_p_values",
     "noninferiority",
+    "wilson_interval",
     "normal_sf",
 ]
 
@@ -354,3 +356,29 @@ def mann_whitney_binned(x_counts: Sequence[int], y_counts: Sequence[int]) -> Man
     return MannWhitney(
         int(n1), int(n2), u1, z, p_two, p_gt, p_lt, u1 / (n1 * n2), _hodges_lehmann_bins(x, y)
     )
+
+
+def _z(confidence: float) -> float:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion.
+
+    Chosen over the normal (Wald) interval because it keeps its coverage
+    near 0 and 1 and with small ``n``, where accuracies of good models live.
+    ``n == 0`` gives the uninformative ``(0, 1)``.
+    """
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+    z = _z(confidence)
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -1,9 +1,10 @@
 """Prediction cache: canonical keys, JSON values, Redis with bypass on failure.
 
 Keys are ``abserve:<model>:<version>:<digest>``, the digest a blake2b of the
-input's shape and its float32 bytes, so ``1``, ``1.0`` and ``1e0`` (and
-``-0.0``) give one key: the key is of the numbers the model sees, not of the
-JSON text. Values are JSON (a list of class probabilities), never pickle;
+input's shape and its float32 bytes (float64 for tabular records), so ``1``,
+``1.0`` and ``1e0`` (and ``-0.0``) give one key: the key is of the numbers the
+model sees, not of the JSON text. Values are JSON (the answer's outputs:
+probabilities, a score or values), never pickle;
 anything else found under a key is counted as a decode error and ignored.
 
 Redis is an optimisation, never a dependency: every call is bounded by
@@ -47,9 +48,18 @@ KEY_PREFIX = "abserve"
 
 
 def cache_key(model: str, version: str, instance: np.ndarray, prefix: str = KEY_PREFIX) -> str:
-    """Key of one input instance for one model version."""
-    arr = np.ascontiguousarray(instance, dtype=np.float32) + np.float32(0.0)  # -0.0 -> 0.0
+    """Key of one input instance for one model version.
+
+    A float64 instance (a tabular model's encoded record, models/schema.py) keys on its
+    float64 bytes: two records that differ only past float32's precision are two keys.
+    """
     h = hashlib.blake2b(digest_size=16)
+    arr: np.ndarray
+    if getattr(instance, "dtype", None) == np.float64:
+        arr = np.ascontiguousarray(instance) + 0.0  # -0.0 -> 0.0
+        h.update(b"f8")
+    else:
+        arr = np.ascontiguousarray(instance, dtype=np.float32) + np.float32(0.0)
     h.update(repr(arr.shape).encode())
     h.update(arr.tobytes())
     return f"{prefix}:{model}:{version}:{h.hexdigest()}"
@@ -79,7 +89,7 @@ def encode_value(probabilities: Sequence[float]) -> bytes:
     return orjson.dumps([float(p) for p in probabilities])
 
 
-def decode_value(raw: bytes | str, n_classes: int) -> list[float] | None:
+def decode_value(raw: bytes | str, width: int) -> list[float] | None:
     """The probabilities stored under a key, or None if the bytes are not ours."""
     try:
         value = orjson.loads(raw)
@@ -87,7 +97,7 @@ def decode_value(raw: bytes | str, n_classes: int) -> list[float] | None:
         return None
     if (
         not isinstance(value, list)
-        or len(value) != n_classes
+        or len(value) != width
         or not all(isinstance(p, int | float) and math.isfinite(p) for p in value)
     ):
         return None
@@ -209,14 +219,14 @@ class PredictionCache:
         self,
         backend: CacheBackend | None,
         *,
-        n_classes: int,
+        width: int,
         ttl_s: int = 3600,
         timeout_s: float = 0.05,
         retry_after_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
-        self.n_classes = n_classes
+        self.width = width  # floats per value: the model's output width (models/kinds.py)
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.breaker = CircuitBreaker(threshold=1, cooldown_s=retry_after_s, clock=clock)
@@ -252,7 +262,7 @@ class PredictionCache:
             return CacheLookup([None] * len(keys), bypassed=True)
         values: list[list[float] | None] = []
         for item in raw:
-            value = None if item is None else decode_value(item, self.n_classes)
+            value = None if item is None else decode_value(item, self.width)
             if item is not None and value is None:
                 self.stats.decode_errors += 1
             if value is None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from models.kinds import OutputSpec
 from router.dataplane.bandit import ThompsonPolicy
 from router.dataplane.batcher import ArmCall
 from router.dataplane.cache import PredictionCache, cache_key
@@ -47,19 +48,27 @@ FLIGHT_LINGER_S = 0.5
 
 @dataclass(frozen=True)
 class Prediction:
-    probabilities: np.ndarray  # (n, n_classes)
+    outputs: np.ndarray  # (n, width): what the model's kind says (models/kinds.py)
     version: str  # the version that answered
     arm: str  # the version the policy (or the pin) chose
     cached: tuple[bool, ...]
     cache_status: str  # HIT (all rows), MISS, BYPASS
     fallback: bool
     fallback_reason: str | None = None
+    spec: OutputSpec | None = None  # None: a multiclass model (the labels are the argmax)
 
     @cached_property
     def labels(self) -> np.ndarray:
-        """Each row's predicted class index (argmax), computed once per answer: the
-        metrics, the baseline comparison and the follower's served log all read it."""
-        return np.argmax(self.probabilities, axis=1)
+        """Each row's predicted class index, computed once per answer: the metrics, the
+        baseline comparison and the follower's served log all read it. A regression
+        model's answers have none (TypeError)."""
+        if self.spec is None:
+            return np.argmax(self.outputs, axis=1)
+        return self.spec.labels_of(self.outputs)
+
+    @property
+    def classifies(self) -> bool:
+        return self.spec is None or self.spec.classifies
 
 
 @dataclass
@@ -82,6 +91,8 @@ class RouterCore:
     shadow_call: ArmCall | None = None
     # Ray metrics (router/dataplane/recorder.py); counts on the request path must stay cheap.
     recorder: Recorder = field(default_factory=NullRecorder)
+    # What the answers are (models/kinds.py); None: multiclass, labels by argmax.
+    spec: OutputSpec | None = None
 
     def __post_init__(self) -> None:
         exp = self.config.experiment
@@ -121,6 +132,7 @@ class RouterCore:
         self.arms, self.baseline, self.timeouts = arms, exp.baseline, timeouts
         self.shadows = tuple(exp.shadows)
         self.compare_share = exp.compare_share
+        self.agree_rtol, self.agree_atol = exp.agreement_rtol, exp.agreement_atol
         self.bandit.floor = exp.bandit_floor
         self.policy = self.bandit if exp.policy == "bandit" else self.weighted
         self.revision = revision
@@ -165,33 +177,43 @@ class RouterCore:
         self.metrics[arm].record(ms, fallback=pred.fallback, assigned=drawn)
         self.recorder.request(arm, pred.version, "fallback" if pred.fallback else "ok", ms)
         if not pred.fallback:
-            self.metrics[arm].record_labels(pred.labels.tolist())
+            if pred.classifies:
+                self.metrics[arm].record_labels(pred.labels.tolist())
             if arm != self.baseline and self.rng.random() < self.compare_share:
                 # The candidate's answer against the baseline's, for the no-label quality
                 # gates; in the background like a shadow, so the client never waits for it.
                 asyncio.get_running_loop().call_later(
-                    SHADOW_DELAY_S, self._spawn, self._compare, arm, batch, pred.labels
+                    SHADOW_DELAY_S, self._spawn, self._compare, arm, batch, pred.outputs
                 )
         for shadow in self.shadows:
             if shadow.version != pred.version and self.rng.random() < shadow.share:
                 # Started a moment later, so the client's answer is written out first.
                 asyncio.get_running_loop().call_later(
                     SHADOW_DELAY_S, self._spawn,
-                    self._shadow, shadow.version, batch, pred.probabilities,
+                    self._shadow, shadow.version, batch, pred.outputs,
                 )
         return pred
 
+    def agreement(self, ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+        """Per row: do two answers agree (the same label; for regression, within the
+        experiment's agreement_rtol / agreement_atol of ``theirs``)."""
+        if self.spec is None:
+            return np.asarray(np.argmax(ours, axis=1) == np.argmax(theirs, axis=1))
+        return self.spec.agreement(ours, theirs, self.agree_rtol, self.agree_atol)
+
     async def _compare(self, arm: str, batch: np.ndarray, ours: np.ndarray) -> None:
-        """The baseline answers the candidate's rows too; disagreements with the
-        candidate's labels ``ours`` are counted."""
+        """The baseline answers the candidate's rows too; the rows where the candidate's
+        answers ``ours`` disagree with it are counted, and the mean absolute difference."""
         try:
             out = await (self.shadow_call or self.call)(
                 self.baseline, batch, self.timeouts[self.baseline]
             )
         except Exception:  # noqa: BLE001 - the baseline's failure says nothing of the arm
             return
-        theirs = np.argmax(np.asarray(out), axis=1)
-        self.metrics[arm].record_comparison(len(ours), int((ours != theirs).sum()))
+        theirs = np.asarray(out)
+        agreed = self.agreement(ours, theirs)
+        abs_diff = float(np.abs(ours - theirs).mean(axis=1).sum())
+        self.metrics[arm].record_comparison(len(ours), int((~agreed).sum()), abs_diff)
 
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         """Start ``fn(*args)`` as a background task (the coroutine is made only now, so a
@@ -213,7 +235,7 @@ class RouterCore:
         ms = (self.clock() - started) * 1000.0
         stats.record_latency(ms)
         compared, agreed = stats.compared, stats.agreed
-        stats.record(primary, out)
+        stats.record(primary, out, agreed=self.agreement(np.asarray(out), primary))
         self.recorder.shadow(version, stats.compared - compared, stats.agreed - agreed, ms)
 
     async def _serve_from_cache_or_arm(self, arm: str, batch: np.ndarray) -> Prediction:
@@ -236,7 +258,8 @@ class RouterCore:
         if not missing:
             self.stats[arm].answered += 1
             return Prediction(
-                np.asarray(cached, dtype=np.float32), arm, arm, (True,) * len(batch), "HIT", False
+                np.asarray(cached, dtype=np.float32), arm, arm, (True,) * len(batch), "HIT", False,
+                spec=self.spec,
             )
         rows = batch if len(missing) == len(batch) else batch[missing]
         try:
@@ -267,7 +290,8 @@ class RouterCore:
                 )
             status = "BYPASS" if bypassed else "MISS"
             return Prediction(
-                out, self.baseline, arm, (False,) * len(batch), status, True, exc.reason
+                out, self.baseline, arm, (False,) * len(batch), status, True, exc.reason,
+                self.spec,
             )
         self.stats[arm].answered += 1  # the flight wrote the cache
         if len(missing) == len(batch):
@@ -279,7 +303,8 @@ class RouterCore:
                     probs[i] = value
             probs[missing] = out
         flags = tuple(v is not None for v in cached)
-        return Prediction(probs, arm, arm, flags, "BYPASS" if bypassed else "MISS", False)
+        return Prediction(probs, arm, arm, flags, "BYPASS" if bypassed else "MISS", False,
+                          spec=self.spec)
 
     async def _single_flight(self, version: str, keys: list[str], rows: np.ndarray) -> np.ndarray:
         """Rows whose key is already being computed wait for that call; the rest make one.

@@ -235,6 +235,7 @@ class ArmMetrics:
     labels: dict[int, int] = field(default_factory=dict)
     compared: int = 0
     disagreed: int = 0
+    compared_abs_diff: float = 0.0  # sum over compared rows of the mean |ours - baseline|
 
     def record(
         self,
@@ -262,9 +263,16 @@ class ArmMetrics:
         for label in labels:
             self.labels[label] = self.labels.get(label, 0) + 1
 
-    def record_comparison(self, rows: int, disagreed: int) -> None:
+    def record_comparison(self, rows: int, disagreed: int, abs_diff: float = 0.0) -> None:
         self.compared += rows
         self.disagreed += disagreed
+        self.compared_abs_diff += abs_diff
+
+    @property
+    def compared_mean_abs_diff(self) -> float | None:
+        """Mean absolute difference from the baseline's answers (regression's disagreement
+        in the output's units; for a classifier, of the probabilities)."""
+        return self.compared_abs_diff / self.compared if self.compared else None
 
     @property
     def disagreement_rate(self) -> float | None:
@@ -301,6 +309,7 @@ class ArmMetrics:
              for k in self.labels.keys() | other.labels.keys()},
             self.compared + other.compared,
             self.disagreed + other.disagreed,
+            self.compared_abs_diff + other.compared_abs_diff,
         )
 
     def subtract(self, earlier: ArmMetrics) -> ArmMetrics:
@@ -318,6 +327,7 @@ class ArmMetrics:
              if n - earlier.labels.get(k, 0)},
             self.compared - earlier.compared,
             self.disagreed - earlier.disagreed,
+            self.compared_abs_diff - earlier.compared_abs_diff,
         )
         if (
             min(
@@ -351,6 +361,7 @@ class ArmMetrics:
             "labels": {str(k): n for k, n in sorted(self.labels.items())},
             "compared": self.compared,
             "disagreed": self.disagreed,
+            "compared_abs_diff": self.compared_abs_diff,
         }
 
     @classmethod
@@ -368,6 +379,7 @@ class ArmMetrics:
             labels={int(k): int(n) for k, n in data.get("labels", {}).items()},
             compared=int(data.get("compared", 0)),
             disagreed=int(data.get("disagreed", 0)),
+            compared_abs_diff=float(data.get("compared_abs_diff", 0.0)),
         )
 
 

@@ -66,13 +66,19 @@ class ShadowStats:
     errors: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
-    def record(self, primary_probs: Any, shadow_probs: Any) -> None:
-        """Compare the primary's and the shadow's probabilities for the same rows."""
+    def record(self, primary_probs: Any, shadow_probs: Any, agreed: Any = None) -> None:
+        """Compare the primary's and the shadow's answers (outputs) for the same rows.
+
+        ``agreed``: per row, whether they agree, as the model's kind says
+        (``OutputSpec.agreement``); without it, whether the argmax labels are equal.
+        """
         p, q = _as_rows(primary_probs), _as_rows(shadow_probs)
         if p.shape != q.shape:
             raise ValueError(f"primary {p.shape} and shadow {q.shape} answers differ in shape")
         self.compared += p.shape[0]
-        self.agreed += int(np.count_nonzero(p.argmax(axis=1) == q.argmax(axis=1)))
+        if agreed is None:
+            agreed = p.argmax(axis=1) == q.argmax(axis=1)
+        self.agreed += int(np.count_nonzero(agreed))
         self.abs_diff_sum += float(np.abs(p - q).mean(axis=1).sum())
 
     def record_error(self, n: int = 1) -> None:

@@ -134,7 +134,7 @@ def assemble(
     )
     prediction_cache = PredictionCache(
         cache.backend,
-        n_classes=len(model.labels),
+        width=model.spec.width,
         ttl_s=config.cache.ttl_s,
         timeout_s=config.cache.timeout_ms / 1000.0,
         retry_after_s=config.cache.retry_after_s,
@@ -146,7 +146,8 @@ def assemble(
         max_latencies=max(1, round(samples * rc.metrics_flush_s)) if samples else None,
     )
     core = RouterCore(
-        config, batcher, prediction_cache, clock, shadow_call=shadow_batcher, recorder=recorder
+        config, batcher, prediction_cache, clock, shadow_call=shadow_batcher, recorder=recorder,
+        spec=model.spec,
     )
     auth = AdminAuth(load_admin_token(config.admin, dict(environ)))
     if not auth.enabled:

@@ -17,16 +17,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
+from models.kinds import BINARY, MULTICLASS
 from router.controlplane.client import ControlPlane, SyncReport
 from router.controlplane.experiment import ExperimentState, effective_weights
 from router.dataplane.core import Prediction, RouterCore
 from router.dataplane.recorder import BufferedRecorder
 from serve.config import AbserveConfig
 
-__all__ = ["Follower"]
+__all__ = ["Follower", "served_answers"]
 
 log = logging.getLogger("ray.serve")
+
+
+def served_answers(pred: Prediction) -> list[Any]:
+    """Per row, what the controller's ledger joins feedback to (JSON-ready)."""
+    spec = pred.spec
+    if spec is None or spec.kind == MULTICLASS:
+        return [int(label) for label in pred.labels]
+    if spec.kind == BINARY:
+        return [[int(label), round(float(score), 6)]
+                for label, score in zip(pred.labels, pred.outputs[:, 0], strict=True)]
+    return [[float(v) for v in row] for row in pred.outputs]
 
 
 class Follower:
@@ -120,14 +133,16 @@ class Follower:
     def remember(self, request_id: str, pred: Prediction) -> None:
         """Keep what was served, so that feedback can be joined to it later.
 
-        Item i of a batch request R is "R/i".
+        Item i of a batch request R is "R/i". What is kept is what the feedback is judged
+        against: the label index (multiclass), ``[label, score]`` (binary: the score for
+        the AUC) or the values (regression).
         """
-        labels = pred.labels
-        if len(labels) == 1:
-            self._served.append((request_id, pred.version, int(labels[0])))
+        answers = served_answers(pred)
+        if len(answers) == 1:
+            self._served.append((request_id, pred.version, answers[0]))
         else:
             self._served.extend(
-                (f"{request_id}/{i}", pred.version, int(label)) for i, label in enumerate(labels)
+                (f"{request_id}/{i}", pred.version, a) for i, a in enumerate(answers)
             )
         self._trim()
 

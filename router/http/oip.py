@@ -24,6 +24,7 @@ from router.protocol.oip import (
     error_body,
     infer_response,
     model_metadata,
+    output_names,
     parse_infer_request,
     server_metadata,
     version_metadata,
@@ -87,7 +88,10 @@ def register(
                 await read_request(request, http.max_body_bytes),
                 request.headers.get("inference-header-content-length"),
             )
-            req = parse_infer_request(data, model.input_shape, http.max_batch_instances, binary)
+            req = parse_infer_request(
+                data, model.input_shape, http.max_batch_instances, binary,
+                outputs=output_names(model.spec), schema=model.schema,
+            )
             rid, pred = await predictions.run(req.batch, request.headers.get(user_header), version)
         except AbserveError as exc:
             return _oip_error(exc)
@@ -101,7 +105,7 @@ def register(
         if pred.fallback_reason:
             parameters["fallback_reason"] = pred.fallback_reason
         body = infer_response(
-            model.name, pred.version, req.id, pred.probabilities, model.labels,
+            model.name, pred.version, req.id, pred.outputs, model.spec,
             req.requested_outputs, parameters,
         )
         return json_response(body, headers=prediction_headers(pred))

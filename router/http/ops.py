@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -34,13 +35,33 @@ from serve.errors import (
 __all__ = ["feedback_label", "register"]
 
 
-def feedback_label(model: ModelInfo, data: Any) -> tuple[str, int]:
-    """A /feedback body -> (request id, label index); InvalidInput if it is not one."""
-    if not isinstance(data, dict) or set(data) != {"request_id", "label"}:
-        raise InvalidInput('body must be {"request_id": "...", "label": "..."}')
-    rid, label = data["request_id"], data["label"]
+def feedback_label(model: ModelInfo, data: Any) -> tuple[str, int | list[float]]:
+    """A /feedback body -> (request id, the truth); InvalidInput if it is not one.
+
+    A classifier's truth is a label (its name or index); a regression model's is its
+    value (a number, or a list of ``len(outputs)`` numbers), under ``value`` or ``label``.
+    """
+    spec = model.spec
+    key = "label"
+    if not spec.classifies and isinstance(data, dict) and "value" in data:
+        key = "value"
+    if not isinstance(data, dict) or set(data) != {"request_id", key}:
+        what = '"label": "..."' if spec.classifies else '"value": <number>'
+        raise InvalidInput(f'body must be {{"request_id": "...", {what}}}')
+    rid, label = data["request_id"], data[key]
     if not isinstance(rid, str) or not 0 < len(rid) <= 256:
         raise InvalidInput("request_id: expected a string", field="request_id")
+    if not spec.classifies:
+        values = label if isinstance(label, list) else [label]
+        if len(values) != spec.width or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in values
+        ):
+            shape = "a number" if spec.width == 1 else f"a list of {spec.width} numbers"
+            raise InvalidInput(
+                f"{key}: the true value, {shape} ({', '.join(spec.outputs)})", field=key
+            )
+        return rid, [float(v) for v in values]
     if isinstance(label, str) and label in model.label_index:
         return rid, model.label_index[label]
     if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(model.labels):
@@ -108,13 +129,16 @@ def register(
                 "paused": follower.paused,
                 "input_shape": list(model.input_shape),
                 "class_labels": list(model.labels),
+                **model.spec.describe(),
+                "input_schema": None if model.schema is None else model.schema.to_json(),
                 "versions": versions,
             }
         )
 
     @app.post("/feedback")
     async def feedback(request: Request) -> Response:
-        """Ground truth for a served prediction: {"request_id": ..., "label": ...}.
+        """Ground truth for a served prediction: {"request_id": ..., "label": ...}
+        ({"request_id": ..., "value": ...} for a regression model).
 
         For /predict/batch, item i of request R is "R/i". Unknown or expired id: 404;
         a second feedback for one id is accepted but not counted again.

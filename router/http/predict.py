@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -23,6 +22,7 @@ from router.http.serving import ModelInfo, Predictions
 from router.http.wire import prediction_headers, read_body, read_request
 from router.protocol.request import check_content_type, parse_batch, parse_json, parse_single
 from router.protocol.schemas import BATCH_RESPONSES, OPENAPI_BATCH, OPENAPI_SINGLE, SINGLE_RESPONSES
+from router.protocol.tabular import parse_record_batch, parse_record_single
 from serve.config import HttpConfig
 from serve.errors import AbserveError, to_http
 
@@ -32,14 +32,11 @@ __all__ = ["PredictEndpoint", "prediction_item", "register"]
 def prediction_item(
     model: ModelInfo, pred: Prediction, request_id: str, row: int
 ) -> dict[str, Any]:
-    """One input's answer as the /predict body (and each item of /predict/batch)."""
-    probs = pred.probabilities[row]
-    labels = model.labels
+    """One input's answer as the /predict body (and each item of /predict/batch): the
+    kind's fields (label and probabilities; label, score and threshold; value or values),
+    then where it came from."""
     return {
-        "label": labels[int(np.argmax(probs))],
-        "probabilities": {
-            label: round(float(p), 6) for label, p in zip(labels, probs, strict=True)
-        },
+        **model.spec.answer(pred.outputs[row]),
         "model": model.name,
         "version": pred.version,
         "arm": pred.arm,
@@ -68,7 +65,13 @@ class PredictEndpoint:
         """A /predict or /predict/batch body in, the response body and headers out."""
         await self.follower.ensure_synced()
         data = parse_json(body)
-        if many:
+        schema = self.model.schema
+        if schema is not None:  # a tabular model: named records, validated and encoded
+            if many:
+                batch = parse_record_batch(data, schema, self.http.max_batch_instances)
+            else:
+                batch = parse_record_single(data, schema)
+        elif many:
             batch = parse_batch(data, self.model.input_shape, self.http.max_batch_instances)
         else:
             batch = parse_single(data, self.model.input_shape)

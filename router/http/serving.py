@@ -7,13 +7,16 @@ follower keeps it for the feedback join.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from models.kinds import OutputSpec
 from models.registry import Manifest
+from models.schema import Schema
 from router.dataplane.core import Prediction, RouterCore
 from router.http.follower import Follower
 
@@ -47,27 +50,44 @@ class UpstreamArms(Protocol):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """The one model a router serves: its versions' manifests, input shape and labels."""
+    """The one model a router serves: its versions' manifests, input shape or schema, and
+    what its answers are (the output kind, shared by every version)."""
 
     name: str
     manifests: Mapping[str, Manifest]
     input_shape: tuple[int, ...]
     labels: tuple[str, ...]
+    output_spec: OutputSpec | None = None  # None: multiclass over ``labels``
+    schema: Schema | None = None  # a tabular model's input fields
     label_index: Mapping[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "label_index", {lb: i for i, lb in enumerate(self.labels)})
 
+    @property
+    def spec(self) -> OutputSpec:
+        """What the answers are: the kind, its labels, threshold or output names."""
+        return self.output_spec or OutputSpec.of("multiclass", self.labels)
+
     @classmethod
     def from_manifests(cls, name: str, manifests: Mapping[str, Manifest]) -> ModelInfo:
         shapes = {tuple(m.input_shape) for m in manifests.values()}
-        labels = {tuple(m.class_labels) for m in manifests.values()}
-        if len(shapes) != 1 or len(labels) != 1:
+        specs = {m.spec for m in manifests.values()}
+        schemas = {json.dumps(m.input_schema, sort_keys=True) for m in manifests.values()}
+        if len(shapes) != 1 or len(specs) != 1 or len(schemas) != 1:
             raise ValueError(
-                "every version of one model must share its input shape and class labels; "
-                f"got shapes {shapes} and labels {labels}"
+                "every version of one model must share its input shape (or schema) and its "
+                f"output kind, labels, threshold and outputs; got shapes {shapes}, "
+                f"outputs {sorted(map(str, specs))} and {len(schemas)} input schemas"
             )
-        return cls(name, dict(manifests), shapes.pop(), labels.pop())
+        first = next(iter(manifests.values()))
+        spec = specs.pop()
+        schema = None if first.input_schema is None else Schema.parse(first.input_schema)
+        return cls(name, dict(manifests), shapes.pop(), spec.class_labels, spec, schema)
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
 
 
 class Predictions:

@@ -22,6 +22,11 @@ What the router accepts, and why it is strict:
   Responses are always JSON: a client asking for binary outputs reads JSON ones.
 - Bad input is 400 (the protocol's status), not the 422 of ``/predict``; an
   unknown model or version is 404. Error bodies are ``{"error": "..."}`` alone.
+- A tabular model (named fields, models/schema.py) takes one input per field, or
+  one BYTES input of JSON records, in JSON (router/protocol/tabular.py).
+- Outputs follow the model's kind (models/kinds.py): ``probabilities`` [n, k] and
+  ``label`` [n] (multiclass); ``score`` [n, 1] and ``label`` (binary);
+  ``predictions`` [n, len(outputs)] (regression).
 """
 
 from __future__ import annotations
@@ -34,9 +39,12 @@ from typing import Any
 
 import numpy as np
 
+from models.kinds import BINARY, MULTICLASS, OutputSpec
 from models.registry import Manifest
+from models.schema import Schema
 from router.protocol.request import parse_json
-from serve.errors import AbserveError, BadRequest, NotFound
+from router.protocol.tabular import records_from_oip
+from serve.errors import AbserveError, BadRequest, InvalidInput, NotFound
 
 __all__ = [
     "DATATYPES",
@@ -45,13 +53,16 @@ __all__ = [
     "NOT_READY_STATUS",
     "OUTPUT_NAMES",
     "PLATFORM",
+    "PREDICTIONS_OUTPUT",
     "PROBABILITIES_OUTPUT",
+    "SCORE_OUTPUT",
     "InferRequest",
     "OIPError",
     "check_model",
     "decode_body",
     "error_body",
     "infer_response",
+    "output_names",
     "model_metadata",
     "parse_infer_request",
     "server_metadata",
@@ -61,7 +72,18 @@ __all__ = [
 INPUT_NAME = "input"
 PROBABILITIES_OUTPUT = "probabilities"
 LABEL_OUTPUT = "label"
+SCORE_OUTPUT = "score"  # binary: the positive label's score, [n, 1]
+PREDICTIONS_OUTPUT = "predictions"  # regression: the values, [n, len(outputs)]
 OUTPUT_NAMES: tuple[str, ...] = (PROBABILITIES_OUTPUT, LABEL_OUTPUT)
+
+
+def output_names(spec: OutputSpec | None) -> tuple[str, ...]:
+    """The output tensors of a model of this kind, in the order they are answered."""
+    if spec is None or spec.kind == MULTICLASS:
+        return OUTPUT_NAMES
+    if spec.kind == BINARY:
+        return (SCORE_OUTPUT, LABEL_OUTPUT)
+    return (PREDICTIONS_OUTPUT,)
 PLATFORM = "abserve"  # the unversioned model is the experiment, not one framework
 # The protocol says "4xx" for not ready (Triton answers 400); probes only need non-2xx.
 NOT_READY_STATUS = 400
@@ -108,10 +130,6 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     requested_outputs: tuple[str, ...] | None = None  # None: every output
 
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return OUTPUT_NAMES if self.requested_outputs is None else self.requested_outputs
-
 
 # ---------------------------------------------------------------- requests
 
@@ -157,12 +175,16 @@ def _int(value: Any) -> bool:
 
 
 def parse_infer_request(
-    body: Any, input_shape: tuple[int, ...], max_instances: int, binary: bytes = b""
+    body: Any, input_shape: tuple[int, ...], max_instances: int, binary: bytes = b"",
+    *, outputs: tuple[str, ...] = OUTPUT_NAMES, schema: Schema | None = None,
 ) -> InferRequest:
     """Check an infer request body and turn its one input into a float32 batch.
 
     ``binary`` is what followed the JSON header (see ``decode_body``). Raises
-    ``OIPError`` (400) with the offending field first in the message.
+    ``OIPError`` (400) with the offending field first in the message. ``outputs``: the
+    model kind's output names (``output_names``). A tabular model (``schema``) takes
+    one input per field, or one BYTES input of JSON records (router/protocol/tabular.py),
+    in JSON only: the binary extension carries tensors.
     """
     req = _object(body, "body")
     _only(req, _REQUEST_KEYS, "body")
@@ -173,6 +195,16 @@ def parse_infer_request(
     if "inputs" not in req:
         raise OIPError("inputs: missing; send exactly one input tensor", field="inputs")
     inputs = req["inputs"]
+    if schema is not None:
+        if binary:
+            raise OIPError("a tabular model's inputs are read from JSON only, not the binary "
+                           "extension", field="inputs")
+        return InferRequest(
+            batch=_tabular_batch(inputs, schema, max_instances),
+            id=request_id,
+            parameters=dict(parameters),
+            requested_outputs=_parse_outputs(req.get("outputs"), outputs),
+        )
     if not isinstance(inputs, list) or len(inputs) != 1:
         got = f"{len(inputs)} inputs" if isinstance(inputs, list) else "not a list"
         raise OIPError(
@@ -185,11 +217,24 @@ def parse_infer_request(
         batch=batch,
         id=request_id,
         parameters=dict(parameters),
-        requested_outputs=_parse_outputs(req.get("outputs")),
+        requested_outputs=_parse_outputs(req.get("outputs"), outputs),
     )
 
 
-def _parse_outputs(value: Any) -> tuple[str, ...] | None:
+def _tabular_batch(inputs: Any, schema: Schema, max_instances: int) -> np.ndarray:
+    """The records of a tabular infer request, encoded; a 422 of the schema becomes a 400
+    of the protocol, naming the same field."""
+    try:
+        batch = records_from_oip(inputs, schema)
+    except InvalidInput as exc:
+        raise OIPError(exc.message, field=exc.field or "inputs") from None
+    if len(batch) > max_instances:
+        raise OIPError(f"inputs: {len(batch)} records, the most per request is {max_instances}",
+                       field="inputs")
+    return batch
+
+
+def _parse_outputs(value: Any, known: tuple[str, ...] = OUTPUT_NAMES) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list):
@@ -202,9 +247,9 @@ def _parse_outputs(value: Any) -> tuple[str, ...] | None:
         out = _object(item, where)
         _only(out, _OUTPUT_KEYS, where)
         name = out.get("name")
-        if name not in OUTPUT_NAMES:
+        if name not in known:
             raise OIPError(
-                f"{where}.name: unknown output {name!r}; outputs are {list(OUTPUT_NAMES)}",
+                f"{where}.name: unknown output {name!r}; outputs are {list(known)}",
                 field=f"{where}.name",
             )
         if name in names:
@@ -384,37 +429,38 @@ def infer_response(
     model_name: str,
     version: str,
     request_id: str | None,
-    probabilities: np.ndarray,
-    class_labels: Sequence[str],
+    values: np.ndarray,
+    spec: OutputSpec | Sequence[str],
     requested_outputs: Sequence[str] | None,
     parameters: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The protocol's infer response: the outputs asked for, in the order asked.
 
-    ``parameters`` carries what the experiment did (arm, cached, fallback, ...),
-    as protocol parameters: strings, numbers and booleans.
+    ``values``: the model's ``(n, width)`` outputs; ``spec`` says what they are (class
+    labels alone mean multiclass). ``parameters`` carries what the experiment did (arm,
+    cached, fallback, ...), as protocol parameters: strings, numbers and booleans.
     """
-    probs = np.asarray(probabilities, dtype=np.float32)
-    if probs.ndim != 2 or probs.shape[1] != len(class_labels):
-        raise ValueError(
-            f"probabilities of shape {probs.shape} do not fit {len(class_labels)} classes"
-        )
-    n = probs.shape[0]
-    tensors = {
-        PROBABILITIES_OUTPUT: {
-            "name": PROBABILITIES_OUTPUT,
-            "datatype": "FP32",
-            "shape": [n, probs.shape[1]],
-            "data": probs.ravel().tolist(),
-        },
-        LABEL_OUTPUT: {
+    if not isinstance(spec, OutputSpec):
+        spec = OutputSpec.of(MULTICLASS, tuple(spec))
+    out = np.asarray(values, dtype=np.float32)
+    if out.ndim != 2 or out.shape[1] != spec.width:
+        raise ValueError(f"outputs of shape {out.shape} do not fit a {spec.kind} model of "
+                         f"width {spec.width}")
+    n = out.shape[0]
+    main = {MULTICLASS: PROBABILITIES_OUTPUT, BINARY: SCORE_OUTPUT}.get(
+        spec.kind, PREDICTIONS_OUTPUT)
+    tensors: dict[str, dict[str, Any]] = {
+        main: {"name": main, "datatype": "FP32", "shape": [n, out.shape[1]],
+               "data": out.ravel().tolist()},
+    }
+    if spec.classifies:
+        tensors[LABEL_OUTPUT] = {
             "name": LABEL_OUTPUT,
             "datatype": "BYTES",
             "shape": [n],
-            "data": [class_labels[int(i)] for i in np.argmax(probs, axis=1)],
-        },
-    }
-    names = OUTPUT_NAMES if requested_outputs is None else tuple(requested_outputs)
+            "data": [spec.class_labels[int(i)] for i in spec.labels_of(out)],
+        }
+    names = output_names(spec) if requested_outputs is None else tuple(requested_outputs)
     body: dict[str, Any] = {"model_name": model_name, "model_version": version}
     if request_id is not None:
         body["id"] = request_id
@@ -423,14 +469,23 @@ def infer_response(
     return body
 
 
-def _tensors(input_shape: Sequence[int], n_classes: int) -> dict[str, Any]:
-    return {
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *input_shape]}],
-        "outputs": [
-            {"name": PROBABILITIES_OUTPUT, "datatype": "FP32", "shape": [-1, n_classes]},
-            {"name": LABEL_OUTPUT, "datatype": "BYTES", "shape": [-1]},
-        ],
-    }
+_FIELD_DATATYPES = {"float": "FP64", "int": "INT64", "bool": "BOOL", "category": "BYTES"}
+
+
+def _tensors(manifest: Manifest) -> dict[str, Any]:
+    spec = manifest.spec
+    if manifest.input_schema is None:
+        inputs = [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *manifest.input_shape]}]
+    else:  # one input per field (or one BYTES input of JSON records)
+        inputs = [{"name": f["name"], "datatype": _FIELD_DATATYPES.get(f["dtype"], "BYTES"),
+                   "shape": [-1]} for f in manifest.input_schema]
+    outputs = []
+    for name in output_names(spec):
+        if name == LABEL_OUTPUT:
+            outputs.append({"name": name, "datatype": "BYTES", "shape": [-1]})
+        else:
+            outputs.append({"name": name, "datatype": "FP32", "shape": [-1, spec.width]})
+    return {"inputs": inputs, "outputs": outputs}
 
 
 def model_metadata(name: str, manifests: Mapping[str, Manifest]) -> dict[str, Any]:
@@ -447,7 +502,7 @@ def model_metadata(name: str, manifests: Mapping[str, Manifest]) -> dict[str, An
         "name": name,
         "versions": list(manifests),
         "platform": PLATFORM,
-        **_tensors(first.input_shape, first.n_classes),
+        **_tensors(first),
     }
 
 
@@ -457,7 +512,7 @@ def version_metadata(name: str, manifest: Manifest) -> dict[str, Any]:
         "name": name,
         "versions": [manifest.version],
         "platform": _PLATFORMS.get(manifest.framework, manifest.framework),
-        **_tensors(manifest.input_shape, manifest.n_classes),
+        **_tensors(manifest),
     }
 
 

@@ -86,7 +86,7 @@ class BrokenBackend:
 def test_failure_is_a_bypass_and_redis_is_skipped_for_a_while() -> None:
     clock = Clock()
     backend = BrokenBackend()
-    cache = PredictionCache(backend, n_classes=2, retry_after_s=1.0, clock=clock)
+    cache = PredictionCache(backend, width=2, retry_after_s=1.0, clock=clock)
 
     async def go() -> None:
         first = await cache.get_many(["k1", "k2"])
@@ -103,7 +103,7 @@ def test_failure_is_a_bypass_and_redis_is_skipped_for_a_while() -> None:
 
 
 def test_slow_redis_costs_at_most_the_timeout() -> None:
-    cache = PredictionCache(BrokenBackend(delay=5, fail=False), n_classes=2, timeout_s=0.05)
+    cache = PredictionCache(BrokenBackend(delay=5, fail=False), width=2, timeout_s=0.05)
 
     async def go() -> float:
         loop = asyncio.get_running_loop()
@@ -117,7 +117,7 @@ def test_slow_redis_costs_at_most_the_timeout() -> None:
 
 def test_hits_misses_and_decode_errors_are_counted() -> None:
     backend = LocalCache()
-    cache = PredictionCache(backend, n_classes=2)
+    cache = PredictionCache(backend, width=2)
 
     async def go() -> None:
         await backend.mset([("good", encode_value([0.1, 0.9])), ("bad", b"\x80\x04")], 60)
@@ -148,7 +148,7 @@ class CountingCache(LocalCache):
 
 def test_concurrent_lookups_and_writes_share_one_round_trip() -> None:
     backend = CountingCache()
-    cache = PredictionCache(backend, n_classes=2)
+    cache = PredictionCache(backend, width=2)
 
     async def go() -> None:
         cache.set_many_background([("a", [0.5, 0.5])])

@@ -265,7 +265,7 @@ def test_both_copies_failing_is_one_upstream_error() -> None:
 def _core(arms: Arms, clock: Clock, cache: bool = False) -> RouterCore:
     cfg = _config()
     backend = LocalCache(1000) if cache else None
-    return RouterCore(cfg, arms.predict, PredictionCache(backend, n_classes=2, ttl_s=60,
+    return RouterCore(cfg, arms.predict, PredictionCache(backend, width=2, ttl_s=60,
                                                          timeout_s=1.0, retry_after_s=1.0),
                       clock, rng=random.Random(0))
 
@@ -288,7 +288,7 @@ def test_fallback_between_a_colocated_and_a_remote_version(colocated: str) -> No
         expected = _probs(ROWS, 0.25)  # the colocated baseline
     pred = asyncio.run(core.predict(ROWS, pinned="v2"))
     assert pred.fallback and pred.version == "v1" and pred.arm == "v2"
-    np.testing.assert_array_equal(pred.probabilities, expected)
+    np.testing.assert_array_equal(pred.outputs, expected)
 
 
 def test_the_core_breaker_opens_on_a_colocated_candidate_and_the_baseline_answers() -> None:

@@ -52,7 +52,7 @@ class FakeArms:
 
 def make(cache_backend: Any = None) -> tuple[RouterCore, FakeArms, Clock]:
     arms, clock = FakeArms(), Clock()
-    cache = PredictionCache(cache_backend, n_classes=2, clock=clock)
+    cache = PredictionCache(cache_backend, width=2, clock=clock)
     core = RouterCore(CONFIG, arms, cache, clock, random.Random(0))
     return core, arms, clock
 
@@ -79,7 +79,7 @@ def test_failed_candidate_falls_back_to_baseline(reason: str) -> None:
     assert (pred.version, pred.arm, pred.fallback, pred.fallback_reason) == (
         "v1", "v2", True, reason
     )
-    assert pred.probabilities[0][0] == pytest.approx(0.9)
+    assert pred.outputs[0][0] == pytest.approx(0.9)
     assert core.stats["v2"].fallbacks == 1 and core.stats["v1"].answered == 1
 
 
@@ -182,7 +182,7 @@ def test_cache_hit_then_partial_batch() -> None:
         third = await core.predict(mixed)
         assert third.cached == (True, False, True) and third.cache_status == "MISS"
         assert arms.calls[-1] == ("v2", 1)  # only the missing row went to the model
-        np.testing.assert_allclose(third.probabilities[:, 0], [0.2, 0.2, 0.2])
+        np.testing.assert_allclose(third.outputs[:, 0], [0.2, 0.2, 0.2])
 
     asyncio.run(go())
 
@@ -213,7 +213,7 @@ def test_shadow_gets_a_copy_and_never_changes_the_answer() -> None:
         return pred
 
     pred = run(go)
-    assert pred.version == "v2" and pred.probabilities[0][0] == pytest.approx(0.2)
+    assert pred.version == "v2" and pred.outputs[0][0] == pytest.approx(0.2)
     assert ("v1", 1) in arms.calls  # the shadow was called
     stats = core.shadow_stats["v1"]
     assert stats.compared == 1 and stats.agreement_rate == 0.0  # 0.2/0.8 vs 0.9/0.1
@@ -287,7 +287,7 @@ class SlowArms(FakeArms):
 
 def make_slow() -> tuple[RouterCore, SlowArms]:
     arms, clock = SlowArms(), Clock()
-    core = RouterCore(CONFIG, arms, PredictionCache(LocalCache(), n_classes=2, clock=clock),
+    core = RouterCore(CONFIG, arms, PredictionCache(LocalCache(), width=2, clock=clock),
                       clock, random.Random(0))
     return core, arms
 
@@ -310,8 +310,8 @@ def test_single_flight_50_identical_misses_make_one_call() -> None:
     preds = run(go)
     assert arms.calls == [("v2", 1)]
     assert all(p.cache_status == "MISS" and not p.fallback for p in preds)
-    assert {p.probabilities.tobytes() for p in preds} == {preds[0].probabilities.tobytes()}
-    np.testing.assert_allclose(preds[0].probabilities, [[0.25, 0.75]])
+    assert {p.outputs.tobytes() for p in preds} == {preds[0].outputs.tobytes()}
+    np.testing.assert_allclose(preds[0].outputs, [[0.25, 0.75]])
     assert core.flight_joins == 49 and len(core._flights) == 1  # lingers for latecomers
     assert core.stats["v2"].answered == 50
 
@@ -332,8 +332,8 @@ def test_single_flight_batches_share_only_their_common_rows() -> None:
     pa, pb = run(go)
     # a: rows 0.1 and 0.2 once each (its duplicate row shares); b: only 0.3 is new.
     assert arms.calls == [("v2", 2), ("v2", 1)]
-    np.testing.assert_allclose(pa.probabilities[:, 0], [0.1, 0.2, 0.1], rtol=1e-6)
-    np.testing.assert_allclose(pb.probabilities[:, 0], [0.3, 0.2], rtol=1e-6)
+    np.testing.assert_allclose(pa.outputs[:, 0], [0.1, 0.2, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(pb.outputs[:, 0], [0.3, 0.2], rtol=1e-6)
 
 
 def test_single_flight_failure_reaches_every_waiter_and_each_falls_back() -> None:
@@ -374,7 +374,7 @@ def test_single_flight_a_cancelled_waiter_does_not_cancel_the_call() -> None:
 
     preds = run(go)
     assert arms.calls == [("v2", 1)]
-    assert all(not p.fallback and p.probabilities[0][0] == pytest.approx(0.5) for p in preds)
+    assert all(not p.fallback and p.outputs[0][0] == pytest.approx(0.5) for p in preds)
 
     async def again() -> Any:
         await asyncio.sleep(0.01)  # the flight wrote the cache in the background

@@ -49,7 +49,7 @@ def make(cache: bool = False) -> tuple[RouterCore, FakeArms, BufferedRecorder]:
     recorder = BufferedRecorder(FakeMetric, "unset")
     backend = LocalCache() if cache else None
     core = RouterCore(
-        CONFIG, arms, PredictionCache(backend, n_classes=2, clock=clock), clock,
+        CONFIG, arms, PredictionCache(backend, width=2, clock=clock), clock,
         random.Random(0), recorder=recorder,
     )
     return core, arms, recorder
@@ -150,7 +150,7 @@ def test_experiment_rename_keeps_earlier_counts_under_the_old_name() -> None:
 
 
 def test_default_is_the_null_recorder() -> None:
-    core = RouterCore(CONFIG, FakeArms(), PredictionCache(None, n_classes=2), Clock())
+    core = RouterCore(CONFIG, FakeArms(), PredictionCache(None, width=2), Clock())
     assert isinstance(core.recorder, NullRecorder)
 
 

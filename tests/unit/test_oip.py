@@ -13,7 +13,6 @@ import pytest
 from models.registry import Manifest
 from router.protocol.oip import (
     DATATYPES,
-    OUTPUT_NAMES,
     InferRequest,
     OIPError,
     check_model,
@@ -117,10 +116,10 @@ def test_defaults_and_echoed_fields() -> None:
     )
     assert req.id == "req-42"
     assert req.parameters == {"binary_data_output": True, "priority": 1, "tag": "x"}
-    assert req.requested_outputs == ("label",) and req.outputs == ("label",)
+    assert req.requested_outputs == ("label",)
     plain = parse(request(tensor(X[0].tolist(), [50, 9])))
     assert plain.id is None and plain.parameters == {} and plain.requested_outputs is None
-    assert plain.outputs == OUTPUT_NAMES
+    assert plain.requested_outputs is None
 
 
 def test_null_optional_fields_count_as_absent() -> None:
@@ -326,7 +325,7 @@ def test_infer_response_subset_order_and_no_id() -> None:
     assert [o["name"] for o in body["outputs"]] == ["label"]
     both = infer_response("activity", "v1", None, probs, LABELS, ("label", "probabilities"), {})
     assert [o["name"] for o in both["outputs"]] == ["label", "probabilities"]
-    with pytest.raises(ValueError, match="do not fit 5 classes"):
+    with pytest.raises(ValueError, match="do not fit a multiclass model of width 5"):
         infer_response("activity", "v1", None, probs, LABELS[:5], None, {})
 
 
