@@ -212,7 +212,8 @@ def test_both_versions_serve_through_their_backends(
         if m.framework == "sklearn":
             np.testing.assert_allclose(served[:, 0], direct, rtol=1e-6)
         else:
-            assert backend.inference_path == "torchscript-trace", backend.inference_path_reason
+            path = getattr(backend, "inference_path", None)
+            assert path == "torchscript-trace", getattr(backend, "inference_path_reason", "")
 
 
 def test_retraining_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
