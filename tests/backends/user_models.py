@@ -44,3 +44,25 @@ class StatefulNet(TinyNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         return self.net(x / 10.0) * float(self.calls)
+
+
+class TabularNet(nn.Module):
+    """Rows of features (n, n_in) -> (n, n_out): a regression value per output, or binary
+    logits (n_out 1) and a wrong width for a binary declaration (n_out 3)."""
+
+    def __init__(self, n_in: int = 4, n_out: int = 1, hidden: int = 8) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ScoreNet(TinyNet):
+    """Windows -> one logit per row, returned flat (n,): a binary model's other shape."""
+
+    def __init__(self, **kwargs: int) -> None:
+        super().__init__(n_classes=1, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x / 10.0).reshape(-1)
