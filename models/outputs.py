@@ -128,9 +128,10 @@ def _regression(arr: np.ndarray, n: int, width: int, output: str) -> np.ndarray:
             f"the model returned shape {_shape_text(arr.shape)}, expected {accepted}; check the "
             f"manifest's outputs ({width} named) and input_shape"
         )
-    out = arr.astype(np.float32)
-    _finite(out, "values (or values beyond float32's range)")
-    return out
+    _finite(arr, "values")
+    if arr.size and float(np.abs(arr).max()) > float(np.finfo(np.float32).max):
+        raise ArtifactError("the model returned values beyond float32's range (3.4e38)")
+    return arr.astype(np.float32)
 
 
 def to_outputs(out: Any, n: int, spec: OutputSpec, output: str) -> np.ndarray:
