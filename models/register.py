@@ -359,6 +359,22 @@ def _check_estimator(
         log.warning("cannot load %s to check its kind: %s", artifact, exc)
         return
     what = type(est).__name__
+    columns = getattr(est, "feature_names_in_", None)
+    if input_schema is None and columns is not None:
+        names = [str(c) for c in list(columns)[:10]] + (["..."] if len(columns) > 10 else [])
+        raise InvalidInput(
+            f"{what} was fitted on a DataFrame (columns {names}): a tabular model needs its "
+            "input_schema: abserve register --schema FILE "
+            "(the fields as JSON) or --reference DATA (a DataFrame to infer them from)",
+            field="input_schema")
+    if input_schema is not None and columns is not None:
+        fitted = [str(c) for c in columns]
+        declared = [str(f["name"]) for f in input_schema]
+        if fitted != declared:
+            raise InvalidInput(
+                f"the input_schema's fields {declared} are not the columns {what} was fitted "
+                f"on, in that order: {fitted} (scikit-learn checks names and order)",
+                field="input_schema")
     classifier = bool(is_classifier(est))
     if spec.kind == REGRESSION:
         if classifier:
