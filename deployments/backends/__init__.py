@@ -1,4 +1,4 @@
-"""Framework adapters behind one Backend contract: a batch in, a batch of probabilities out.
+"""Framework adapters behind one Backend contract: a batch in, a batch of the kind's outputs out.
 
 Importing this package imports no framework; ``load_backend`` imports the one a
 manifest names, when a replica starts.
