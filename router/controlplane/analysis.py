@@ -22,6 +22,15 @@ from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
 
+from models.kinds import BINARY, MULTICLASS, REGRESSION
+from router.controlplane.kind_stats import (
+    ErrorMoments,
+    ScoreHistogram,
+    auc,
+    mae_comparison,
+    mae_interval,
+    rmse_interval,
+)
 from router.controlplane.split import SRM_ALPHA, SplitTest
 from router.controlplane.stats import (
     MIN_LABELS,
@@ -142,6 +151,21 @@ METHODS = {
         "predicted-label distributions, and Pearson's chi-square test of homogeneity on the "
         "2 x classes table (fixed-horizon), from 50 answers a side"
     ),
+    "regression_errors": (
+        "regression models: per arm, the mean absolute error and the RMSE of the answers "
+        "against the true values fed back (a vector's error is its mean over the outputs), "
+        "with t intervals (the RMSE's from the MSE's), and R^2 pooled over the outputs"
+    ),
+    "regression_sequential": (
+        "regression models: the same always-valid mSPRT for the difference of mean absolute "
+        "errors, candidate minus baseline (plug-in variances, tau 10 % of the baseline's MAE), "
+        "Holm across candidates; negative means the candidate errs less"
+    ),
+    "auc": (
+        "binary models: the area under the ROC curve from the scores of labelled answers "
+        "(binned Mann-Whitney, ties within a bin counted half) with the Hanley-McNeil (1982) "
+        "interval"
+    ),
 }
 
 
@@ -253,6 +277,41 @@ def _accuracy_phrase(
             f"({interval}{extra})")
 
 
+def _error_phrase(
+    name: str, baseline: str, seq: SequentialResult | None, holm_p: float | None,
+    n_c: int, n_b: int, m: int, alpha: float,
+) -> str:
+    """The regression counterpart of ``_accuracy_phrase``: mean absolute error, lower is
+    better, the difference candidate minus baseline."""
+    if seq is None:
+        return (f"{name}: error not compared yet ({n_c} and {n_b} true values; the sequential "
+                f"test needs {MIN_LABELS} on each side)")
+    conf = f"{(1 - alpha) * 100:g} %"
+    lo, hi = seq.ci
+    interval = f"always-valid {conf} interval {lo:+.4g} to {hi:+.4g}"
+    holm_txt = f", Holm-adjusted p {fmt_p(holm_p or 0.0)} over {m} candidates" if m > 1 else ""
+    if holm_p is not None and holm_p < alpha:
+        word = "better" if seq.delta < 0 else "worse"
+        return (f"{name} is {word} than {baseline}: mean absolute error {seq.delta:+.4g} "
+                f"({interval}, p {fmt_p(seq.p_value)}{holm_txt})")
+    extra = ""
+    if m > 1 and seq.p_value < alpha:
+        extra = f"; p {fmt_p(seq.p_value)} alone, not significant after Holm's correction"
+    return (f"{name} vs {baseline}: no error difference shown yet, MAE {seq.delta:+.4g} "
+            f"({interval}{extra})")
+
+
+def _regression_row(m: ErrorMoments | None) -> dict[str, Any]:
+    """One arm's errors on the true values fed back: MAE and RMSE with t intervals, R²."""
+    if m is None or not m.n:
+        return {"n": 0, "mae": None, "mae_ci95": None, "rmse": None, "rmse_ci95": None,
+                "r2": None}
+    mae_ci, rmse_ci = mae_interval(m), rmse_interval(m)
+    return {"n": m.n, "mae": m.mae, "mae_ci95": None if mae_ci is None else list(mae_ci),
+            "rmse": m.rmse, "rmse_ci95": None if rmse_ci is None else list(rmse_ci),
+            "r2": m.r2}
+
+
 def _latency_phrase(lat: LatencyComparison | None, alpha: float) -> str:
     if lat is None:
         return "latency: no data to compare"
@@ -308,6 +367,9 @@ def build_report(
     alpha: float = 0.05,
     split: SplitTest | None = None,
     tau: float | None = None,
+    kind: str = MULTICLASS,
+    errors: Mapping[str, ErrorMoments] | None = None,
+    scores: Mapping[str, ScoreHistogram] | None = None,
 ) -> dict[str, Any]:
     """The experiment report as a JSON-ready dict (no NaN: missing data is ``None``).
 
@@ -336,6 +398,13 @@ def build_report(
     ``label_shift`` (total variation from the baseline's distribution) and
     ``label_shift_p_value`` (chi-square homogeneity), ``None`` until both
     have ``MIN_COMPARED`` answers.
+
+    Per output kind (``kind``, models/kinds.py): a regression model's arms carry
+    ``regression`` (``errors``' MAE and RMSE with t intervals, R², ``n``) and its
+    candidates ``mae_delta`` and the always-valid comparison of the mean absolute errors
+    (``mae_seq_*``, Holm across candidates; negative: the candidate errs less); the
+    verdict reads the error, not the accuracy. A binary model's arms carry ``auc`` and
+    ``auc_ci95`` (Hanley-McNeil) from ``scores``.
     """
     if baseline not in arms:
         raise ValueError(f"baseline {baseline!r} is not among the arms {sorted(arms)}")
@@ -396,15 +465,50 @@ def build_report(
             seq_significant=holm_seq[name] < alpha, seq_ci=list(r.ci),
             seq_ci_simultaneous=list(r.ci_at(alpha / family)),
         )
+    regression = kind == REGRESSION
+    err_seqs: dict[str, SequentialResult] = {}
+    err = dict(errors or {})
+    for name in arms:
+        if regression:
+            rows[name]["regression"] = _regression_row(err.get(name))
+            rows[name].update(mae_delta=None, mae_seq_p_value=None, mae_seq_p_value_holm=None,
+                              mae_seq_ci=None, mae_seq_significant=None)
+        if kind == BINARY:
+            found = auc((scores or {}).get(name) or ScoreHistogram())
+            rows[name]["auc"] = None if found is None else found[0]
+            rows[name]["auc_ci95"] = None if found is None else list(found[1])
+    if regression:
+        b_err = err.get(baseline)
+        for name in arms:
+            c_err = err.get(name)
+            if name == baseline or c_err is None or b_err is None:
+                continue
+            if c_err.mae is not None and b_err.mae is not None:
+                rows[name]["mae_delta"] = c_err.mae - b_err.mae
+            if min(c_err.n, b_err.n) >= MIN_LABELS:
+                found_seq = mae_comparison(c_err, b_err, alpha=alpha)
+                if found_seq is not None:
+                    err_seqs[name] = found_seq
+        holm_err = dict(zip(err_seqs, holm([r.p_value for r in err_seqs.values()]), strict=True))
+        for name, r in err_seqs.items():
+            rows[name].update(mae_seq_p_value=r.p_value, mae_seq_p_value_holm=holm_err[name],
+                              mae_seq_significant=holm_err[name] < alpha, mae_seq_ci=list(r.ci))
     verdicts: dict[str, str] = {}
     for name, m in arms.items():
         if name == baseline:
             continue
         lat_dict = rows[name]["latency_test"]
         lat = None if lat_dict is None else LatencyComparison(**lat_dict)
+        if regression:
+            quality = _error_phrase(
+                name, baseline, err_seqs.get(name), holm_err.get(name),
+                err[name].n if name in err else 0, err[baseline].n if baseline in err else 0,
+                len(err_seqs), alpha)
+        else:
+            quality = _accuracy_phrase(name, baseline, seqs.get(name), holm_seq.get(name),
+                                       m.feedback_total, base.feedback_total, family, alpha)
         line = "; ".join((
-            _accuracy_phrase(name, baseline, seqs.get(name), holm_seq.get(name),
-                             m.feedback_total, base.feedback_total, family, alpha),
+            quality,
             _latency_phrase(lat, alpha),
             *_answers_phrases(name, baseline, rows[name]),
             _srm_phrase(srm),
@@ -412,6 +516,7 @@ def build_report(
         rows[name]["verdict"] = verdicts[name] = line
     totals = _arm_row(total, total.requests, sum(weights.get(n, 0.0) for n in arms))
     return {
+        "kind": kind,
         "baseline": baseline,
         "alpha": alpha,
         "min_detectable_effect": min_detectable_effect,

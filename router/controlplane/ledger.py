@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from models.kinds import MULTICLASS, REGRESSION
 from router.controlplane.analysis import build_report
 from router.controlplane.kind_stats import ErrorMoments, ScoreHistogram
 from router.controlplane.split import SplitMonitor, SplitTally
@@ -65,6 +66,7 @@ class Ledger:
         self.feedback: dict[str, list[int]] = {}  # version -> [correct, total]
         self.errors: dict[str, ErrorMoments] = {}  # regression: version -> its errors
         self.scores: dict[str, ScoreHistogram] = {}  # binary: version -> scores by truth
+        self.kind = MULTICLASS  # the model's output kind, as its routers report it
         self.history: list[dict[str, Any]] = []
         self._last_history = float("-inf")
         self.split = SplitMonitor()  # the sample-ratio check over the routers' assignments
@@ -129,6 +131,7 @@ class Ledger:
             "shadows": {r: {v: s.to_dict() for v, s in per.items()}
                         for r, per in self.replica_shadows.items()},
             "split": self.split.tally.to_dict(),
+            "kind": self.kind,
         }
 
     def restore(self, counters: Mapping[str, Any] | None,
@@ -139,6 +142,7 @@ class Ledger:
             self.replica_metrics[replica] = {v: ArmMetrics.from_dict(m) for v, m in per.items()}
         for replica, per in (counters or {}).get("shadows", {}).items():
             self.replica_shadows[replica] = {v: ShadowStats.from_dict(s) for v, s in per.items()}
+        self.kind = str((counters or {}).get("kind", self.kind))
         split = (counters or {}).get("split")
         if split:
             # The tally so far; each replica's next two syncs re-establish its weights
@@ -159,6 +163,7 @@ class Ledger:
         self.replica_metrics[replica] = {
             v: ArmMetrics.from_dict(m) for v, m in payload.get("metrics", {}).items()
         }
+        self.kind = str(payload.get("kind", self.kind))
         self.split.observe(
             replica, {v: m.assigned for v, m in self.replica_metrics[replica].items()}, weights
         )
@@ -213,7 +218,7 @@ class Ledger:
                 / len(label)
         else:
             binary = isinstance(predicted, list)
-            if binary and len(predicted) != 2:
+            if binary and (len(predicted) != 2 or self.kind == REGRESSION):
                 raise InvalidInput(f"request {request_id!r} was answered with values, not a "
                                    "label: send its true value", field="label")
             pred_label = int(predicted[0]) if binary else int(predicted)
@@ -265,7 +270,8 @@ class Ledger:
     def report(self, baseline: str, weights: Mapping[str, float]) -> dict[str, Any]:
         """Per arm: traffic, errors, fallbacks, latency, accuracy with CI, significance."""
         report = build_report(self.merged_metrics(), baseline, weights=weights,
-                              split=self.split.test())
+                              split=self.split.test(), kind=self.kind, errors=self.errors,
+                              scores=self.scores)
         report["shadows"] = {v: s.summary() for v, s in self.merged_shadows().items()}
         report["history"] = self.history
         report["generated_at"] = self.clock()

@@ -23,6 +23,7 @@ class SyncReport:
     shadows: dict[str, dict]  # version -> ShadowStats.to_dict()
     # (request id, version, what was answered: label index, [label, score] or the values)
     served: list[tuple[str, str, Any]]
+    kind: str = "multiclass"  # the model's output kind (models/kinds.py): what the report shows
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,11 @@ def _interval(ci: Any) -> str:
     return f"{ci[0] * 100:+.1f} to {ci[1] * 100:+.1f} pp"
 
 
+def _range(ci: Any) -> str:
+    """An interval in the value's own units (an error, an AUC)."""
+    return "–" if not ci else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
+
+
 def _p(value: Any) -> str:
     if value is None:
         return "–"
@@ -184,6 +189,36 @@ def _statistics(report: dict[str, Any]) -> str:
                if methods else ""))
 
 
+def _kind_section(report: dict[str, Any]) -> str:
+    """A regression model's errors per arm and its candidates' always-valid comparison of
+    the mean absolute error; a binary model's AUC per arm. Empty for a multiclass model."""
+    kind = report.get("kind", "multiclass")
+    arms = report["arms"]
+    if kind == "regression":
+        rows = []
+        for arm, r in arms.items():
+            e = r.get("regression") or {}
+            name = escape(arm) + (" (baseline)" if r.get("baseline") else "")
+            rows.append(
+                f"<tr><th>{name}</th><td>{_fmt(e.get('n'))}</td><td>{_fmt(e.get('mae'))} "
+                f"{_range(e.get('mae_ci95'))}</td><td>{_fmt(e.get('rmse'))} "
+                f"{_range(e.get('rmse_ci95'))}</td><td>{_fmt(e.get('r2'))}</td>"
+                f"<td>{_fmt(r.get('mae_delta'))}</td><td>{_range(r.get('mae_seq_ci'))}</td>"
+                f"<td>{_p(r.get('mae_seq_p_value'))}</td>"
+                f"<td>{_p(r.get('mae_seq_p_value_holm'))}</td></tr>")
+        return ("<h2>Errors on the true values (regression)</h2><table><tr><th>arm</th>"
+                "<th>n</th><th>MAE (95 % CI)</th><th>RMSE (95 % CI)</th><th>R²</th>"
+                "<th>Δ MAE vs baseline</th><th>always-valid interval</th><th>sequential p</th>"
+                "<th>Holm p</th></tr>" + "".join(rows) + "</table>")
+    if kind == "binary":
+        rows = [f"<tr><th>{escape(arm)}</th><td>{_fmt(r.get('auc'))} "
+                f"{_range(r.get('auc_ci95'))}</td><td>{_fmt(r.get('feedback_n'))}</td></tr>"
+                for arm, r in arms.items()]
+        return ("<h2>Ranking quality (binary)</h2><table><tr><th>arm</th><th>AUC (95 % CI)</th>"
+                "<th>labels</th></tr>" + "".join(rows) + "</table>")
+    return ""
+
+
 def render_report_html(report: dict[str, Any]) -> str:
     arms = list(report["arms"])
     rows = []
@@ -236,6 +271,7 @@ th:first-child{{text-align:left}}</style></head><body>
 minimum detectable effect {_fmt(report.get("min_detectable_effect"), pct=True)}
 · refreshes every 10 s</p>
 <table><tr><th>arm</th>{header}</tr>{''.join(rows)}</table>
+{_kind_section(report)}
 {_statistics(report)}
 {shadow_table}
 {_line_chart(_share_series(report.get("history", []), arms), arms, "Traffic share over time")}

@@ -148,7 +148,8 @@ class ExperimentService:
         before = counters()
         added_history = self.ledger.update(
             replica_id, {"metrics": report.metrics, "shadows": report.shadows,
-                         "served": report.served}, self._weights_in_force())
+                         "served": report.served, "kind": report.kind},
+            self._weights_in_force())
         self._counters_dirty |= before != counters()
         self._save_counters(added_history)
         counts = self.ledger.bandit_counts()

@@ -117,6 +117,7 @@ class Follower:
             metrics={v: m.to_dict() for v, m in self.core.metrics.items() if m.requests},
             shadows={v: s.to_dict() for v, s in self.core.shadow_stats.items()},
             served=served,
+            kind=self.core.spec.kind if self.core.spec is not None else MULTICLASS,
         )
         timeout_s = self._state_cfg.sync_timeout_s
         try:
