@@ -425,7 +425,9 @@ def test_health_check_fails_when_the_model_cannot_predict() -> None:
             return np.full((len(batch), 8), 1 / 8, np.float32)
 
     replica = cls.__new__(cls)
-    replica.manifest = type("M", (), {"class_labels": tuple("abcdefgh")})()
+    # The expected width is the manifest's (its kind's), not the number of class labels.
+    replica.manifest = type("M", (), {"class_labels": tuple("abcdefgh"), "width": 8,
+                                      "kind": "multiclass"})()
     replica._probe = np.zeros((1, 50, 9), np.float32)
     replica.backend = Healthy()
     replica.check_health()
@@ -433,6 +435,9 @@ def test_health_check_fails_when_the_model_cannot_predict() -> None:
         replica.backend = backend
         with pytest.raises(Exception):  # noqa: B017 - any failure marks the replica unhealthy
             replica.check_health()
+    replica.manifest = type("M", (), {"class_labels": (), "width": 3, "kind": "regression"})()
+    replica.backend = WrongShape()  # three values a row: a healthy horizon-3 regressor
+    replica.check_health()
 
 
 def test_precision_bench_reports_each_precision_that_runs(
