@@ -60,7 +60,9 @@ from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
+from models.kinds import MULTICLASS, REGRESSION
 from router.controlplane.analysis import compare_latency, fmt_p, wilson_interval
+from router.controlplane.kind_stats import ErrorMoments, mae_comparison, mae_noninferiority
 from router.controlplane.stats import (
     DEFAULT_TAU,
     label_shift,
@@ -98,14 +100,17 @@ Metrics = dict[str, float | int | None]
 # The gates on what the candidate answers and how its traffic splits (the decision line
 # names each, with its numbers); the others are its error, fallback and latency rates.
 QUALITY_GATES = (
-    "accuracy_noninferiority", "accuracy_delta", "disagreement", "label_shift", "srm",
-    "latency_shift", "shadow_agreement",
+    "accuracy_noninferiority", "accuracy_delta", "error_noninferiority", "disagreement",
+    "label_shift", "srm", "latency_shift", "shadow_agreement",
 )
+# A regression model has no labels: these are not judged for it (error_noninferiority is
+# its quality gate on the fed-back values, disagreement compares its values).
+LABEL_GATES = frozenset({"accuracy_noninferiority", "accuracy_delta", "label_shift"})
 # The gates that judge the answers themselves: a window is judged only once one of the
 # enabled ones has its data (the others may pass on rates and latency alone).
 ANSWER_QUALITY_GATES = frozenset(
-    {"accuracy_noninferiority", "accuracy_delta", "disagreement", "label_shift",
-     "shadow_agreement"}
+    {"accuracy_noninferiority", "accuracy_delta", "error_noninferiority", "disagreement",
+     "label_shift", "shadow_agreement"}
 )
 MIN_LATENCY_SAMPLES = 20  # per arm, for the rank test's normal approximation
 
@@ -160,6 +165,13 @@ class GateConfig:
     within ``state.poll_interval_s``). ``max_latency_shift`` (off): fails when
     the candidate's latency distribution is slower (Mann-Whitney one-sided
     p < ``latency_alpha``) by more than this ratio (1.2 = 20 %).
+
+    ``mae_margin`` (0.05): a regression model's quality gate, the sequential
+    non-inferiority of the mean absolute error on every true value fed back since the
+    canary started, once both arms have ``min_feedback``: fails when the always-valid
+    ``1 - accuracy_alpha`` interval of ``candidate MAE - baseline MAE`` lies above
+    ``mae_margin`` times the baseline's MAE (5 % worse). The label gates (accuracy,
+    label shift) are not judged for a regression model.
     """
 
     max_error_rate: float | None = 0.01
@@ -173,6 +185,7 @@ class GateConfig:
     min_feedback: int = 200
     failures_to_rollback: int = 3
     accuracy_margin: float | None = 0.02
+    mae_margin: float | None = 0.05
     accuracy_alpha: float = 0.05
     srm_alpha: float | None = 0.001
     srm_grace_s: float = 5.0
@@ -216,6 +229,10 @@ class GateConfig:
                 f"gates.accuracy_margin: must be in [0, 1) (0.02 = two points), "
                 f"got {self.accuracy_margin}"
             )
+        if self.mae_margin is not None and not (math.isfinite(self.mae_margin)
+                                                and self.mae_margin >= 0.0):
+            raise ValueError(f"gates.mae_margin: must be >= 0 (0.05 = 5 % of the baseline's "
+                             f"MAE), got {self.mae_margin}")
         for name in ("accuracy_alpha", "srm_alpha", "latency_alpha", "label_shift_alpha"):
             value = getattr(self, name)
             if value is not None and not 0.0 < value < 1.0:
@@ -573,6 +590,8 @@ def check_gates(
     labels: tuple[tuple[int, int], tuple[int, int]] | None = None,
     share: tuple[float, float] | None = None,
     share_why: str = "the experiment's weights were not passed to evaluate",
+    kind: str = MULTICLASS,
+    errors: tuple[ErrorMoments, ErrorMoments] | None = None,
 ) -> tuple[tuple[GateResult, ...], Metrics]:
     """Judge one window: a result per enabled gate, and the numbers that decided.
 
@@ -580,8 +599,15 @@ def check_gates(
     sequential accuracy gate, every label since the canary started; without
     it, the window's. ``share``: the candidate's expected share for the SRM
     gate (``expected_share``); without it that gate is skipped, saying
-    ``share_why``.
+    ``share_why``. ``kind``: the model's output kind; for a regression model the label
+    gates are not judged and ``errors`` (the candidate's and the baseline's since the
+    canary started) feed ``error_noninferiority``.
     """
+    if kind == REGRESSION:
+        gates = replace(gates, accuracy_margin=None, min_accuracy_delta=None,
+                        max_label_shift=None)
+    else:
+        gates = replace(gates, mae_margin=None)
     c_err, b_err = candidate.error_rate, baseline.error_rate
     c_p99, b_p99 = candidate.latency.quantile(0.99), baseline.latency.quantile(0.99)
     c_acc, b_acc = candidate.accuracy, baseline.accuracy
@@ -721,6 +747,33 @@ def check_gates(
                   f"candidate {cl_ok / cl_n:.4f} - baseline {bl_ok / bl_n:.4f} = {numbers}: "
                   f"{word}",
                   numbers + ("; inconclusive" if outcome == "inconclusive" else ""))
+    if gates.mae_margin is not None:
+        c_e, b_e = errors if errors is not None else (ErrorMoments(), ErrorMoments())
+        mae_seq = mae_comparison(c_e, b_e, alpha=gates.accuracy_alpha)
+        if min(c_e.n, b_e.n) < gates.min_feedback or mae_seq is None or b_e.mae is None:
+            metrics.update(mae_ci_lo=None, mae_ci_hi=None)
+            lack = (f"lacks data: {c_e.n} candidate and {b_e.n} baseline true values since "
+                    f"the canary started, needs {gates.min_feedback} each")
+            judge("error_noninferiority", None, lack, lack)
+        else:
+            margin = gates.mae_margin * b_e.mae
+            lo, hi = mae_seq.ci
+            metrics.update(mae_ci_lo=lo, mae_ci_hi=hi, mae_delta_total=mae_seq.delta,
+                           mae_seq_p_value=mae_seq.p_value, mae_margin_abs=margin,
+                           candidate_mae=c_e.mae, baseline_mae=b_e.mae)
+            outcome = mae_noninferiority(mae_seq, margin)
+            conf = f"{(1 - gates.accuracy_alpha) * 100:g} %"
+            numbers = (f"MAE {mae_seq.delta:+.4g} over {c_e.n} and {b_e.n} true values, "
+                       f"always-valid {conf} interval {lo:+.4g} to {hi:+.4g} vs margin "
+                       f"+{margin:.4g} ({gates.mae_margin * 100:g} % of the baseline's)")
+            word = {"pass": "not worse by the margin (interval below it)",
+                    "fail": "worse by more than the margin (interval above it)",
+                    "inconclusive": "inconclusive (interval straddles the margin): neither "
+                                    "passes nor fails"}[outcome]
+            judge("error_noninferiority",
+                  {"pass": True, "fail": False}.get(outcome),
+                  f"candidate MAE {c_e.mae:.4g} - baseline {b_e.mae:.4g} = {numbers}: {word}",
+                  numbers + ("; inconclusive" if outcome == "inconclusive" else ""))
     if gates.max_disagreement is not None:
         n, d = candidate.compared, candidate.disagreed
         limit = gates.max_disagreement
@@ -797,9 +850,11 @@ def check_gates(
     return tuple(results), metrics
 
 
-def _quality_line(results: tuple[GateResult, ...]) -> str:
+def _quality_line(results: tuple[GateResult, ...], kind: str = MULTICLASS) -> str:
     by_name = {r.name: r for r in results}
-    parts = [by_name[n].brief if n in by_name else f"{n} off" for n in QUALITY_GATES]
+    names = [n for n in QUALITY_GATES
+             if (n not in LABEL_GATES if kind == REGRESSION else n != "error_noninferiority")]
+    parts = [by_name[n].brief if n in by_name else f"{n} off" for n in names]
     return "quality gates: " + "; ".join(parts)
 
 
@@ -812,6 +867,8 @@ def evaluate(
     *,
     shadow: ShadowStats | None = None,
     weights: Mapping[str, float] | None = None,
+    kind: str = MULTICLASS,
+    errors: tuple[ErrorMoments, ErrorMoments] | None = None,
 ) -> tuple[CanaryState, Decision]:
     """Judge the current step's window and move the plan on; see the module docstring.
 
@@ -858,14 +915,14 @@ def evaluate(
     results, metrics = check_gates(
         plan.gates, candidate, baseline, shadow, labels=labels, share=share,
         share_why="the experiment's weights were not passed to evaluate" if weights is None
-        else "neither arm has weight",
+        else "neither arm has weight", kind=kind, errors=errors,
     )
     metrics["elapsed_s"] = elapsed
     reasons = [r.message for r in results]
     failed = [r.name for r in results if r.status == "fail"]
     where = f"step {step + 1}/{len(plan.steps)} ({weight:g}%)"
     window = state.window + 1
-    quality = _quality_line(results)
+    quality = _quality_line(results, kind)
 
     def decide(
         action: Action, verdict: Verdict, to_weight: float, reason: str, **changes: Any

@@ -220,6 +220,23 @@ class ErrorMoments:
             _merged_width(self.width, other.width),
         )
 
+    def since(self, earlier: ErrorMoments) -> ErrorMoments:
+        """The observations added after the snapshot ``earlier`` of these running sums (a
+        canary's, since it started); ValueError if ``earlier`` is not such a snapshot."""
+        if earlier.n > self.n or (earlier.n and earlier.width != self.width):
+            raise ValueError("since: 'earlier' is not a snapshot of these errors")
+        n = self.n - earlier.n
+        return ErrorMoments(
+            n,
+            self.sum_abs - earlier.sum_abs,
+            self.sum_abs2 - earlier.sum_abs2,
+            self.sum_sq - earlier.sum_sq,
+            self.sum_sq2 - earlier.sum_sq2,
+            self.sum_y - earlier.sum_y,
+            self.sum_y2 - earlier.sum_y2,
+            self.width if n else 0,
+        )
+
     @property
     def mae(self) -> float | None:
         return self.sum_abs / self.n if self.n else None

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from models.kinds import MULTICLASS
 from router.controlplane.canary import (
     MAX_HISTORY,
     Action,
@@ -44,6 +45,7 @@ from router.controlplane.canary import (
     resume,
     start,
 )
+from router.controlplane.kind_stats import ErrorMoments
 from router.controlplane.operations import Operation, Promote, Rollback, SetWeights
 from router.dataplane.measures import ArmMetrics
 from router.dataplane.shadow import ShadowStats
@@ -99,6 +101,9 @@ class Rollout:
     state: CanaryState
     base: dict[str, ArmMetrics] = field(default_factory=dict)  # cumulative at window start
     base_window: int = -1
+    # A regression model's errors when the canary first ticked: its error gate judges
+    # every true value fed back since (the ledger's running sums minus these).
+    errors_base: dict[str, ErrorMoments] | None = None
 
     @classmethod
     def create(cls, plan: CanaryPlan) -> Rollout:
@@ -109,6 +114,8 @@ class Rollout:
         if self.base_window >= 0:  # the window's start, so that a restart carries it on
             data["window_base"] = {"window": self.base_window,
                                    "metrics": {v: m.to_dict() for v, m in self.base.items()}}
+        if self.errors_base is not None:
+            data["errors_base"] = {v: m.to_dict() for v, m in self.errors_base.items()}
         return data
 
     @classmethod
@@ -118,7 +125,26 @@ class Rollout:
         if saved is not None:
             rollout.base = {v: ArmMetrics.from_dict(m) for v, m in saved["metrics"].items()}
             rollout.base_window = int(saved["window"])
+        if data.get("errors_base") is not None:
+            rollout.errors_base = {v: ErrorMoments.from_dict(m)
+                                   for v, m in data["errors_base"].items()}
         return rollout
+
+    def _errors_since_start(
+        self, errors: Mapping[str, ErrorMoments] | None
+    ) -> tuple[ErrorMoments, ErrorMoments] | None:
+        if errors is None:
+            return None
+        arms = (self.plan.candidate, self.plan.baseline)
+        now = {v: errors.get(v, ErrorMoments()) for v in arms}
+        if self.errors_base is None:
+            self.errors_base = now
+        try:
+            return (now[arms[0]].since(self.errors_base[arms[0]]),
+                    now[arms[1]].since(self.errors_base[arms[1]]))
+        except ValueError:  # the sums went back (a lost journal): count from here on
+            self.errors_base = now
+            return ErrorMoments(), ErrorMoments()
 
     def _window(self, merged: Mapping[str, ArmMetrics]) -> tuple[ArmMetrics, ArmMetrics]:
         if self.base_window != self.state.window:
@@ -165,14 +191,20 @@ class Rollout:
         now: float,
         shadow: ShadowStats | None = None,
         in_force: Mapping[str, float] | None = None,
+        *,
+        kind: str = MULTICLASS,
+        errors: Mapping[str, ErrorMoments] | None = None,
     ) -> tuple[Decision, Operation | None]:
         """``weights``: the stored weights (the next step is computed from them);
         ``in_force``: the effective ones the routers served the window with (a paused
-        experiment sends everything to the baseline), for the sample-ratio gate."""
+        experiment sends everything to the baseline), for the sample-ratio gate. ``kind`` and
+        ``errors`` (the ledger's running regression errors per version) feed the error
+        gate of a regression model."""
         cand, base = self._window(merged)
         before = self.state
         self.state, decision = evaluate(self.plan, self.state, cand, base, now, shadow=shadow,
-                                        weights=in_force)
+                                        weights=in_force, kind=kind,
+                                        errors=self._errors_since_start(errors))
         if decision.action is Action.ADVANCE:
             reason = does_not_fit(
                 weights, self.plan.baseline, self.plan.candidate, decision.new_weight)

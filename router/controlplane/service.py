@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from models.kinds import REGRESSION
 from router.controlplane.canary import CanaryPlan, CanaryStatus, Verdict
 from router.controlplane.experiment import ExperimentState, effective_weights
 from router.controlplane.ledger import Ledger
@@ -202,14 +203,17 @@ class ExperimentService:
         if rollout is None or rollout.state.status is not CanaryStatus.RUNNING:
             return
         async with self.lock:
-            opened = rollout.base_window
+            opened, had_errors_base = rollout.base_window, rollout.errors_base is not None
+            regression = self.ledger.kind == REGRESSION
             decision, op = rollout.tick(
                 self.ledger.merged_metrics(), self.state.weights(), self.clock(),
                 shadow=self.ledger.merged_shadows().get(rollout.plan.candidate),
-                in_force=self._weights_in_force(),
+                in_force=self._weights_in_force(), kind=self.ledger.kind,
+                errors=self.ledger.errors if regression else None,
             )
             if decision.verdict is Verdict.WAIT:
-                if rollout.base_window != opened:  # a new window's start: durable too
+                started_errors = (rollout.errors_base is not None) != had_errors_base
+                if rollout.base_window != opened or started_errors:  # durable too
                     self._save_rollout()
                 return
             if op is not None:

@@ -15,11 +15,15 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score, r
 
 from models.kinds import OutputSpec, kind_problems
 from models.registry import Manifest
+from router.controlplane.canary import CanaryPlan, GateConfig, check_gates
+from router.controlplane.kind_stats import ErrorMoments
 from router.controlplane.ledger import Ledger
 from router.controlplane.report_html import render_report_html
+from router.controlplane.rollout import Rollout
 from router.controlplane.store import Journal
 from router.dataplane.cache import cache_key
 from router.dataplane.core import Prediction
+from router.dataplane.measures import ArmMetrics
 from router.http.follower import served_answers
 from router.http.ops import feedback_label
 from router.http.serving import ModelInfo
@@ -255,3 +259,64 @@ def test_a_value_for_a_classifier_and_a_label_for_values_are_refused() -> None:
         ledger.record_feedback("a", [1.0])
     with pytest.raises(InvalidInput, match="send its true value"):
         ledger.record_feedback("b", 1)
+
+
+# ---------------------------------------------------------------- the canary's error gate
+
+
+def _errors(rng: np.random.Generator, n: int, noise: float) -> ErrorMoments:
+    m = ErrorMoments()
+    y = rng.normal(100, 20, n)
+    m.add_batch((y + rng.normal(0, noise, n))[:, None], y[:, None])
+    return m
+
+
+def test_a_regression_canary_judges_the_error_not_the_labels() -> None:
+    rng = np.random.default_rng(11)
+    gates = GateConfig(min_feedback=200)
+    cand, base = ArmMetrics(), ArmMetrics()
+    for _ in range(300):
+        cand.record(5.0)
+        base.record(5.0)
+    worse = (_errors(rng, 400, 12.0), _errors(rng, 400, 5.0))
+    results, metrics = check_gates(gates, cand, base, kind="regression", errors=worse)
+    by = {r.name: r for r in results}
+    assert "accuracy_noninferiority" not in by and "label_shift" not in by
+    assert by["error_noninferiority"].status == "fail", by["error_noninferiority"].message
+    assert metrics["mae_ci_lo"] > metrics["mae_margin_abs"]  # above the 5 % margin
+    same = (_errors(rng, 2000, 5.0), _errors(rng, 2000, 5.0))
+    results, _ = check_gates(gates, cand, base, kind="regression", errors=same)
+    gate = {r.name: r for r in results}["error_noninferiority"]
+    # Not worse by the margin, or not yet shown either way (inconclusive is judged as skip).
+    assert gate.status == "pass" or "inconclusive" in gate.message, gate.message
+    few = (_errors(rng, 50, 5.0), _errors(rng, 50, 5.0))
+    results, _ = check_gates(gates, cand, base, kind="regression", errors=few)
+    gate = {r.name: r for r in results}["error_noninferiority"]
+    assert gate.status == "skip" and "50 candidate and 50 baseline true values" in gate.message
+    # A classifier's canary has no error gate.
+    results, _ = check_gates(gates, cand, base)
+    assert "error_noninferiority" not in {r.name for r in results}
+
+
+def test_the_rollout_counts_errors_since_its_first_tick_and_keeps_the_base() -> None:
+    rng = np.random.default_rng(5)
+    plan = CanaryPlan("v2", "v1", steps=(50.0, 100.0), interval_s=0, min_requests=0,
+                      gates=GateConfig(min_feedback=100, max_p99_ratio=None,
+                                       max_disagreement=None, srm_alpha=None))
+    rollout = Rollout.create(plan)
+    rollout.start({"v1": 100.0, "v2": 0.0}, 0.0)
+    before = {"v1": _errors(rng, 500, 5.0), "v2": _errors(rng, 500, 5.0)}
+    merged = {"v1": ArmMetrics(), "v2": ArmMetrics()}
+    rollout.tick(merged, {"v1": 50.0, "v2": 50.0}, 1.0, kind="regression", errors=before)
+    saved = Rollout.from_dict(json.loads(json.dumps(rollout.to_dict())))
+    assert saved.errors_base is not None
+    assert saved.errors_base["v2"].to_dict() == before["v2"].to_dict()
+    # Afterwards v2 errs far more: only what came after the base is judged.
+    later = {"v1": before["v1"].merged(_errors(rng, 400, 5.0)),
+             "v2": before["v2"].merged(_errors(rng, 400, 15.0))}
+    for m in merged.values():
+        for _ in range(10):
+            m.record(5.0)
+    decision, op = saved.tick(merged, {"v1": 50.0, "v2": 50.0}, 2.0, kind="regression",
+                              errors=later)
+    assert "error_noninferiority: fail" in " ".join(decision.reasons), decision.reasons
