@@ -225,9 +225,46 @@ def cmd_report(args: argparse.Namespace) -> int:
               f"p99 {num(s['p99_ms'])} ms")
     print("* baseline; p-value: two-proportion z-test of accuracy against the baseline, valid "
           "only read once at the planned n (n ok); act on the sequential test below")
+    for line in _kind_lines(report):
+        print(line)
     for line in _statistics_lines(report):
         print(line)
     return 0
+
+
+def _kind_lines(report: dict[str, Any]) -> list[str]:
+    """A regression model's errors per arm (MAE, RMSE with 95 % intervals, R²) and its
+    candidates' always-valid MAE comparison; a binary model's AUC per arm."""
+    def num(x: Any) -> str:
+        return "-" if x is None else f"{x:.4g}"
+
+    def rng(ci: Any) -> str:
+        return "-" if not ci else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
+
+    kind = report.get("kind", "multiclass")
+    lines: list[str] = []
+    if kind == "regression":
+        lines.append(f"{'arm':<8}{'n':>7}{'MAE':>10}{'95% CI':>22}{'RMSE':>10}{'95% CI':>22}"
+                     f"{'R2':>8}  (regression: errors on the true values fed back)")
+        for arm, r in report["arms"].items():
+            e = r.get("regression") or {}
+            lines.append(f"{arm + ('*' if r.get('baseline') else ''):<8}{e.get('n', 0):>7}"
+                         f"{num(e.get('mae')):>10}{rng(e.get('mae_ci95')):>22}"
+                         f"{num(e.get('rmse')):>10}{rng(e.get('rmse_ci95')):>22}"
+                         f"{num(e.get('r2')):>8}")
+        for arm, r in report["arms"].items():
+            if r.get("baseline") or r.get("mae_seq_p_value") is None:
+                continue
+            word = "significant" if r.get("mae_seq_significant") else "not significant"
+            lines.append(f"{arm} MAE - {report['baseline']} MAE: {num(r.get('mae_delta'))}, "
+                         f"always-valid interval {rng(r.get('mae_seq_ci'))}, p "
+                         f"{num(r.get('mae_seq_p_value'))}, Holm p "
+                         f"{num(r.get('mae_seq_p_value_holm'))}: {word}")
+    elif kind == "binary":
+        for arm, r in report["arms"].items():
+            lines.append(f"{arm}: AUC {num(r.get('auc'))} {rng(r.get('auc_ci95'))} over "
+                         f"{r.get('feedback_n', 0)} labels")
+    return lines
 
 
 def _statistics_lines(report: dict[str, Any]) -> list[str]:

@@ -320,3 +320,15 @@ def test_the_rollout_counts_errors_since_its_first_tick_and_keeps_the_base() -> 
     decision, op = saved.tick(merged, {"v1": 50.0, "v2": 50.0}, 2.0, kind="regression",
                               errors=later)
     assert "error_noninferiority: fail" in " ".join(decision.reasons), decision.reasons
+
+
+def test_the_cli_report_prints_the_errors(tmp_path: Path) -> None:
+    from serve.cli.admin import _kind_lines
+
+    ledger, _ = _regression_ledger(tmp_path)
+    report = ledger.report("v1", {"v1": 50.0, "v2": 50.0})
+    lines = _kind_lines(report)
+    assert lines[0].split()[:4] == ["arm", "n", "MAE", "95%"]
+    v2 = report["arms"]["v2"]["regression"]
+    assert any(line.startswith("v2 ") and f"{v2['mae']:.4g}" in line for line in lines)
+    assert any(line.startswith("v2 MAE - v1 MAE:") and "significant" in line for line in lines)
