@@ -87,6 +87,21 @@ def test_reference_infers_the_schema_and_verifies_on_its_rows(
     np.testing.assert_allclose(got[:, 0], est.predict(test), rtol=1e-6)
 
 
+def test_a_parquet_reference_is_read_like_a_csv_one(
+    tmp_path: Path, house: tuple[Path, Path, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's form: `--reference data.parquet` (pyarrow reads it)."""
+    artifact, reference, est = house
+    parquet = tmp_path / "reference.parquet"
+    pd.read_csv(reference).to_parquet(parquet)
+    assert _register(tmp_path, "--framework", "sklearn", "--artifact", str(artifact),
+                     "--kind", "regression", "--reference", str(parquet),
+                     "--target", "price", "--outputs", "price") == 0
+    m = Registry(tmp_path / "reg").manifest("house", "v1")
+    assert [f["name"] for f in m.input_schema or ()] == ["city", "rooms", "area"]
+    assert m.kind == "regression" and m.outputs == ("price",)
+
+
 def test_schema_file_binary_with_threshold(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
