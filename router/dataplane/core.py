@@ -31,7 +31,7 @@ from router.dataplane.policy import Arm, Policy, RouteContext, WeightedPolicy
 from router.dataplane.recorder import NullRecorder, Recorder
 from router.dataplane.shadow import ShadowStats
 from serve.config import AbserveConfig, ExperimentConfig
-from serve.errors import NotFound, ServiceUnavailable, UpstreamError
+from serve.errors import ConfigError, NotFound, ServiceUnavailable, UpstreamError
 
 __all__ = ["ArmStats", "Prediction", "RouterCore"]
 
@@ -96,6 +96,11 @@ class RouterCore:
 
     def __post_init__(self) -> None:
         exp = self.config.experiment
+        if self.spec is not None and not self.spec.classifies and exp.policy == "bandit":
+            raise ConfigError(
+                "experiment.policy: the bandit learns from labels and a regression model has "
+                "none; use policy: weighted (and a canary to move traffic)"
+            )
         self.model = self.config.model
         self.versions = frozenset(m.version for m in self.config.models)
         self.weighted = WeightedPolicy(salt=exp.name, rng=self.rng)

@@ -332,3 +332,23 @@ def test_the_cli_report_prints_the_errors(tmp_path: Path) -> None:
     v2 = report["arms"]["v2"]["regression"]
     assert any(line.startswith("v2 ") and f"{v2['mae']:.4g}" in line for line in lines)
     assert any(line.startswith("v2 MAE - v1 MAE:") and "significant" in line for line in lines)
+
+
+def test_a_regression_model_refuses_the_bandit() -> None:
+    from router.dataplane.cache import PredictionCache
+    from router.dataplane.core import RouterCore
+    from serve.config import parse_config
+    from serve.errors import ConfigError
+
+    config = parse_config({
+        "model": "sales", "models": [{"version": "v1"}, {"version": "v2"}],
+        "experiment": {"name": "e", "baseline": "v1", "policy": "bandit",
+                       "arms": [{"version": "v1", "weight": 50}, {"version": "v2", "weight": 50}]},
+    })
+
+    async def call(version: str, batch: np.ndarray, timeout_s: float) -> np.ndarray:
+        return np.zeros((len(batch), 1), dtype=np.float32)
+
+    with pytest.raises(ConfigError, match="bandit learns from labels"):
+        RouterCore(config, call, PredictionCache(None, width=1), lambda: 0.0, spec=REGRESSION)
+    RouterCore(config, call, PredictionCache(None, width=1), lambda: 0.0, spec=BINARY)
