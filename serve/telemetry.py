@@ -72,7 +72,8 @@ METRICS: dict[str, MetricSpec] = {
         ),
         MetricSpec(
             "abserve_shadow_agreed", "counter",
-            "Compared shadow rows whose label agreed with the primary's.",
+            "Compared shadow rows that agreed with the primary's answer (the same label; for a "
+            "regression model every output within experiment.agreement_rtol / agreement_atol).",
             ("experiment", "version"),
         ),
         MetricSpec(
