@@ -9,6 +9,7 @@ the tests validate configs in microseconds.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -43,10 +44,14 @@ __all__ = [
     "StateConfig",
     "load_config",
     "model_deployment_name",
+    "model_route_prefix",
     "parse_config",
+    "side_by_side_problems",
 ]
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MODELS_ROUTE = "/models/"  # a further model's route prefix: /models/<model>
+MODEL_ROUTE_RE = r"/models/[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 _WEIGHT_TOLERANCE = 1e-6
 
 
@@ -380,6 +385,25 @@ class HttpConfig(_Frozen):
         description="Where Serve runs its HTTP proxies: on every node, or only on the head "
         "(needed when several Ray nodes share one machine, and so one port).",
     )
+    route_prefix: str = Field(
+        "/",
+        description="Where this config's Serve application answers. `/`: the default "
+        "model, whose routes (`/predict`, `/v2/...`, `/admin/...`) answer at the root and "
+        "under `/models/<model>` too; `/models/<model>` (this config's model name): a "
+        "further model beside it (`abserve up -c a.yaml -c b.yaml`), every route under "
+        "that prefix. The applications share the cluster's one HTTP proxy, so configs "
+        "deployed side by side agree on host, port, ingress and proxy_location.",
+    )
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _check_route_prefix(cls, value: str) -> str:
+        if value == "/" or re.fullmatch(MODEL_ROUTE_RE, value):
+            return value
+        raise ValueError(
+            f"{value!r} is not allowed: use '/' (the default model) or '/models/<model>' "
+            "with this config's model name, e.g. '/models/sales' (no trailing slash)"
+        )
 
 
 class RouterConfig(_Replicas):
@@ -588,6 +612,17 @@ class AbserveConfig(_Frozen):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _route_prefix_names_this_model(self) -> AbserveConfig:
+        prefix = self.http.route_prefix
+        if prefix != "/" and prefix != model_route_prefix(self.model):
+            raise ValueError(
+                f"http.route_prefix: {prefix!r} names another model than this config's "
+                f"{self.model!r}; use {model_route_prefix(self.model)!r} (or '/' for the "
+                "default model)"
+            )
+        return self
+
     def model_config_for(self, version: str) -> ModelConfig:
         for m in self.models:
             if m.version == version:
@@ -609,6 +644,9 @@ def format_validation_errors(exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key; remove it or check its spelling"
+        if not err["loc"] and re.match(r"[A-Za-z_][\w.]*: ", msg):
+            lines.append(msg)  # a check across sections names its own field
+            continue
         lines.append(f"{loc}: {msg}")
     return "; ".join(lines)
 
@@ -644,6 +682,55 @@ def load_config(path: str | Path) -> AbserveConfig:
         token_file = (base / config.admin.token_file).resolve()
         update["admin"] = config.admin.model_copy(update={"token_file": str(token_file)})
     return config.model_copy(update=update)
+
+
+def model_route_prefix(model: str) -> str:
+    """The route prefix of a model beside the default one (and an alias of the default's)."""
+    return f"{MODELS_ROUTE}{model}"
+
+
+# What only the first config of `abserve up -c a.yaml -c b.yaml` decides (it starts the
+# cluster and its one HTTP proxy); a later config must agree or say nothing.
+_SHARED_HTTP = ("host", "port", "ingress", "proxy_location")
+
+
+def side_by_side_problems(configs: Sequence[tuple[str, AbserveConfig]]) -> list[str]:
+    """Why ``configs`` (each with the file it came from) cannot run side by side on one
+    cluster, one sentence each; [] when they can. Each config is its own Serve
+    application, so names, models and route prefixes must differ; the cluster and its
+    HTTP proxy are one, so the settings that start them must agree."""
+    problems: list[str] = []
+    if not configs:
+        return problems
+    first_name, first = configs[0]
+    seen: dict[str, dict[Any, str]] = {"app_name": {}, "model": {}, "http.route_prefix": {}}
+    for i, (name, config) in enumerate(configs):
+        for key, value in (("app_name", config.app_name), ("model", config.model),
+                           ("http.route_prefix", config.http.route_prefix)):
+            other = seen[key].get(value)
+            if other is not None:
+                problems.append(
+                    f"{name}: {key} {value!r} is also {other}'s; each config is its own "
+                    "Serve application: give each its own app_name, model and "
+                    "route_prefix ('/' for one, '/models/<model>' for the others)"
+                )
+            seen[key].setdefault(value, name)
+        if i == 0:
+            continue
+        for key in _SHARED_HTTP:
+            mine, theirs = getattr(config.http, key), getattr(first.http, key)
+            if mine != theirs:
+                problems.append(
+                    f"{name}: http.{key} {mine!r} differs from {first_name}'s {theirs!r}; "
+                    "the applications share the cluster's one HTTP proxy, which the first "
+                    f"config sets up: set the same http.{key} or leave it out"
+                )
+        if config.cluster != first.cluster:
+            problems.append(
+                f"{name}: its cluster section differs from {first_name}'s, which starts "
+                "(or names) the cluster they share: make it the same or leave it out"
+            )
+    return problems
 
 
 def sanitize_name(value: str) -> str:
