@@ -9,11 +9,17 @@ routes and its admission middleware hold this replica's real objects; none
 of them is pickled. It loads the colocated versions (deployments/colocated.py:
 scikit-learn ones by default) and never imports torch or tensorflow unless a
 version says ``colocated: true``.
+
+``RayCluster`` is the Ray side of router/http/multimodel.py: Serve's controller for
+the applications on the cluster, and the other applications' routers, whose
+``forward_http`` runs a forwarded request through their own app in-process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -26,13 +32,48 @@ from models.registry import Registry
 from router.controlplane.client import ControlClient
 from router.dataplane.upstream import Arms, RayRuntime
 from router.http.app import ReplicaParts, assemble, build_app, cache_backend
+from router.http.multimodel import ROUTER_INGRESS, HttpExchange, HttpReply, run_asgi
 from router.http.serving import ModelInfo
 from serve.config import model_deployment_name, parse_config
 from serve.telemetry import ray_metric_factory
 
-__all__ = ["Router"]
+__all__ = ["RayCluster", "Router"]
 
 log = logging.getLogger("ray.serve")
+
+
+class RayCluster:
+    """The other abserve applications, through Serve: its controller's instance details
+    (what ``serve.status()`` reads) and a handle to each application's router. Only the
+    model directory and the OIP forwarding call it, never the predict path."""
+
+    def __init__(self) -> None:
+        self._routers: dict[str, DeploymentHandle] = {}
+
+    async def details(self) -> Mapping[str, Any]:
+        from ray.serve.context import _get_global_client
+
+        def read() -> Mapping[str, Any]:
+            client = _get_global_client()
+            assert client is not None
+            return dict(client.get_serve_details())
+
+        return await asyncio.to_thread(read)  # a blocking ray.get: off the event loop
+
+    def _router(self, application: str) -> DeploymentHandle:
+        handle = self._routers.get(application)
+        if handle is None:
+            handle = serve.get_deployment_handle(ROUTER_INGRESS, app_name=application)
+            self._routers[application] = handle
+        return handle
+
+    async def model_of(self, application: str) -> str | None:
+        return str(await self._router(application).model_name.remote())
+
+    async def forward(self, application: str, request: HttpExchange) -> HttpReply:
+        reply = await self._router(application).forward_http.remote(request)
+        assert isinstance(reply, HttpReply)
+        return reply
 
 
 # No options here: serve/app.py sets every one from the config (.options), once.
@@ -67,7 +108,10 @@ class Router:
             runtime=runtime,
             metric_factory=ray_metric_factory,
             cache=cache_backend(cfg.cache),
+            cluster=RayCluster(),
         )
+        self._model = cfg.model
+        self._app: FastAPI | None = None
         # A failing copy of the baseline is backed by the baseline's deployment; a failing
         # copy of a candidate is the candidate's failure (fallback, breaker, canary gates).
         core = self.parts.core
@@ -96,5 +140,19 @@ class Router:
             raise RuntimeError("this replica class takes no faults (a production app)")
         return int(set_fault(**fault))
 
+    def model_name(self) -> str:
+        """The model this application serves (the directory asks when its route prefix
+        does not say)."""
+        return self._model
+
+    async def forward_http(self, request: HttpExchange) -> HttpReply:
+        """A request another router forwarded (an OIP call for this model at the cluster
+        root), run through this replica's own app: admission, routes and errors as if the
+        proxy had sent it here."""
+        if self._app is None:
+            raise RuntimeError("the router's app is not built yet")
+        return await run_asgi(self._app, request)
+
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_app(self.parts)
+        self._app = build_app(self.parts)
+        return self._app

@@ -31,9 +31,10 @@ from router.dataplane.recorder import BufferedRecorder, MetricFactory
 from router.http import admin, oip, ops, predict
 from router.http.auth import TOKEN_ENV, AdminAuth, load_admin_token
 from router.http.follower import Follower
+from router.http.multimodel import ClusterSource, ModelDirectory, OipForwarder, PrefixStep
 from router.http.predict import PredictEndpoint
 from router.http.serving import ModelInfo, Predictions, Runtime, UpstreamArms
-from serve.config import AbserveConfig, CacheConfig
+from serve.config import AbserveConfig, CacheConfig, model_route_prefix
 from serve.errors import AbserveError, to_http
 
 __all__ = ["ReplicaParts", "assemble", "build_app", "cache_backend"]
@@ -83,6 +84,7 @@ class ReplicaParts:
     follower: Follower
     admission: Admission
     auth: AdminAuth
+    directory: ModelDirectory
 
     def stats(self) -> dict[str, Any]:
         """This replica's own counters (/stats adds one replica's per version)."""
@@ -116,9 +118,12 @@ def assemble(
     runtime: Runtime,
     metric_factory: MetricFactory,
     cache: CacheSetup,
+    cluster: ClusterSource | None = None,
     clock: Callable[[], float] = time.monotonic,
     environ: Mapping[str, str] = os.environ,
 ) -> ReplicaParts:
+    """``cluster``: Serve's view of the other applications (router/ingress.py); None
+    lists this model alone and forwards nothing."""
     rc = config.router
     batcher = HopBatcher(
         arms.predict,
@@ -159,6 +164,10 @@ def assemble(
         admission=Admission(rc.max_inflight, rc.max_inflight_per_key, rc.retry_after_s,
                             config.http.user_key_header),
         auth=auth,
+        directory=ModelDirectory(
+            cluster, model=config.model, application=config.app_name,
+            route_prefix=config.http.route_prefix, timeout_s=rc.probe_timeout_s, clock=clock,
+        ),
     )
 
 
@@ -190,6 +199,12 @@ def build_app(parts: ReplicaParts) -> FastAPI:
     ops.register(
         app, config=config, model=parts.model, core=parts.core, follower=parts.follower,
         control=parts.control, arms=parts.arms, replica_stats=parts.stats, auth=parts.auth,
+        directory=parts.directory,
     )
+    # Outermost last: PrefixStep -> AdmissionMiddleware -> OipForwarder -> the routes.
+    app.add_middleware(OipForwarder, directory=parts.directory,
+                       max_body_bytes=config.http.max_body_bytes)
     app.add_middleware(AdmissionMiddleware, admission=parts.admission, routes=fast_routes)
+    if config.http.route_prefix == "/":  # the default model answers under its name too
+        app.add_middleware(PrefixStep, prefix=model_route_prefix(config.model))
     return app

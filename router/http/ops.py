@@ -20,6 +20,7 @@ from router.controlplane.report_html import render_report_html
 from router.dataplane.core import RouterCore
 from router.http.auth import REPORT_LINK_PARAM, AdminAuth
 from router.http.follower import Follower
+from router.http.multimodel import ModelDirectory
 from router.http.oip import arms_ready
 from router.http.serving import ModelInfo, UpstreamArms
 from router.http.wire import json_body, json_response
@@ -92,8 +93,10 @@ def register(
     arms: UpstreamArms,
     replica_stats: Callable[[], dict[str, Any]],
     auth: AdminAuth,
+    directory: ModelDirectory | None = None,
 ) -> None:
-    """``replica_stats``: this replica's own counters for /stats (the app gathers them)."""
+    """``replica_stats``: this replica's own counters for /stats (the app gathers them);
+    ``directory``: the cluster's abserve models, for /models."""
     probe_timeout_s = config.router.probe_timeout_s
 
     @app.get("/health")
@@ -110,8 +113,10 @@ def register(
 
     @app.get("/models")
     async def models() -> Response:
-        """Deployed versions, their manifests and current weights."""
+        """Deployed versions, their manifests and current weights; under "models", every
+        abserve model on the cluster (name, application, route_prefix, status)."""
         await follower.ensure_synced()
+        cluster = [] if directory is None else await directory.models()
         weights = {a.version: a.weight for a in core.arms}
         versions = []
         for version, manifest in model.manifests.items():
@@ -132,6 +137,7 @@ def register(
                 **model.spec.describe(),
                 "input_schema": None if model.schema is None else model.schema.to_json(),
                 "versions": versions,
+                "models": [entry.to_dict() for entry in cluster],
             }
         )
 
