@@ -3,6 +3,8 @@ shadows, arms and audit log; the automated canary; the experiment report.
 
 Each one is one HTTP call to the running router (``--url``, default: the one
 ``abserve up`` recorded); the router checks the token, this side only sends it.
+``--model NAME`` addresses that model's application, at ``/models/NAME``, with the
+admin token of its config; the default model needs none.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import sys
 import time
 from typing import Any
 
-from serve.cli.state import read_state
+from serve.cli.state import app_for_model, model_url, read_state
 from serve.config import load_config
 from serve.errors import AbserveError
 
-__all__ = ["ADMIN_COMMANDS", "add_parsers", "admin_call", "cmd_admin", "cmd_canary", "cmd_report",
-           "print_experiment", "reassigned_warning"]
+__all__ = ["ADMIN_COMMANDS", "add_model_option", "add_parsers", "admin_call", "cmd_admin",
+           "cmd_canary", "cmd_report", "print_experiment", "reassigned_warning"]
 
 
 # The admin commands that are one call each, with their help.
@@ -40,7 +42,10 @@ def _admin_token(args: argparse.Namespace, state: dict[str, Any]) -> str:
     from router.http.auth import TOKEN_ENV, load_admin_token
     from serve.config import AdminConfig
 
-    config_path = getattr(args, "config", None) or state.get("config")
+    model = getattr(args, "model", None)
+    recorded = app_for_model(state, model) if model else None
+    config_path = (getattr(args, "config", None) or (recorded or {}).get("config")
+                   or state.get("config"))
     admin = load_config(config_path).admin if config_path else AdminConfig()
     token = load_admin_token(admin)
     if token is None:
@@ -49,7 +54,16 @@ def _admin_token(args: argparse.Namespace, state: dict[str, Any]) -> str:
 
 
 def _base_url(args: argparse.Namespace, state: dict[str, Any]) -> str:
-    return str(args.url or state.get("url") or "http://127.0.0.1:8000").rstrip("/")
+    """The router to call: ``--url`` (or the recorded one), under ``/models/NAME`` when
+    ``--model NAME`` is given."""
+    base = str(args.url or state.get("url") or "http://127.0.0.1:8000")
+    return model_url(base, getattr(args, "model", None))
+
+
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="NAME",
+                        help="the model to address, at /models/NAME (default: the default "
+                             "model, at /)")
 
 
 def report_html_link(args: argparse.Namespace) -> str:
@@ -341,6 +355,7 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--gates", help='JSON, e.g. \'{"max_fallback_rate": 0.02}\'')
     c.add_argument("--url")
     c.add_argument("--config")
+    add_model_option(c)
     c.set_defaults(func=cmd_canary)
 
     rp = sub.add_parser("report", help="the experiment report: per-arm traffic, errors, latency, "
@@ -356,12 +371,14 @@ def add_parsers(sub: Any) -> None:
                     help="minutes the --html link stays valid (default 60)")
     rp.add_argument("--url")
     rp.add_argument("--config")
+    add_model_option(rp)
     rp.set_defaults(func=cmd_report)
 
     for name, text in ADMIN_COMMANDS.items():
         a = sub.add_parser(name, help=f"{text} (admin API; needs ABSERVE_ADMIN_TOKEN)")
         a.add_argument("--url")
         a.add_argument("--config", help="config whose admin.token_file to use")
+        add_model_option(a)
         if name == "traffic":
             a.add_argument("weights", nargs="+", metavar="VERSION=PERCENT")
         elif name == "shadow":

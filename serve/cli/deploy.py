@@ -3,8 +3,11 @@
 ``up`` checks what it can before it starts anything (serve/cli/precheck.py),
 starts (or joins) a Ray cluster and a redis-server, deploys, and waits until
 every arm answers; when Serve reports the deployment failed it shows the
-replica's own error, not only the deployment's name. What it started is
-recorded in ``.abserve/state.json`` for ``down``, which stops exactly that.
+replica's own error, not only the deployment's name. ``up -c a.yaml -c b.yaml``
+deploys each config as its own Serve application at its ``http.route_prefix``,
+on the cluster, HTTP proxy and Redis the first one sets up. What it started is
+recorded in ``.abserve/state.json`` for ``down``, which deletes every
+application and stops exactly those processes.
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ from serve.cli.precheck import check_before_deploy
 from serve.cli.state import (
     DEFAULT_CONFIG,
     STATE_DIR,
+    app_entry,
+    app_for_model,
+    merge_apps,
     read_state,
     record_extra_model,
     state_file,
     with_extra_models,
     write_state,
 )
-from serve.config import AbserveConfig, load_config
+from serve.config import AbserveConfig, load_config, side_by_side_problems
 from serve.errors import AbserveError
 from serve.local.env import ray_env
 from serve.local.pids import pid_alive, stop_pid
@@ -36,8 +42,9 @@ from serve.local.ray_head import connect, start_ray_head, stop_ray_head, wait_fo
 from serve.local.redis_server import start_redis
 
 __all__ = [
-    "add_parsers", "cmd_deploy_version", "cmd_down", "cmd_up", "deploy_app", "failure_text",
-    "http_get", "replica_error", "wait_running",
+    "add_parsers", "apps_to_delete", "cmd_deploy_version", "cmd_down", "cmd_up",
+    "config_paths", "deploy_app", "deploy_apps", "failure_text", "http_get", "load_configs",
+    "replica_error", "wait_running",
 ]
 
 # The redis-server `up` starts listens here when the port is free (else on any free one).
@@ -120,16 +127,22 @@ def wait_running(app_name: str, timeout_s: float) -> None:
         time.sleep(1)
 
 
-def deploy_app(config: AbserveConfig) -> None:
-    """Submit the application without blocking, so `up` can show progress."""
+def deploy_apps(configs: list[AbserveConfig]) -> None:
+    """Submit the applications, each at its route prefix, without blocking, so `up` can
+    show progress; Serve builds them side by side."""
     from ray import serve
 
     from serve.app import build_app
 
     serve.run_many(
-        [serve.RunTarget(build_app(config), name=config.app_name, route_prefix="/")],
+        [serve.RunTarget(build_app(c), name=c.app_name, route_prefix=c.http.route_prefix)
+         for c in configs],
         wait_for_applications_running=False,
     )
+
+
+def deploy_app(config: AbserveConfig) -> None:
+    deploy_apps([config])
 
 
 def _replicas_text(m: Any) -> str:
@@ -155,16 +168,21 @@ def _cluster_to_use(args: argparse.Namespace,
               "redeploying onto it")
         args.address = args.address or state.get("ray_address")
     address = args.address or os.environ.get("RAY_ADDRESS") or config.cluster.address
-    kept = ("ray_pid", "redis_pid", "redis_url")
+    kept = ("ray_pid", "redis_pid", "redis_url", "apps")
     same_cluster = address is not None and state.get("ray_address") == address
     return ({k: v for k, v in state.items() if k in kept} if same_cluster else {}), address
 
 
-def _start_redis_if_needed(config: AbserveConfig, state: dict[str, Any],
-                           redis_port: int | None) -> AbserveConfig:
-    """Redis first: the router reads its URL from the config it is given."""
-    redis_url = config.cache.redis_url or state.get("redis_url")
-    if config.cache.enabled and not redis_url:
+def _needs_redis(config: AbserveConfig) -> bool:
+    return config.cache.enabled and not config.cache.redis_url
+
+
+def _start_redis_if_needed(configs: list[AbserveConfig], state: dict[str, Any],
+                           redis_port: int | None) -> list[AbserveConfig]:
+    """Redis first: the router reads its URL from the config it is given. One
+    redis-server for every config that names none (their keys carry the model's name)."""
+    redis_url = state.get("redis_url")
+    if not redis_url and any(_needs_redis(c) for c in configs):
         port = redis_port or (DEFAULT_REDIS_PORT if port_free(DEFAULT_REDIS_PORT)
                               else free_port())
         try:
@@ -176,7 +194,9 @@ def _start_redis_if_needed(config: AbserveConfig, state: dict[str, Any],
             redis_url = f"redis://127.0.0.1:{port}/0"
             state.update(redis_pid=proc.pid, redis_url=redis_url)
             print(f"started redis-server on 127.0.0.1:{port} (pid {proc.pid})")
-    return _with_cache_url(config, redis_url) if redis_url else config
+    if not redis_url:
+        return configs
+    return [_with_cache_url(c, redis_url) if _needs_redis(c) else c for c in configs]
 
 
 def _start_head(config: AbserveConfig, state: dict[str, Any]) -> str:
@@ -200,45 +220,78 @@ def _wait_ready(url: str, timeout_s: float) -> None:
         time.sleep(1)
 
 
+def config_paths(args: argparse.Namespace) -> list[str]:
+    """The configs of ``up``: every ``-c``, in order; none: abserve.yaml."""
+    paths = list(args.config or [DEFAULT_CONFIG])
+    dupes = sorted({p for p in paths if paths.count(p) > 1})
+    if dupes:
+        raise AbserveError(f"config(s) {dupes} given twice; give each -c once")
+    return paths
+
+
+def load_configs(paths: list[str]) -> list[AbserveConfig]:
+    """Each config (with the versions ``deploy-version`` added), refused together when
+    they cannot run side by side (serve/config.py ``side_by_side_problems``)."""
+    configs = [with_extra_models(load_config(p)) for p in paths]
+    problems = side_by_side_problems(list(zip(paths, configs, strict=True)))
+    if problems:
+        listed = "\n".join(f"  - {p}" for p in problems)
+        raise AbserveError(f"not deploying, nothing was started; fix first:\n{listed}")
+    return configs
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from router.dataplane.cache import redact_url
 
-    config = with_extra_models(load_config(args.config))
-    state, address = _cluster_to_use(args, config)
-    needs_redis = config.cache.enabled and not (config.cache.redis_url or state.get("redis_url"))
-    check_before_deploy(config, starting_cluster=address is None,
-                        redis_port=args.redis_port if needs_redis else None)
+    paths = config_paths(args)
+    configs = load_configs(paths)
+    first = configs[0]
+    state, address = _cluster_to_use(args, first)
+    needs_redis = not state.get("redis_url") and any(_needs_redis(c) for c in configs)
+    check_before_deploy(
+        first, starting_cluster=address is None,
+        redis_port=args.redis_port if needs_redis else None,
+        others=list(zip(paths[1:], configs[1:], strict=True)), name=paths[0],
+    )
     STATE_DIR.mkdir(parents=True, exist_ok=True)
-    config = _start_redis_if_needed(config, state, args.redis_port)
+    configs = _start_redis_if_needed(configs, state, args.redis_port)
 
     # Serve reads its ingress flags from the environment at import: the driver too.
-    os.environ.update(ray_env(config.http.ingress))
+    os.environ.update(ray_env(first.http.ingress))
     if address is None:
-        address = _start_head(config, state)
+        address = _start_head(first, state)
     state["ray_address"] = address
     write_state(state)
 
     connect(address)
     from ray import serve
 
-    serve.start(proxy_location=config.http.proxy_location,
-                http_options={"host": config.http.host, "port": config.http.port})
-    print(f"deploying {config.app_name}: "
-          + ", ".join(f"{config.model}:{m.version} x{_replicas_text(m)}" for m in config.models),
-          flush=True)
-    deploy_app(config)
-    wait_running(config.app_name, args.timeout)
-    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
-    url = f"http://{host}:{config.http.port}"
-    _wait_ready(url, args.timeout)
-    dashboard = f"http://{config.cluster.dashboard_host}:{config.cluster.dashboard_port}"
-    state.update(url=url, app_name=config.app_name, dashboard=dashboard,
-                 config=str(Path(args.config).resolve()))
+    serve.start(proxy_location=first.http.proxy_location,
+                http_options={"host": first.http.host, "port": first.http.port})
+    for config in configs:
+        at = config.http.route_prefix
+        print(f"deploying {config.app_name} at {at}: "
+              + ", ".join(f"{config.model}:{m.version} x{_replicas_text(m)}"
+                          for m in config.models), flush=True)
+    deploy_apps(configs)
+    host = "127.0.0.1" if first.http.host in ("0.0.0.0", "::") else first.http.host
+    url = f"http://{host}:{first.http.port}"
+    apps = [app_entry(c, str(Path(p).resolve()), url)
+            for p, c in zip(paths, configs, strict=True)]
+    for config, app in zip(configs, apps, strict=True):
+        wait_running(config.app_name, args.timeout)
+        _wait_ready(app["url"], args.timeout)
+    dashboard = f"http://{first.cluster.dashboard_host}:{first.cluster.dashboard_port}"
+    state.update(url=url, app_name=first.app_name, dashboard=dashboard,
+                 config=apps[0]["config"], apps=merge_apps(state.get("apps") or [], apps))
     write_state(state)
-    redis_url = config.cache.redis_url
-    print(f"ready: every arm answers\n  endpoint:  {url}/predict   (docs: {url}/docs)\n"
+    redis_urls = {c.cache.redis_url for c in configs if c.cache.enabled}
+    cache = ", ".join(sorted(redact_url(u) if u else "in-process LRU" for u in redis_urls))
+    endpoints = "\n".join(f"  endpoint:  {a['url']}/predict   ({a['model']}; docs: "
+                          f"{a['url']}/docs)" for a in apps)
+    print(f"ready: every arm answers\n{endpoints}\n"
           f"  dashboard: {dashboard}\n"
-          f"  cache:     {redact_url(redis_url) if redis_url else 'in-process LRU'}\n"
+          f"  cache:     {cache or 'off'}\n"
           "  stop with: abserve down")
     return 0
 
@@ -253,7 +306,11 @@ def cmd_deploy_version(args: argparse.Namespace) -> int:
     from serve.config import ModelConfig
 
     state = read_state()
-    config_path = args.config or state.get("config")
+    recorded = app_for_model(state, args.model) if args.model else None
+    if args.model and recorded is None and not args.config:
+        raise AbserveError(f"no application of model {args.model!r} recorded; run "
+                           "`abserve up -c CONFIG` with its config, or pass --config")
+    config_path = args.config or (recorded or {}).get("config") or state.get("config")
     if not config_path or not state.get("ray_address"):
         raise AbserveError("no running application recorded; run `abserve up` first")
     config = with_extra_models(load_config(config_path))
@@ -274,12 +331,22 @@ def cmd_deploy_version(args: argparse.Namespace) -> int:
     deploy_app(new)
     wait_running(new.app_name, args.timeout)
     record_extra_model(config, entry.model_dump(mode="json"))
-    # Only now, with its replicas ready, does it become an arm (at weight 0).
+    # Only now, with its replicas ready, does it become an arm (at weight 0), through
+    # this model's own admin API.
     args.url = None
+    args.model = None if new.http.route_prefix == "/" else new.model
     print_experiment(admin_call(args, "POST", "/admin/candidates",
                                 {"version": args.version, "weight": 0}))
     print(f"{args.version} is ready at weight 0; raise it with `abserve traffic`")
     return 0
+
+
+def apps_to_delete(state: dict[str, Any]) -> list[str]:
+    """Every application ``up`` recorded (a state from before ``apps``: its one)."""
+    names = [str(a["app_name"]) for a in state.get("apps") or [] if a.get("app_name")]
+    if state.get("app_name") and state["app_name"] not in names:
+        names.insert(0, str(state["app_name"]))
+    return names
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -287,15 +354,22 @@ def cmd_down(args: argparse.Namespace) -> int:
     if not state:
         print("nothing to stop (no .abserve/state.json)")
         return 0
-    if state.get("ray_address") and state.get("app_name"):
-        # Delete our application first, on a cluster we started too: a graceful stop lets
-        # the experiment controller save its last second of counters (a SIGKILL would not).
+    names = apps_to_delete(state)
+    if state.get("ray_address") and names:
+        # Delete our applications first, on a cluster we started too: a graceful stop lets
+        # each experiment controller save its last second of counters (SIGKILL would not).
         with contextlib.suppress(Exception):
             connect(state["ray_address"])
             from ray import serve
 
-            serve.delete(state["app_name"])
-            print(f"deleted application {state['app_name']} from {state['ray_address']}")
+            for name in names:
+                try:
+                    serve.delete(name)
+                except Exception as exc:  # noqa: BLE001 - delete the others all the same
+                    print(f"warning: could not delete application {name}: {exc}",
+                          file=sys.stderr)
+                else:
+                    print(f"deleted application {name} from {state['ray_address']}")
     if state.get("ray_pid"):
         stop_ray_head(int(state["ray_pid"]), timeout_s=60)
         print(f"stopped the Ray cluster (pid {state['ray_pid']})")
@@ -307,8 +381,11 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    u = sub.add_parser("up", help="start (or join) a Ray cluster and deploy the config")
-    u.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    u = sub.add_parser("up", help="start (or join) a Ray cluster and deploy the config(s), "
+                                  "each as its own application at its http.route_prefix")
+    u.add_argument("--config", "-c", action="append", metavar="FILE",
+                   help=f"a config to deploy (default {DEFAULT_CONFIG}); repeat it to serve "
+                        "several models side by side: the first starts the cluster and Redis")
     u.add_argument("--address", help="existing Ray cluster (or set RAY_ADDRESS)")
     u.add_argument("--redis-port", type=int, help="port of the local redis-server to start")
     u.add_argument("--timeout", type=float, default=300)
@@ -318,6 +395,8 @@ def add_parsers(sub: Any) -> None:
                         help="deploy a registered version into the running app, at weight 0")
     dv.add_argument("version")
     dv.add_argument("--config", "-c")
+    dv.add_argument("--model", help="the model whose application gets the version "
+                                    "(default: the default model's)")
     dv.add_argument("--replicas", type=int, default=1)
     dv.add_argument("--num-cpus", type=float, default=0.25)
     dv.add_argument("--num-gpus", type=float, default=0.0)
@@ -325,5 +404,6 @@ def add_parsers(sub: Any) -> None:
     dv.add_argument("--timeout", type=float, default=300)
     dv.set_defaults(func=cmd_deploy_version)
 
-    d = sub.add_parser("down", help="stop what `abserve up` started, by PID")
+    d = sub.add_parser("down", help="delete every application `abserve up` deployed, then "
+                                    "stop what it started, by PID")
     d.set_defaults(func=cmd_down)

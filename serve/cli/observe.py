@@ -1,7 +1,8 @@
 """Commands that look at the running application: status, predict, scale-history.
 
 ``status`` and ``predict`` need no admin token; ``status`` asks Ray only for
-the replica counts (``--no-replicas`` skips even that).
+the replica counts (``--no-replicas`` skips even that). ``--model NAME``
+addresses that model's application, at ``/models/NAME``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from serve.cli.admin import add_model_option
 from serve.cli.deploy import http_get
-from serve.cli.state import STATE_DIR, read_state
+from serve.cli.state import STATE_DIR, app_for_model, model_url, read_state
 from serve.errors import AbserveError
 from serve.local.ray_head import connect, enable_token_auth
 
-__all__ = ["add_parsers", "cmd_predict", "cmd_scale_history", "cmd_status"]
+__all__ = ["add_parsers", "cmd_predict", "cmd_scale_history", "cmd_status", "sample_body"]
+
+
+def _app_name(state: dict[str, Any], model: str | None) -> str | None:
+    """The Serve application of ``model`` (None: the default one), as `up` recorded it."""
+    if model is None:
+        return state.get("app_name")
+    recorded = app_for_model(state, model)
+    return None if recorded is None else recorded.get("app_name")
 
 
 def _replica_counts(state: dict[str, Any], app_name: str | None) -> dict[str, Any]:
@@ -48,10 +58,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from serve.app import ROUTER_DEPLOYMENT, model_deployment_name
 
     state = read_state()
-    url = args.url or state.get("url")
-    if url is None:
+    base = args.url or state.get("url")
+    if base is None:
         print("no application recorded in .abserve/state.json; run `abserve up`", file=sys.stderr)
         return 1
+    url = model_url(base, args.model)
     try:
         _, models = http_get(f"{url}/models")
         ready_status, ready = http_get(f"{url}/ready")
@@ -59,7 +70,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001
         print(f"{url} does not answer: {exc}", file=sys.stderr)
         return 1
-    replicas = {} if args.no_replicas else _replica_counts(state, state.get("app_name"))
+    replicas = {} if args.no_replicas else _replica_counts(state, _app_name(state, args.model))
 
     def replicas_of(deployment: str) -> str:
         c = replicas.get(deployment)
@@ -92,19 +103,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if ready_status == 200 else 1
 
 
+def sample_body(models: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """A /predict body for the model GET /models describes: a demo record or window, or
+    for another model an input its schema (or input shape) accepts."""
+    schema = models.get("input_schema")
+    if schema:
+        if models.get("model") == "sales":
+            from models.sales.data import records
+
+            return {"record": records(1, seed)[0]}
+        record: dict[str, Any] = {}
+        for f in schema:
+            if f.get("default") is not None or not f.get("required", True):
+                continue  # an optional field: its default
+            values = {"float": 1.0, "int": 1, "bool": False}
+            record[f["name"]] = (f["categories"][0] if f["dtype"] == "category"
+                                 else values.get(f["dtype"], 1.0))
+        return {"record": record}
+    shape = [int(n) for n in models.get("input_shape") or []]
+    if models.get("model", "activity") == "activity" and shape in ([], [50, 9]):
+        from models.activity.data import sample_window
+
+        return {"features": sample_window(seed)}
+    import numpy as np
+
+    return {"features": np.random.default_rng(seed).normal(size=shape).round(4).tolist()}
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import httpx
 
-    from models.activity.data import sample_window
-
     state = read_state()
-    url = args.url or state.get("url") or "http://127.0.0.1:8000"
+    url = model_url(args.url or state.get("url") or "http://127.0.0.1:8000", args.model)
     headers = {}
     if args.user:
         headers["X-User-Id"] = args.user
     if args.version:
         headers["X-Model-Version"] = args.version
-    r = httpx.post(f"{url}/predict", json={"features": sample_window(args.seed)},
+    described = httpx.get(f"{url}/models", timeout=30)
+    if described.status_code != 200:
+        raise AbserveError(f"{url}/models answered {described.status_code}: "
+                           f"{described.text[:200]}")
+    r = httpx.post(f"{url}/predict", json=sample_body(described.json(), args.seed),
                    headers=headers, timeout=30)
     print(json.dumps(r.json(), indent=2))
     print(" ".join(f"{k}: {r.headers.get(k)}" for k in ("X-Model-Version", "X-Cache",
@@ -127,7 +167,7 @@ def cmd_scale_history(args: argparse.Namespace) -> int:
 
     state = read_state()
     address = args.address or state.get("ray_address") or os.environ.get("RAY_ADDRESS")
-    app_name = args.app or state.get("app_name")
+    app_name = args.app or _app_name(state, args.model)
     if not address or not app_name:
         raise AbserveError("no running application recorded; run `abserve up` or pass "
                            "--address and --app")
@@ -162,13 +202,16 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--url")
     s.add_argument("--no-replicas", action="store_true",
                    help="do not connect to Ray for the replica counts (faster)")
+    add_model_option(s)
     s.set_defaults(func=cmd_status)
 
-    pr = sub.add_parser("predict", help="send a sample sensor window to /predict")
+    pr = sub.add_parser("predict", help="send a sample input (a sensor window; a record for "
+                                        "a tabular model) to /predict")
     pr.add_argument("--url")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--user", help="sticky user key (X-User-Id)")
     pr.add_argument("--version", help="pin a version (X-Model-Version)")
+    add_model_option(pr)
     pr.set_defaults(func=cmd_predict)
 
     sh = sub.add_parser("scale-history",
@@ -178,5 +221,7 @@ def add_parsers(sub: Any) -> None:
                     help="sample the replica counts for S seconds, printing each step")
     sh.add_argument("--interval", type=float, default=0.5, help="seconds between samples")
     sh.add_argument("--app", help="Serve application (default: the one `up` deployed)")
+    sh.add_argument("--model", metavar="NAME",
+                    help="the application of this model, as `up` recorded it")
     sh.add_argument("--address", help="Ray cluster (default: the one `up` used)")
     sh.set_defaults(func=cmd_scale_history)

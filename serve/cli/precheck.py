@@ -8,7 +8,7 @@ valid here (``load_config`` refused it otherwise).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from serve.config import AbserveConfig
 from serve.errors import AbserveError, ConfigError
@@ -77,13 +77,24 @@ def port_problems(config: AbserveConfig, *, starting_cluster: bool,
 
 
 def check_before_deploy(config: AbserveConfig, *, starting_cluster: bool,
-                        redis_port: int | None = None) -> None:
-    """Raise one AbserveError listing every problem found; nothing has been started yet."""
+                        redis_port: int | None = None,
+                        others: Sequence[tuple[str, AbserveConfig]] = (),
+                        name: str = "") -> None:
+    """Raise one AbserveError listing every problem found; nothing has been started yet.
+
+    ``others``: the further configs of ``up -c a.yaml -c b.yaml`` (file, config), checked
+    alike but for the ports, which the first config binds; with them, each problem names
+    its file (``name`` is the first config's)."""
     problems = [
         *registry_problems(config),
         *admin_token_problems(config),
         *port_problems(config, starting_cluster=starting_cluster, redis_port=redis_port),
     ]
+    if others:
+        problems = [f"{name}: {p}" for p in problems]
+        for other_name, other in others:
+            problems += [f"{other_name}: {p}"
+                         for p in (*registry_problems(other), *admin_token_problems(other))]
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise AbserveError(f"not deploying, nothing was started; fix first:\n{listed}")
