@@ -2,23 +2,44 @@
 
 Replicas, resources and batching reach the deployments through
 ``.options(...)`` here and nowhere else, straight from the validated config.
-"""
 
-from __future__ import annotations
+``app`` is the same application for Ray's own tools: ``serve run serve.app:app
+config=abserve.yaml``, or ``import_path: serve.app:app`` with ``args: {config: ...}`` in a
+Serve config file for ``serve deploy`` and KubeRay's RayService. Serve validates its
+arguments with the pydantic model ``AppArgs`` (field-named errors).
+
+No ``from __future__ import annotations`` here, on purpose: Serve reads the builder's
+parameter annotation with ``inspect.signature`` and validates ``args`` only when it is the
+``AppArgs`` class itself, not the string a postponed annotation would be.
+"""
 
 import hashlib
 import json
+import logging
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from ray.serve.schema import LoggingConfig
 
-from serve.config import AbserveConfig, AutoscalingConfig, ModelConfig, model_deployment_name
+from serve.config import (
+    AbserveConfig,
+    AutoscalingConfig,
+    ModelConfig,
+    load_config,
+    model_deployment_name,
+)
 
-__all__ = ["CONTROLLER_DEPLOYMENT", "ROUTER_DEPLOYMENT", "build_app", "model_deployment_name"]
+__all__ = [
+    "CONTROLLER_DEPLOYMENT", "ROUTER_DEPLOYMENT", "AppArgs", "app", "build_app",
+    "config_from_args", "model_deployment_name",
+]
+
+log = logging.getLogger("ray.serve")
 
 ROUTER_DEPLOYMENT = "router"
 CONTROLLER_DEPLOYMENT = "controller"
@@ -126,3 +147,52 @@ def build_app(config: AbserveConfig, *, model_deployment: Any = None) -> Applica
             status_code=503, retry_after_s=config.router.retry_after_s
         ),
     ).bind(config_dict, handles, controller, model_deployment.func_or_class)
+
+
+class AppArgs(BaseModel):
+    """The arguments of ``serve.app:app`` (``serve run serve.app:app config=...`` or a Serve
+    config file's ``args``). Paths are read where the application is built: by ``serve
+    run``'s driver, or by the cluster for ``serve deploy`` (relative to the runtime_env's
+    working_dir there)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: str = Field(description="Path of the abserve YAML config.")
+    redis_url: str | None = Field(
+        None, description="Overrides cache.redis_url: the Redis every router replica reaches "
+        "(`serve run` and `serve deploy` start none; without one each router replica keeps "
+        "its own in-process LRU).")
+    registry: str | None = Field(None, description="Overrides the config's registry path.")
+    state_dir: str | None = Field(None, description="Overrides state.dir (the controller's "
+                                  "durable experiment state, on the head node).")
+
+
+def config_from_args(args: AppArgs) -> AbserveConfig:
+    """The validated abserve config that ``args`` name, with their overrides applied."""
+    config = load_config(args.config)
+    update: dict[str, Any] = {}
+    if args.redis_url is not None:
+        update["cache"] = config.cache.model_copy(update={"redis_url": args.redis_url})
+    if args.registry is not None:
+        update["registry"] = str(Path(args.registry).resolve())
+    if args.state_dir is not None:
+        update["state"] = config.state.model_copy(
+            update={"dir": str(Path(args.state_dir).resolve())})
+    return config.model_copy(update=update) if update else config
+
+
+def app(args: AppArgs) -> Application:
+    """The whole application from an abserve config, for ``serve run`` / ``serve deploy``."""
+    config = config_from_args(args)
+    if config.cache.enabled and not config.cache.redis_url:
+        log.warning("abserve: cache.redis_url is empty: each router replica caches in its own "
+                    "in-process LRU (set it, or pass redis_url=...)")
+    if config.http.ingress == "throughput" and os.environ.get(
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED", "0") != "1":
+        # The ingress mode is the cluster's, read by Serve at start from the environment of
+        # `ray start` (serve/local/env.py ray_env); the builder cannot change it.
+        log.warning("abserve: http.ingress is throughput but this process's environment lacks "
+                    "RAY_SERVE_THROUGHPUT_OPTIMIZED=1: start every node's `ray start` with "
+                    "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 (the "
+                    "benchmarked mode), or set http.ingress: default")
+    return build_app(config)
