@@ -71,11 +71,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="session")
 def registry_root(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The three demo versions, trained for real (smaller sets than `abserve train`)."""
+    """The demo versions, trained for real (smaller sets than `abserve train`): activity
+    v1-v3 (plus the user's v4 and the constant v9) and the sales forecast v1-v2 (a
+    regression on tabular records, ~7 s), so several models can run side by side."""
     from models.activity.train import train_all
+    from models.sales.train import train_all as train_sales
 
     root = tmp_path_factory.mktemp("registry")
     train_all(root, seed=0, n_train=1500, n_test=500, quiet=True)
+    train_sales(root, seed=0, n_train=2000, n_test=500, quiet=True)
     _register_user_model(root, tmp_path_factory.mktemp("user-model"))
     return str(root)
 
