@@ -240,6 +240,14 @@ def load_configs(paths: list[str]) -> list[AbserveConfig]:
     return configs
 
 
+def _start_serve(config: AbserveConfig) -> None:
+    """Serve's controller and the cluster's one HTTP proxy, as the first config says."""
+    from ray import serve
+
+    serve.start(proxy_location=config.http.proxy_location,
+                http_options={"host": config.http.host, "port": config.http.port})
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from router.dataplane.cache import redact_url
 
@@ -264,10 +272,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     write_state(state)
 
     connect(address)
-    from ray import serve
-
-    serve.start(proxy_location=first.http.proxy_location,
-                http_options={"host": first.http.host, "port": first.http.port})
+    _start_serve(first)
     for config in configs:
         at = config.http.route_prefix
         print(f"deploying {config.app_name} at {at}: "
@@ -349,6 +354,19 @@ def apps_to_delete(state: dict[str, Any]) -> list[str]:
     return names
 
 
+def _delete_apps(address: str, names: list[str]) -> None:
+    connect(address)
+    from ray import serve
+
+    for name in names:
+        try:
+            serve.delete(name)
+        except Exception as exc:  # noqa: BLE001 - delete the others all the same
+            print(f"warning: could not delete application {name}: {exc}", file=sys.stderr)
+        else:
+            print(f"deleted application {name} from {address}")
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     state = read_state()
     if not state:
@@ -359,17 +377,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         # Delete our applications first, on a cluster we started too: a graceful stop lets
         # each experiment controller save its last second of counters (SIGKILL would not).
         with contextlib.suppress(Exception):
-            connect(state["ray_address"])
-            from ray import serve
-
-            for name in names:
-                try:
-                    serve.delete(name)
-                except Exception as exc:  # noqa: BLE001 - delete the others all the same
-                    print(f"warning: could not delete application {name}: {exc}",
-                          file=sys.stderr)
-                else:
-                    print(f"deleted application {name} from {state['ray_address']}")
+            _delete_apps(state["ray_address"], names)
     if state.get("ray_pid"):
         stop_ray_head(int(state["ray_pid"]), timeout_s=60)
         print(f"stopped the Ray cluster (pid {state['ray_pid']})")

@@ -286,3 +286,77 @@ def test_parser_keeps_deploy_version_and_down() -> None:
     args = build_parser().parse_args(["deploy-version", "v3", "--model", "sales"])
     assert (args.version, args.model, args.config) == ("v3", "sales", None)
     assert isinstance(build_parser().parse_args(["down"]), argparse.Namespace)
+
+
+# ------------------------------------------------------------------ up and down, Ray faked
+
+
+def test_up_deploys_every_config_on_one_cluster_and_down_deletes_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cmd_up`` / ``cmd_down`` with every call that reaches Ray or starts a process
+    replaced: what is started once, what each config gets, what state.json records."""
+    from types import SimpleNamespace
+
+    from serve.cli import deploy
+
+    state_dir = tmp_path / ".abserve"
+    monkeypatch.setattr(cli_state, "STATE_DIR", state_dir)
+    monkeypatch.setattr(deploy, "STATE_DIR", state_dir)
+    calls: dict[str, list[Any]] = {k: [] for k in (
+        "check", "redis", "head", "serve", "deploy", "running", "ready", "delete", "stop")}
+
+    def start_head(config: AbserveConfig, state: dict[str, Any]) -> str:
+        calls["head"].append(config.app_name)
+        state["ray_pid"] = 4242
+        return "127.0.0.1:6385"
+
+    def start_redis(port: int, log: Path) -> Any:
+        calls["redis"].append(port)
+        return SimpleNamespace(pid=4343)
+
+    monkeypatch.setattr(deploy, "check_before_deploy",
+                        lambda first, **kw: calls["check"].append((first.app_name, kw)))
+    monkeypatch.setattr(deploy, "start_redis", start_redis)
+    monkeypatch.setattr(deploy, "port_free", lambda port: True)
+    monkeypatch.setattr(deploy, "ray_env", lambda mode: {})
+    monkeypatch.setattr(deploy, "_start_head", start_head)
+    monkeypatch.setattr(deploy, "connect", lambda address, **kw: None)
+    monkeypatch.setattr(deploy, "_start_serve", lambda c: calls["serve"].append(c.http.port))
+    monkeypatch.setattr(deploy, "deploy_apps", lambda cs: calls["deploy"].append(cs))
+    monkeypatch.setattr(deploy, "wait_running", lambda name, t: calls["running"].append(name))
+    monkeypatch.setattr(deploy, "_wait_ready", lambda url, t: calls["ready"].append(url))
+    monkeypatch.setattr(deploy, "_delete_apps",
+                        lambda address, names: calls["delete"].append((address, names)))
+    monkeypatch.setattr(deploy, "stop_ray_head", lambda pid, **kw: calls["stop"].append(pid))
+    monkeypatch.setattr(deploy, "stop_pid", lambda pid, **kw: calls["stop"].append(pid))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    a = _write(tmp_path / "a.yaml", _data())
+    b = _write(tmp_path / "b.yaml", _data("sales", http={"route_prefix": "/models/sales"},
+                                          cache={"key_prefix": "shop"}))
+    parser = build_parser()
+    assert deploy.cmd_up(parser.parse_args(["up", "-c", a, "-c", b])) == 0
+
+    assert calls["head"] == ["activity"] and calls["serve"] == [8000]  # once, by the first
+    assert calls["redis"] == [deploy.DEFAULT_REDIS_PORT]  # one redis-server for both
+    (first, kw), = calls["check"]
+    assert first == "activity" and [n for n, _ in kw["others"]] == [b]
+    (deployed,) = calls["deploy"]
+    assert [(c.app_name, c.http.route_prefix) for c in deployed] == [
+        ("activity", "/"), ("sales", "/models/sales")]
+    assert {c.cache.redis_url for c in deployed} == {"redis://127.0.0.1:6390/0"}
+    assert deployed[1].cache.key_prefix == "shop"
+    assert calls["running"] == ["activity", "sales"]
+    assert calls["ready"] == ["http://127.0.0.1:8000", "http://127.0.0.1:8000/models/sales"]
+    state = cli_state.read_state()
+    assert (state["ray_pid"], state["redis_pid"], state["app_name"]) == (4242, 4343, "activity")
+    assert [(x["app_name"], x["route_prefix"]) for x in state["apps"]] == [
+        ("activity", "/"), ("sales", "/models/sales")]
+    out = capsys.readouterr().out
+    assert "endpoint:  http://127.0.0.1:8000/models/sales/predict   (sales" in out
+
+    assert deploy.cmd_down(parser.parse_args(["down"])) == 0
+    assert calls["delete"] == [("127.0.0.1:6385", ["activity", "sales"])]
+    assert calls["stop"] == [4242, 4343]  # Ray after the applications, then Redis
+    assert not cli_state.state_file().exists()
