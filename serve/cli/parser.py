@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from serve.cli import admin, bench, deploy, models, observe
+from serve.cli import admin, bench, deploy, models, observe, serveconfig
 from serve.errors import AbserveError
 
 __all__ = ["build_parser", "main"]
 
 DESCRIPTION = "A/B tests and canary rollouts of ML models on Ray Serve."
-COMMAND_MODULES = (models, deploy, observe, admin, bench)
+COMMAND_MODULES = (models, deploy, serveconfig, observe, admin, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
