@@ -29,7 +29,8 @@ def _modules(package: str) -> list[str]:
 PURE = [
     *_modules("router.dataplane"), *_modules("router.protocol"),
     *_modules("router.controlplane"),
-    "serve.config", "serve.errors", "serve.telemetry", "serve.local.env", "router.http.auth",
+    "serve.config", "serve.errors", "serve.telemetry", "serve.local.env", "serve.serve_config",
+    "router.http.auth",
     "models", "models.registry", "models.register", "models.activity.data",
     "models.activity.features", "models.activity.train", "deployments.backends",
 ]
