@@ -1,0 +1,241 @@
+"""Ray's own tools deploy abserve: `serve deploy` of the file `abserve serve-config` writes,
+and `serve run serve.app:app config=...`, onto a cluster started with plain `ray start --head`
+(issue 18, the Serve config file).
+
+The head is a `ray start --head --block` child of this test, on free ports (GCS, dashboard,
+client server, metrics, agents), with Ray 2.60's token auth given as RAY_AUTH_MODE=token and
+RAY_AUTH_TOKEN (a fresh token, so nothing is read from or written to ~/.ray), Serve's default
+ingress, and its working directory the test's own: the config path in the file is relative
+and resolves there, on the node that builds the application. A redis-server of its own
+replaces the one `abserve up` would start (args.redis_url). Everything started here is
+stopped by PID, the processes' descendants included, even on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from serve.local import free_port, port_open, ray_env, start_redis, stop_pid
+from tests.integration.test_multinode import _clean_env, _descendants, _kill, _wait_port
+
+APP = "servedeploy"
+CONFIG = "small.yaml"  # relative: resolved in the head's working directory (the builder's)
+BIN = Path(sys.executable).parent
+WINDOW = [[0.1] * 9] * 50
+
+
+@dataclass
+class Cluster:
+    work: Path
+    env: dict[str, str]
+    http_port: int
+    redis_url: str
+    gcs_port: int = field(default_factory=free_port)
+    dashboard_port: int = field(default_factory=free_port)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    seen: dict[int, tuple[str, int]] = field(default_factory=dict)
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start_head(self) -> None:
+        cmd = [str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+               "--node-ip-address=127.0.0.1", "--num-cpus=2", f"--port={self.gcs_port}",
+               "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+               f"--dashboard-port={self.dashboard_port}",
+               f"--ray-client-server-port={free_port()}",
+               f"--metrics-export-port={free_port()}",
+               f"--dashboard-agent-listen-port={free_port()}",
+               f"--dashboard-agent-grpc-port={free_port()}",
+               f"--runtime-env-agent-port={free_port()}"]
+        self.popen("head", cmd)
+        _wait_port(self.gcs_port, self.procs["head"], 60)
+        deadline = time.monotonic() + 60
+        while not port_open(self.dashboard_port):
+            assert self.procs["head"].poll() is None, self.log("head")
+            assert time.monotonic() < deadline, "the dashboard did not open in 60 s"
+            time.sleep(0.5)
+
+    def popen(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        with open(self.work / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(cmd, cwd=self.work, env=self.env, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.work / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    def cli(self, *cmd: str, timeout: float = 120) -> str:
+        out = subprocess.run(list(cmd), cwd=self.work, env=self.env, capture_output=True,
+                             text=True, timeout=timeout)
+        assert out.returncode == 0, f"{cmd}: rc {out.returncode}\n{out.stdout}\n" \
+                                    f"{out.stderr[-3000:]}"
+        return out.stdout
+
+    def remember_descendants(self) -> None:
+        for proc in self.procs.values():
+            self.seen.update(_descendants(proc.pid))
+
+    def stop(self, name: str, sig: signal.Signals = signal.SIGTERM, wait_s: float = 30) -> int:
+        """``sig`` to one process we started, SIGKILL after ``wait_s``; its exit code."""
+        self.remember_descendants()
+        proc = self.procs.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            return proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            stop_pid(proc.pid, timeout_s=5)
+            return proc.wait(5)
+
+    def stop_all(self) -> None:
+        for name in [n for n in self.procs if n != "head"] + ["head"]:
+            if name in self.procs:
+                self.stop(name)
+        for pid, identity in self.seen.items():  # whatever the head left behind, by PID
+            _kill(pid, identity)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, registry_root: str) -> Iterator[Cluster]:
+    work = tmp_path_factory.mktemp("serve-deploy")
+    redis_port = free_port()
+    redis = start_redis(redis_port, work / "redis.log")
+    env = _clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
+                     **ray_env("default"))
+    c = Cluster(work, env, free_port(), f"redis://127.0.0.1:{redis_port}/0")
+    (work / CONFIG).write_text(yaml.safe_dump({
+        "app_name": APP,
+        "registry": registry_root,
+        "models": [{"version": "v1", "num_cpus": 0.1}, {"version": "v4", "num_cpus": 0.1}],
+        "experiment": {"name": APP, "baseline": "v1", "timeout_ms": 5000,
+                       "arms": [{"version": "v1", "weight": 50},
+                                {"version": "v4", "weight": 50}]},
+        "cache": {"redis_url": None, "key_prefix": APP},  # args.redis_url fills it in
+        "http": {"port": c.http_port, "ingress": "default"},
+        "router": {"num_cpus": 0.1},
+        "state": {"dir": "state"},  # relative to the config file
+    }))
+    try:
+        c.start_head()
+        yield c
+    finally:
+        try:
+            c.stop_all()
+        finally:
+            stop_pid(redis.pid)
+
+
+def serve_status(c: Cluster) -> dict[str, Any]:
+    return dict(yaml.safe_load(c.cli(str(BIN / "serve"), "status", "-a", c.dashboard)))
+
+
+def wait_running(c: Cluster, app: str, timeout_s: float = 300) -> dict[str, Any]:
+    """`serve status` until ``app`` is RUNNING; fails at once on DEPLOY_FAILED."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = serve_status(c)
+        c.remember_descendants()
+        found = (status.get("applications") or {}).get(app)
+        if found and found["status"] == "RUNNING":
+            return status
+        assert not found or found["status"] != "DEPLOY_FAILED", yaml.safe_dump(found)
+        assert time.monotonic() < deadline, f"{app} not RUNNING in {timeout_s}s:\n" \
+                                            f"{yaml.safe_dump(status)}"
+        time.sleep(2)
+
+
+def check_serving(c: Cluster, status: dict[str, Any], app: str) -> None:
+    """Every version's deployment healthy in `serve status`; /predict answers from the
+    pinned version and from the experiment; the answer lands in the Redis of args.redis_url."""
+    deployments = status["applications"][app]["deployments"]
+    assert set(deployments) == {"activity-v1", "activity-v4", "router", "controller"}, \
+        sorted(deployments)
+    assert {d["status"] for d in deployments.values()} == {"HEALTHY"}, deployments
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{c.url}/ready", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, httpx.get(f"{c.url}/ready", timeout=10).text
+        time.sleep(1)
+    r = httpx.post(f"{c.url}/predict", json={"features": WINDOW},
+                   headers={"X-Model-Version": "v4"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == "v4" and r.headers["X-Fallback"] == "false"
+    r = httpx.post(f"{c.url}/predict", json={"features": WINDOW}, timeout=30)
+    assert r.status_code == 200 and r.json()["version"] in ("v1", "v4"), r.text
+    import redis
+
+    client = redis.Redis.from_url(c.redis_url, socket_timeout=2)
+    deadline = time.monotonic() + 10
+    while not client.keys(f"{APP}:activity:v4:*"):  # cache writes run in the background
+        assert time.monotonic() < deadline, "no cache key in args.redis_url's Redis"
+        time.sleep(0.2)
+
+
+def test_serve_deploy_of_the_generated_file(cluster: Cluster) -> None:
+    c = cluster
+    out = c.cli(sys.executable, "-m", "serve.cli", "serve-config", "-c", CONFIG,
+                "--redis-url", c.redis_url, "-o", "serve.yaml")
+    assert "serve deploy serve.yaml" in out
+    generated = yaml.safe_load((c.work / "serve.yaml").read_text())
+    assert generated["applications"][0]["args"] == {"config": CONFIG,
+                                                    "redis_url": c.redis_url}
+    c.cli(str(BIN / "serve"), "deploy", "serve.yaml", "-a", c.dashboard)
+    started = time.monotonic()
+    status = wait_running(c, APP)
+    print(f"\nserve deploy: {APP} RUNNING after {time.monotonic() - started:.1f}s")
+    print(yaml.safe_dump(status["applications"][APP]["deployments"]))
+    check_serving(c, status, APP)
+    assert status["proxies"], status  # Serve's proxy, on the file's http_options port
+    # Keep Serve (and its proxy) up for the next test: an empty declarative config deletes
+    # the applications that config files deployed, and only those.
+    (c.work / "empty.yaml").write_text(yaml.safe_dump(
+        {"http_options": generated["http_options"], "applications": []}))
+    c.cli(str(BIN / "serve"), "deploy", "empty.yaml", "-a", c.dashboard)
+    deadline = time.monotonic() + 60
+    while APP in (serve_status(c).get("applications") or {}):
+        assert time.monotonic() < deadline, "the application was not deleted"
+        time.sleep(1)
+
+
+def test_serve_run_builds_on_the_driver(cluster: Cluster) -> None:
+    """`serve run serve.app:app config=... redis_url=...` in the background: the driver builds
+    the application (its cwd resolves the config), Serve runs it; SIGINT stops it."""
+    c = cluster
+    proc = c.popen("serve-run", [
+        str(BIN / "serve"), "run", "serve.app:app", f"config={CONFIG}",
+        f"redis_url={c.redis_url}", "--name", APP, "--route-prefix", "/",
+        "-a", f"127.0.0.1:{c.gcs_port}"])
+    started = time.monotonic()
+    deadline = started + 300
+    while True:
+        assert proc.poll() is None, c.log("serve-run")
+        apps = serve_status(c).get("applications") or {}
+        if apps.get(APP, {}).get("status") == "RUNNING":
+            break
+        assert time.monotonic() < deadline, c.log("serve-run")
+        time.sleep(2)
+    print(f"\nserve run: {APP} RUNNING after {time.monotonic() - started:.1f}s")
+    check_serving(c, wait_running(c, APP), APP)
+    # Ctrl-C: serve run shuts Serve down on the cluster and exits.
+    assert c.stop("serve-run", signal.SIGINT, wait_s=90) == 0, c.log("serve-run")
+    assert not (serve_status(c).get("applications") or {}), c.log("serve-run")
