@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,9 @@ from serve.local.haproxy import haproxy_pids
 from serve.local.pids import stop_pid
 from serve.local.ports import free_port
 
-__all__ = ["PrivateRay", "private_ray", "stop_private_ray", "use_private_ray_env"]
+__all__ = [
+    "PrivateRay", "private_ray", "private_ray_env", "stop_private_ray", "use_private_ray_env",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +40,38 @@ _SERVE_FIXED_PORTS = (
 _DIRECT_INGRESS_RANGE = 100
 
 
+def private_ray_env(mode: IngressMode, environ: Mapping[str, str]) -> dict[str, str]:
+    """What a private Ray in ``mode`` needs on top of ``environ``: the ingress flags of
+    ``mode``, and everything else only where ``environ`` does not already say otherwise.
+
+    For this process (``use_private_ray_env``) or a ``ray start`` child's environment.
+    """
+    env = ray_env(mode)
+    defaults = {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Deleting an ingress app waits out a 30 s drain for clients still connected
+        # directly; benchmarks and tests delete apps only after their load stopped.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    }
+    if mode == "throughput":
+        for var in _SERVE_FIXED_PORTS:
+            defaults[var] = str(free_port())
+        for proto in ("HTTP", "GRPC"):
+            base = min(free_port(), 65535 - 2 * _DIRECT_INGRESS_RANGE)
+            defaults[f"RAY_SERVE_DIRECT_INGRESS_MIN_{proto}_PORT"] = str(base)
+            defaults[f"RAY_SERVE_DIRECT_INGRESS_MAX_{proto}_PORT"] = str(
+                base + _DIRECT_INGRESS_RANGE)
+    env.update({k: v for k, v in defaults.items() if k not in environ})
+    return env
+
+
 def use_private_ray_env(mode: IngressMode) -> None:
     """This process's environment for a private Ray in ``mode`` (Ray reads it at start).
 
     The ingress flags of ``mode`` are set; everything else only where the
     environment does not already say otherwise.
     """
-    os.environ.update(ray_env(mode))
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Deleting an ingress app waits out a 30 s drain for clients still connected
-    # directly; benchmarks and tests delete apps only after their load stopped.
-    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
-    if mode != "throughput":
-        return
-    for var in _SERVE_FIXED_PORTS:
-        os.environ.setdefault(var, str(free_port()))
-    for proto in ("HTTP", "GRPC"):
-        base = min(free_port(), 65535 - 2 * _DIRECT_INGRESS_RANGE)
-        os.environ.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MIN_{proto}_PORT", str(base))
-        os.environ.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MAX_{proto}_PORT",
-                              str(base + _DIRECT_INGRESS_RANGE))
+    os.environ.update(private_ray_env(mode, os.environ))
 
 
 @dataclass

@@ -4,11 +4,14 @@ and `serve run serve.app:app config=...`, onto a cluster started with plain `ray
 
 The head is a `ray start --head --block` child of this test, on free ports (GCS, dashboard,
 client server, metrics, agents), with Ray 2.60's token auth given as RAY_AUTH_MODE=token and
-RAY_AUTH_TOKEN (a fresh token, so nothing is read from or written to ~/.ray), Serve's default
-ingress, and its working directory the test's own: the config path in the file is relative
-and resolves there, on the node that builds the application. A redis-server of its own
-replaces the one `abserve up` would start (args.redis_url). Everything started here is
-stopped by PID, the processes' descendants included, even on failure.
+RAY_AUTH_TOKEN (a fresh token, so nothing is read from or written to ~/.ray), once in each
+ingress mode (throughput: RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 in the
+environment of `ray start` and of the CLIs, Serve's fixed ports moved to free ones; default),
+one cluster after the other, and its working directory the test's own: the config path in
+the file is relative and resolves there, on the node that builds the application. A
+redis-server of its own replaces the one `abserve up` would start (args.redis_url).
+Everything started here is stopped by PID, the processes' descendants (Serve's HAProxy
+among them) included, even on failure.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import httpx
 import pytest
 import yaml
 
-from serve.local import free_port, port_open, ray_env, start_redis, stop_pid
+from serve.local import free_port, port_open, private_ray_env, start_redis, stop_pid
 from tests.integration.test_multinode import _clean_env, _descendants, _kill, _wait_port
 
 APP = "servedeploy"
@@ -43,6 +46,7 @@ class Cluster:
     env: dict[str, str]
     http_port: int
     redis_url: str
+    mode: str
     gcs_port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -116,14 +120,16 @@ class Cluster:
             _kill(pid, identity)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, registry_root: str) -> Iterator[Cluster]:
-    work = tmp_path_factory.mktemp("serve-deploy")
+@pytest.fixture(scope="module", params=["throughput", "default"])
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            registry_root: str) -> Iterator[Cluster]:
+    mode = request.param
+    work = tmp_path_factory.mktemp(f"serve-deploy-{mode}")
     redis_port = free_port()
     redis = start_redis(redis_port, work / "redis.log")
-    env = _clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
-                     **ray_env("default"))
-    c = Cluster(work, env, free_port(), f"redis://127.0.0.1:{redis_port}/0")
+    env = _clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+    env.update(private_ray_env(mode, env))
+    c = Cluster(work, env, free_port(), f"redis://127.0.0.1:{redis_port}/0", mode)
     (work / CONFIG).write_text(yaml.safe_dump({
         "app_name": APP,
         "registry": registry_root,
@@ -132,7 +138,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, registry_root: str) -> Ite
                        "arms": [{"version": "v1", "weight": 50},
                                 {"version": "v4", "weight": 50}]},
         "cache": {"redis_url": None, "key_prefix": APP},  # args.redis_url fills it in
-        "http": {"port": c.http_port, "ingress": "default"},
+        "http": {"port": c.http_port, "ingress": mode},
         "router": {"num_cpus": 0.1},
         "state": {"dir": "state"},  # relative to the config file
     }))
@@ -206,6 +212,8 @@ def test_serve_deploy_of_the_generated_file(cluster: Cluster) -> None:
     print(yaml.safe_dump(status["applications"][APP]["deployments"]))
     check_serving(c, status, APP)
     assert status["proxies"], status  # Serve's proxy, on the file's http_options port
+    haproxy = [pid for pid, (name, _) in c.seen.items() if name == "haproxy"]
+    assert bool(haproxy) == (c.mode == "throughput"), (c.mode, haproxy)
     # Keep Serve (and its proxy) up for the next test: an empty declarative config deletes
     # the applications that config files deployed, and only those.
     (c.work / "empty.yaml").write_text(yaml.safe_dump(
