@@ -346,7 +346,7 @@ def test_rediss_tls_with_a_password(tmp_path: Path) -> None:
         url = f"rediss://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
 
         async def roundtrip(tls: dict[str, Any]) -> tuple[Any, Any]:
-            cache = PredictionCache(RedisCache(url, tls=tls), n_classes=2, timeout_s=2.0)
+            cache = PredictionCache(RedisCache(url, tls=tls), width=2, timeout_s=2.0)
             try:
                 await cache.get_many(["tls:k"])  # connects (or fails to: a bypass)
                 cache.set_many_background([("tls:k", [0.25, 0.75])])

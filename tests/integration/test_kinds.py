@@ -162,8 +162,8 @@ def test_oip_takes_records_and_answers_predictions(sales: str, registry_root: st
                         ("competitor_distance_km", "FP64"))),
     ]
     with httpx.Client(timeout=30) as client:
-        r = client.post(f"{sales}/v2/models/sales/infer", json={"inputs": columns},
-                        headers={"X-Model-Version": "v1"})
+        # OIP pins a version by its path (the X-Model-Version header is /predict's).
+        r = client.post(f"{sales}/v2/models/sales/versions/v1/infer", json={"inputs": columns})
         assert r.status_code == 200, r.text
         out = {o["name"]: o for o in r.json()["outputs"]}
         assert list(out) == ["predictions"] and out["predictions"]["shape"] == [2, 1]
