@@ -334,7 +334,9 @@ class CacheConfig(_Frozen):
     enabled: bool = Field(True, description="Cache predictions keyed by version and input.")
     redis_url: str | None = Field(
         None,
-        description="redis://[user:password@]host:port/db, or rediss:// for TLS (or the "
+        description="redis://[user:password@]host:port/db, or rediss:// for TLS; a Redis "
+        "Cluster as redis+cluster://host:port[,host:port...] (rediss+cluster:// for TLS; "
+        "look-ups batched per hash slot, docs/serving.md) (or the "
         "environment variable ABSERVE_REDIS_URL, which keeps the password out of the file). "
         "The password is redacted wherever the URL is shown. Empty: `abserve up` starts a "
         "local redis-server, or falls back to an in-process LRU cache when redis-server is "
