@@ -212,6 +212,13 @@ def test_serve_deploy_of_the_generated_file(cluster: Cluster) -> None:
     print(yaml.safe_dump(status["applications"][APP]["deployments"]))
     check_serving(c, status, APP)
     assert status["proxies"], status  # Serve's proxy, on the file's http_options port
+    # The cluster does check the token: a CLI without RAY_AUTH_MODE sends none and is refused.
+    no_mode = {k: v for k, v in c.env.items() if k != "RAY_AUTH_MODE"}
+    refused = subprocess.run([str(BIN / "serve"), "status", "-a", c.dashboard], cwd=c.work,
+                             env=no_mode, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "applications" not in refused.stdout, refused.stdout
+    print(f"serve status without RAY_AUTH_MODE: rc {refused.returncode}, "
+          f"{refused.stderr.strip().splitlines()[-1:]}")
     haproxy = [pid for pid, (name, _) in c.seen.items() if name == "haproxy"]
     assert bool(haproxy) == (c.mode == "throughput"), (c.mode, haproxy)
     # Keep Serve (and its proxy) up for the next test: an empty declarative config deletes
