@@ -15,7 +15,9 @@ import orjson
 
 from serve.errors import BadRequest, InvalidInput, UnsupportedMediaType
 
-__all__ = ["check_content_type", "parse_batch", "parse_json", "parse_single", "to_instance"]
+__all__ = [
+    "check_content_type", "only_key", "parse_batch", "parse_json", "parse_single", "to_instance",
+]
 
 
 def check_content_type(content_type: str | None) -> None:
@@ -66,7 +68,8 @@ def to_instance(value: Any, shape: Sequence[int], where: str) -> np.ndarray:
     return arr
 
 
-def _object(data: Any, key: str) -> Any:
+def only_key(data: Any, key: str) -> Any:
+    """The value of a body that must be a JSON object with exactly the key ``key``."""
     if not isinstance(data, dict):
         raise InvalidInput(f"body must be a JSON object with key {key!r}", field=key)
     if key not in data:
@@ -79,12 +82,12 @@ def _object(data: Any, key: str) -> Any:
 
 def parse_single(data: Any, shape: Sequence[int]) -> np.ndarray:
     """Body of POST /predict -> a batch of one, shape (1, *shape)."""
-    return to_instance(_object(data, "features"), shape, "features")[None]
+    return to_instance(only_key(data, "features"), shape, "features")[None]
 
 
 def parse_batch(data: Any, shape: Sequence[int], max_instances: int) -> np.ndarray:
     """Body of POST /predict/batch -> shape (n, *shape)."""
-    instances = _object(data, "instances")
+    instances = only_key(data, "instances")
     if not isinstance(instances, list):
         raise InvalidInput("instances: expected a list of inputs", field="instances")
     if not instances:

@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 
 from models.schema import Schema
+from router.protocol.request import only_key
 from serve.errors import InvalidInput
 
 __all__ = [
@@ -45,25 +46,14 @@ _NOT_SUPPORTED = ("binary_data_size", "shared_memory_region")
 # ---------------------------------------------------------------- REST bodies
 
 
-def _object(data: Any, key: str) -> Any:
-    if not isinstance(data, dict):
-        raise InvalidInput(f"body must be a JSON object with key {key!r}", field=key)
-    if key not in data:
-        raise InvalidInput(f"missing required key {key!r}", field=key)
-    extra = sorted(set(data) - {key})
-    if extra:
-        raise InvalidInput(f"unknown key(s) {extra}; only {key!r} is accepted", field=extra[0])
-    return data[key]
-
-
 def parse_record_single(data: Any, schema: Schema) -> np.ndarray:
     """Body of POST /predict, ``{"record": {...}}`` -> a batch of one, shape (1, width)."""
-    return schema.encode([_object(data, "record")], where="record", single=True)
+    return schema.encode([only_key(data, "record")], where="record", single=True)
 
 
 def parse_record_batch(data: Any, schema: Schema, max_instances: int) -> np.ndarray:
     """Body of POST /predict/batch, ``{"records": [{...}, ...]}`` -> shape (n, width)."""
-    records = _object(data, "records")
+    records = only_key(data, "records")
     if not isinstance(records, list):
         raise InvalidInput("records: expected a list of records (JSON objects)", field="records")
     if not records:
