@@ -10,8 +10,9 @@ environment of `ray start` and of the CLIs, Serve's fixed ports moved to free on
 one cluster after the other, and its working directory the test's own: the config path in
 the file is relative and resolves there, on the node that builds the application. A
 redis-server of its own replaces the one `abserve up` would start (args.redis_url).
-Everything started here is stopped by PID, the processes' descendants (Serve's HAProxy
-among them) included, even on failure.
+A redeploy shows when Serve rebuilds (only for changed args). Everything started here is
+stopped by PID, the processes' descendants (Serve's HAProxy among them) included, even on
+failure.
 """
 
 from __future__ import annotations
@@ -221,10 +222,57 @@ def test_serve_deploy_of_the_generated_file(cluster: Cluster) -> None:
           f"{refused.stderr.strip().splitlines()[-1:]}")
     haproxy = [pid for pid, (name, _) in c.seen.items() if name == "haproxy"]
     assert bool(haproxy) == (c.mode == "throughput"), (c.mode, haproxy)
+
+
+def pids(c: Cluster) -> dict[str, int]:
+    """The router replica's PID and one replica's per version, from the router's /stats."""
+    stats = httpx.get(f"{c.url}/stats", timeout=30).json()
+    return {"router": stats["pid"], **{v: m["pid"] for v, m in stats["models"].items()}}
+
+
+def batch_status(c: Cluster) -> int:
+    return httpx.post(f"{c.url}/predict/batch", json={"instances": [WINDOW, WINDOW]},
+                      timeout=30).status_code
+
+
+def test_serve_deploy_rebuilds_only_when_the_args_change(cluster: Cluster) -> None:
+    """What docs/operations.md says: Serve (Ray 2.60) rebuilds an application from a file
+    only when its import_path, args or runtime_env change, not when the config file that
+    args.config names does; a rebuild then restarts every deployment of the application."""
+    c = cluster
+    original = (c.work / CONFIG).read_text()
+    before = pids(c)
+    assert batch_status(c) == 200
+    edited = yaml.safe_load(original)
+    edited["http"]["max_batch_instances"] = 1
+    try:
+        (c.work / CONFIG).write_text(yaml.safe_dump(edited))
+        c.cli(str(BIN / "serve"), "deploy", "serve.yaml", "-a", c.dashboard)
+        time.sleep(10)
+        wait_running(c, APP)
+        assert batch_status(c) == 200 and pids(c) == before  # the same args: nothing rebuilt
+        (c.work / "small-2.yaml").write_text(yaml.safe_dump(edited))
+        c.cli(sys.executable, "-m", "serve.cli", "serve-config", "-c", "small-2.yaml",
+              "--redis-url", c.redis_url, "-o", "serve-2.yaml")
+        c.cli(str(BIN / "serve"), "deploy", "serve-2.yaml", "-a", c.dashboard)
+        deadline = time.monotonic() + 240
+        while True:  # the old router answers until the new one is up
+            with contextlib.suppress(httpx.HTTPError):
+                if batch_status(c) == 422:
+                    break
+            assert time.monotonic() < deadline, "serve-2.yaml was not applied"
+            time.sleep(2)
+        wait_running(c, APP)
+        after = pids(c)
+        assert set(after) == set(before)
+        assert all(after[k] != before[k] for k in before), (before, after)
+    finally:
+        (c.work / CONFIG).write_text(original)
     # Keep Serve (and its proxy) up for the next test: an empty declarative config deletes
     # the applications that config files deployed, and only those.
     (c.work / "empty.yaml").write_text(yaml.safe_dump(
-        {"http_options": generated["http_options"], "applications": []}))
+        {"http_options": yaml.safe_load((c.work / "serve.yaml").read_text())["http_options"],
+         "applications": []}))
     c.cli(str(BIN / "serve"), "deploy", "empty.yaml", "-a", c.dashboard)
     deadline = time.monotonic() + 60
     while APP in (serve_status(c).get("applications") or {}):
