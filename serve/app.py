@@ -184,7 +184,8 @@ def config_from_args(args: AppArgs) -> AbserveConfig:
 def app(args: AppArgs) -> Application:
     """The whole application from an abserve config, for ``serve run`` / ``serve deploy``."""
     config = config_from_args(args)
-    if config.cache.enabled and not config.cache.redis_url:
+    if config.cache.enabled and not (config.cache.redis_url
+                                     or os.environ.get("ABSERVE_REDIS_URL")):
         log.warning("abserve: cache.redis_url is empty: each router replica caches in its own "
                     "in-process LRU (set it, or pass redis_url=...)")
     if config.http.ingress == "throughput" and os.environ.get(
