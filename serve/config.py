@@ -342,6 +342,19 @@ class CacheConfig(_Frozen):
         "local redis-server, or falls back to an in-process LRU cache when redis-server is "
         "not installed.",
     )
+    managed_maxmemory_mb: int = Field(
+        512,
+        ge=1,
+        description="The memory bound (maxmemory) of the redis-server `abserve up` starts "
+        "when redis_url is empty: past it the cache evicts (managed_eviction) instead of "
+        "growing until the node runs out. A cached row of 8 probabilities takes about 490 "
+        "bytes (measured), so 512 MB holds about a million. For a Redis of your own, set its "
+        "maxmemory and a policy that evicts; `abserve up` warns when it would not.",
+    )
+    managed_eviction: Literal["allkeys-lru", "allkeys-lfu", "volatile-lru", "volatile-ttl"] = (
+        Field("allkeys-lru", description="The managed redis-server's maxmemory-policy: which "
+              "keys go first past the bound (every cached key has a TTL, so volatile-* evict "
+              "too)."))
     tls_ca_file: str | None = Field(
         None, description="rediss://: CA bundle that signed the server's certificate."
     )

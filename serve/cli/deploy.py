@@ -39,7 +39,7 @@ from serve.local.env import ray_env
 from serve.local.pids import pid_alive, stop_pid
 from serve.local.ports import free_port, port_free
 from serve.local.ray_head import connect, start_ray_head, stop_ray_head, wait_for_gcs
-from serve.local.redis_server import start_redis
+from serve.local.redis_server import eviction_warning, start_redis
 
 __all__ = [
     "add_parsers", "apps_to_delete", "cmd_deploy_version", "cmd_down", "cmd_up",
@@ -173,6 +173,32 @@ def _cluster_to_use(args: argparse.Namespace,
     return ({k: v for k, v in state.items() if k in kept} if same_cluster else {}), address
 
 
+def _warn_if_redis_would_not_evict(url: str) -> None:
+    """A Redis of the user's own, checked once at `up`: unbounded, or full and refusing
+    writes, it is no cache (CONFIG GET maxmemory*; managed services that refuse CONFIG
+    are said to be unchecked). Never fails `up`: the routers bypass a Redis they cannot use."""
+    from router.dataplane.cache import redact_url
+
+    if "+cluster://" in url:
+        return  # each node has its own settings; see docs/serving.md "Redis Cluster"
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2,
+                                      decode_responses=True)
+        try:
+            info = dict(client.config_get("maxmemory*"))
+        finally:
+            client.close()
+    except Exception as exc:  # noqa: BLE001 - a check, not a requirement
+        print(f"note: could not check {redact_url(url)}'s memory bound ({type(exc).__name__}); "
+              "make sure it has a maxmemory and an evicting maxmemory-policy", file=sys.stderr)
+        return
+    problem = eviction_warning(info)
+    if problem is not None:
+        print(f"warning: Redis {redact_url(url)}: {problem}", file=sys.stderr)
+
+
 def _needs_redis(config: AbserveConfig) -> bool:
     return config.cache.enabled and not config.cache.redis_url
 
@@ -186,7 +212,10 @@ def _start_redis_if_needed(configs: list[AbserveConfig], state: dict[str, Any],
         port = redis_port or (DEFAULT_REDIS_PORT if port_free(DEFAULT_REDIS_PORT)
                               else free_port())
         try:
-            proc = start_redis(port, STATE_DIR.resolve() / "redis.log")
+            managed = [c.cache for c in configs if _needs_redis(c)]
+            proc = start_redis(port, STATE_DIR.resolve() / "redis.log",
+                               maxmemory_mb=max(c.managed_maxmemory_mb for c in managed),
+                               eviction=managed[0].managed_eviction)
         except FileNotFoundError:
             print("warning: redis-server is not installed and cache.redis_url is empty: "
                   "using an in-process LRU cache per router replica", file=sys.stderr)
@@ -262,6 +291,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         others=list(zip(paths[1:], configs[1:], strict=True)), name=paths[0],
     )
     STATE_DIR.mkdir(parents=True, exist_ok=True)
+    for url in sorted({c.cache.redis_url for c in configs
+                       if c.cache.enabled and c.cache.redis_url}):
+        _warn_if_redis_would_not_evict(url)
     configs = _start_redis_if_needed(configs, state, args.redis_port)
 
     # Serve reads its ingress flags from the environment at import: the driver too.

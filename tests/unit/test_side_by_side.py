@@ -311,7 +311,7 @@ def test_up_deploys_every_config_on_one_cluster_and_down_deletes_them_all(
         state["ray_pid"] = 4242
         return "127.0.0.1:6385"
 
-    def start_redis(port: int, log: Path) -> Any:
+    def start_redis(port: int, log: Path, **bound: Any) -> Any:
         calls["redis"].append(port)
         return SimpleNamespace(pid=4343)
 
