@@ -16,7 +16,8 @@ import orjson
 from serve.errors import BadRequest, InvalidInput, UnsupportedMediaType
 
 __all__ = [
-    "check_content_type", "only_key", "parse_batch", "parse_json", "parse_single", "to_instance",
+    "batch_items", "check_content_type", "only_key", "parse_batch", "parse_json", "parse_single",
+    "to_instance",
 ]
 
 
@@ -85,18 +86,27 @@ def parse_single(data: Any, shape: Sequence[int]) -> np.ndarray:
     return to_instance(only_key(data, "features"), shape, "features")[None]
 
 
+def batch_items(
+    data: Any, key: str, max_instances: int, *, noun: str = "inputs",
+    expected: str = "a list of inputs",
+) -> list[Any]:
+    """The list under ``key`` of a /predict/batch body: a non-empty list of at most
+    ``max_instances`` items (tensors' ``instances``, records' ``records``)."""
+    items = only_key(data, key)
+    if not isinstance(items, list):
+        raise InvalidInput(f"{key}: expected {expected}", field=key)
+    if not items:
+        raise InvalidInput(f"{key}: the batch is empty", field=key)
+    if len(items) > max_instances:
+        raise InvalidInput(
+            f"{key}: {len(items)} {noun}, the most per request is {max_instances}", field=key
+        )
+    return items
+
+
 def parse_batch(data: Any, shape: Sequence[int], max_instances: int) -> np.ndarray:
     """Body of POST /predict/batch -> shape (n, *shape)."""
-    instances = only_key(data, "instances")
-    if not isinstance(instances, list):
-        raise InvalidInput("instances: expected a list of inputs", field="instances")
-    if not instances:
-        raise InvalidInput("instances: the batch is empty", field="instances")
-    if len(instances) > max_instances:
-        raise InvalidInput(
-            f"instances: {len(instances)} inputs, the most per request is {max_instances}",
-            field="instances",
-        )
+    instances = batch_items(data, "instances", max_instances)
     return np.stack(
         [to_instance(item, shape, f"instances[{i}]") for i, item in enumerate(instances)]
     )

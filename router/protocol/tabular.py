@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from models.schema import Schema
-from router.protocol.request import only_key
+from router.protocol.request import batch_items, only_key
 from serve.errors import InvalidInput
 
 __all__ = [
@@ -53,16 +53,8 @@ def parse_record_single(data: Any, schema: Schema) -> np.ndarray:
 
 def parse_record_batch(data: Any, schema: Schema, max_instances: int) -> np.ndarray:
     """Body of POST /predict/batch, ``{"records": [{...}, ...]}`` -> shape (n, width)."""
-    records = only_key(data, "records")
-    if not isinstance(records, list):
-        raise InvalidInput("records: expected a list of records (JSON objects)", field="records")
-    if not records:
-        raise InvalidInput("records: the batch is empty", field="records")
-    if len(records) > max_instances:
-        raise InvalidInput(
-            f"records: {len(records)} records, the most per request is {max_instances}",
-            field="records",
-        )
+    records = batch_items(data, "records", max_instances, noun="records",
+                          expected="a list of records (JSON objects)")
     return schema.encode(records, where="records")
 
 
