@@ -60,8 +60,10 @@ class HopBatcher:
         wait_s: float = 0.0,
         adaptive: bool = True,
         max_in_flight: Callable[[str], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._call = call
+        self.clock = clock  # the adaptive wait's clock (tests pass their loop's virtual time)
         self.max_rows = max_rows
         self.wait_s = wait_s
         self.adaptive = adaptive
@@ -115,7 +117,8 @@ class HopBatcher:
             return 0.0
         pacer = self._waits.get(version)
         if pacer is None:
-            pacer = self._waits[version] = AdaptiveWait(self.wait_s, enabled=self.adaptive)
+            pacer = self._waits[version] = AdaptiveWait(self.wait_s, enabled=self.adaptive,
+                                                        clock=self.clock)
         return pacer.arrival()
 
     def _flush(self, version: str) -> None:

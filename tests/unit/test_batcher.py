@@ -1,8 +1,15 @@
-"""HopBatcher: concurrent calls for one version become one call; each gets its rows."""
+"""HopBatcher: concurrent calls for one version become one call; each gets its rows.
+
+Every test runs on a virtual-time event loop: time stands still while any task can
+run and jumps to the next timer when all of them wait, so a 1 ms sleep is exactly
+1 ms and the timings asserted below are exact, whatever else the machine is doing.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -24,6 +31,47 @@ class Recorder:
         return batch.reshape(len(batch), -1)[:, :1] * 10  # row i -> its first value * 10
 
 
+T = TypeVar("T")
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock moves only when nothing is ready to run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._now = 0.0
+
+    def time(self) -> float:
+        return self._now
+
+    def _run_once(self) -> None:
+        if not self._ready:  # type: ignore[attr-defined]
+            due = [h.when() for h in self._scheduled  # type: ignore[attr-defined]
+                   if not h.cancelled()]
+            if due:
+                self._now = max(self._now, min(due))
+        super()._run_once()  # type: ignore[misc]
+
+
+def run(coro: Coroutine[Any, Any, T], loop: VirtualTimeLoop | None = None) -> T:
+    loop = loop or VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+def test_virtual_time_is_exact() -> None:
+    async def go() -> float:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await asyncio.sleep(0.001)
+        await asyncio.gather(asyncio.sleep(0.03), asyncio.sleep(0.002))
+        return loop.time() - t0
+
+    assert run(go()) == pytest.approx(0.031, abs=1e-12)
+
+
 def rows(*values: float) -> np.ndarray:
     return np.asarray(values, np.float32).reshape(-1, 1, 1)
 
@@ -37,7 +85,7 @@ def test_concurrent_calls_merge_and_split_in_order() -> None:
             batcher("v1", rows(1), 1.0), batcher("v1", rows(2, 3), 1.0), batcher("v1", rows(4), 1.0)
         )
 
-    a, b, c = asyncio.run(go())
+    a, b, c = run(go())
     assert rec.calls == [("v1", 4)]
     assert a.ravel().tolist() == [10] and b.ravel().tolist() == [20, 30]
     assert c.ravel().tolist() == [40]
@@ -52,7 +100,7 @@ def test_versions_are_batched_separately() -> None:
         await asyncio.gather(batcher("v1", rows(1), 1), batcher("v2", rows(2), 1),
                              batcher("v1", rows(3), 1))
 
-    asyncio.run(go())
+    run(go())
     assert sorted(rec.calls) == [("v1", 2), ("v2", 1)]
 
 
@@ -63,7 +111,7 @@ def test_max_rows_splits_groups() -> None:
     async def go() -> list[np.ndarray]:
         return await asyncio.gather(*(batcher("v1", rows(i), 1) for i in range(7)))
 
-    out = asyncio.run(go())
+    out = run(go())
     assert [len(o) for o in out] == [1] * 7
     assert [o.item() for o in out] == [i * 10 for i in range(7)]
     assert [n for _, n in rec.calls] == [3, 3, 1]
@@ -77,7 +125,7 @@ def test_a_lone_call_is_not_delayed_and_sequential_calls_do_not_merge() -> None:
         for i in range(3):
             await batcher("v1", rows(i), 1)
 
-    asyncio.run(go())
+    run(go())
     assert rec.calls == [("v1", 1)] * 3
 
 
@@ -89,7 +137,7 @@ def test_failure_reaches_every_caller() -> None:
             batcher("v1", rows(1), 1), batcher("v1", rows(2), 1), return_exceptions=True
         )
 
-    results = asyncio.run(go())
+    results = run(go())
     assert all(isinstance(r, UpstreamError) for r in results)
 
 
@@ -106,14 +154,15 @@ def test_cancelled_caller_does_not_break_the_group() -> None:
             await doomed
         return await kept
 
-    assert asyncio.run(go()).item() == 20
+    assert run(go()).item() == 20
     assert rec.calls == [("v1", 1)]
 
 
 def test_adaptive_wait_holds_only_while_requests_are_dense() -> None:
     """wait_s 50 ms: a lone request is not held; a stream 1 ms apart is merged."""
     rec = Recorder()
-    batcher = HopBatcher(rec, wait_s=0.05)
+    loop = VirtualTimeLoop()
+    batcher = HopBatcher(rec, wait_s=0.05, clock=loop.time)
 
     async def go() -> tuple[float, list[tuple[str, int]]]:
         started = asyncio.get_running_loop().time()
@@ -127,9 +176,11 @@ def test_adaptive_wait_holds_only_while_requests_are_dense() -> None:
         await asyncio.gather(*pending)
         return alone, list(rec.calls)
 
-    alone, calls = asyncio.run(go())
-    assert alone < 0.04
-    assert sum(n for _, n in calls) == 30 and len(calls) < 10, calls
+    alone, calls = run(go(), loop)
+    assert alone == 0.0  # not held at all
+    # The stream's first request sees a mean gap under 50 ms and holds its group 50 ms:
+    # the whole 30 ms stream joins it.
+    assert calls == [("v1", 30)], calls
 
 
 def test_fixed_wait_holds_even_a_lone_request() -> None:
@@ -141,7 +192,7 @@ def test_fixed_wait_holds_even_a_lone_request() -> None:
         await batcher("v1", rows(1), 1.0)
         return asyncio.get_running_loop().time() - started
 
-    assert asyncio.run(go()) >= 0.045
+    assert run(go()) == pytest.approx(0.05, abs=1e-9)
 
 
 class Timed(Recorder):
@@ -171,7 +222,7 @@ def test_gated_lone_request_goes_at_once_despite_a_long_wait() -> None:
         await batcher("v1", rows(1), 1.0)
         return asyncio.get_running_loop().time() - started
 
-    assert asyncio.run(go()) < 0.1
+    assert run(go()) == 0.0
     assert rec.calls == [("v1", 1)]
 
 
@@ -189,12 +240,12 @@ def test_gated_requests_gather_while_busy_and_go_when_the_call_returns() -> None
             await asyncio.sleep(0.001)
         return [await first, *await asyncio.gather(*rest)]
 
-    out = asyncio.run(go())
+    out = run(go())
     assert [o.item() for o in out] == [i * 10 for i in range(11)]
     assert rec.calls == [("v1", 1), ("v1", 10)]
     assert rec.most_out == 1
     gap = rec.starts[1] - rec.starts[0]
-    assert 0.025 <= gap < 0.5, gap  # sent when the first returned, not after wait_s (1 s)
+    assert gap == pytest.approx(0.03, abs=1e-9)  # when the first returned, not after wait_s
     assert batcher.in_flight("v1") == 0
 
 
@@ -210,16 +261,16 @@ def test_gated_limit_is_per_version_and_asked_each_time() -> None:
             await asyncio.sleep(0.002)  # each in its own loop turn
         await asyncio.gather(*pending)
 
-    asyncio.run(go())
+    run(go())
     v1 = [n for v, n in rec.calls if v == "v1"]
     v2 = [n for v, n in rec.calls if v == "v2"]
     assert v1 == [1, 1, 1] and v2 == [1, 1]
     # v1: two went at once, the third when one returned; v2: the second waited.
     starts = {v: [t for (ver, _), t in zip(rec.calls, rec.starts, strict=True) if ver == v]
               for v in ("v1", "v2")}
-    assert starts["v1"][1] - starts["v1"][0] < 0.02
-    assert starts["v1"][2] - starts["v1"][0] >= 0.025
-    assert starts["v2"][1] - starts["v2"][0] >= 0.02
+    assert starts["v1"][1] - starts["v1"][0] == pytest.approx(0.002, abs=1e-9)  # at once
+    assert starts["v1"][2] - starts["v1"][0] == pytest.approx(0.03, abs=1e-9)  # at a return
+    assert starts["v2"][1] - starts["v2"][0] == pytest.approx(0.03, abs=1e-9)
 
 
 def test_gated_wait_bounds_the_hold_when_the_version_is_slow() -> None:
@@ -232,9 +283,10 @@ def test_gated_wait_bounds_the_hold_when_the_version_is_slow() -> None:
         await asyncio.sleep(0.002)
         await asyncio.gather(first, batcher("v1", rows(2), 1.0))
 
-    asyncio.run(go())
+    run(go())
     assert rec.calls == [("v1", 1), ("v1", 1)]
-    assert 0.015 <= rec.starts[1] - rec.starts[0] < 0.2
+    # Arrived 2 ms after the first, held wait_s (20 ms), not the first call's 300 ms.
+    assert rec.starts[1] - rec.starts[0] == pytest.approx(0.022, abs=1e-9)
     assert rec.most_out == 2
 
 
@@ -250,5 +302,5 @@ def test_gated_failure_frees_the_slot() -> None:
             await batcher("v1", rows(2), 1.0)
         return asyncio.get_running_loop().time() - started
 
-    assert asyncio.run(go()) < 0.1  # not held for wait_s: the failed call is not out
+    assert run(go()) == 0.0  # not held for wait_s: the failed call is not out
     assert batcher.in_flight("v1") == 0
