@@ -78,6 +78,7 @@ class ArmStats:
     failures: int = 0  # calls to this arm that failed
     fallbacks: int = 0  # requests routed here that the baseline answered instead
     rejected_by_breaker: int = 0
+    probes: int = 0  # half-open probes sent to this arm (in the background, no client waits)
 
 
 @dataclass
@@ -399,6 +400,7 @@ class RouterCore:
             # would otherwise cost one client a full timeout per cool-down). The
             # baseline has nobody to fall back to, so its own probe stays in line.
             self._spawn(self._probe, version, rows)
+            self.stats[version].probes += 1
             self.stats[version].rejected_by_breaker += 1
             self.recorder.arm_error(version, "circuit_open")
             raise UpstreamError(f"circuit half-open for {version}, probing", reason="circuit_open")

@@ -94,6 +94,7 @@ def test_breaker_opens_then_skips_the_candidate_then_probes() -> None:
         pred = run(lambda: core.predict(X))
         assert pred.fallback and pred.fallback_reason == "circuit_open"
     assert [v for v, _ in arms.calls] == ["v1"] * 5  # v2 not called while open
+    assert core.stats["v2"].probes == 0
     del arms.failing["v2"]
     clock.t = 10.0
 
@@ -110,6 +111,7 @@ def test_breaker_opens_then_skips_the_candidate_then_probes() -> None:
     assert first.fallback and first.fallback_reason == "circuit_open" and first.version == "v1"
     assert core.breakers["v2"].state.value == "closed"  # the probe succeeded
     assert not second.fallback and second.version == "v2"
+    assert core.stats["v2"].probes == 1  # /stats counts the probe where it is sent
 
 
 def test_a_slow_candidates_probe_costs_no_client_its_timeout() -> None:
