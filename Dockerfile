@@ -42,8 +42,8 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0" \
 # The project (see .dockerignore), installed editable as in development.
 COPY . .
 RUN pip install -e . \
-    && mkdir -p /app/registry /app/.abserve /tmp/ray \
-    && chown -R abserve:abserve /app /tmp/ray
+    && mkdir -p /app/registry /app/.abserve /tmp/ray /var/lib/ray-auth \
+    && chown -R abserve:abserve /app /tmp/ray /var/lib/ray-auth
 
 USER abserve
 ENV ABSERVE_CONFIG=deploy/docker/abserve.docker.yaml

@@ -7,6 +7,7 @@ import copy
 import importlib.util
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from serve.config import load_config
+from serve.local.env import ray_env
 from serve.telemetry import METRICS, MODEL_METRICS, exported_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,6 +26,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "abserve.json"
 COMPOSE_CONFIG = ROOT / "deploy" / "compose" / "abserve.compose.yaml"
 DOCKER_CONFIG = ROOT / "deploy" / "docker" / "abserve.docker.yaml"
+EXAMPLE_CONFIG = ROOT / "abserve.yaml"
 REDIS_PORT = 6379
 
 
@@ -94,6 +97,30 @@ def test_cluster_installs_the_project_everywhere(cluster: dict[str, Any]) -> Non
     assert re.search(r"pip install (-\S+ )*-e ~/abserve\b", setup), setup
     assert cluster["file_mounts"].get("~/abserve") == "."
     assert ".venv" in cluster.get("rsync_exclude", [])
+
+
+def ray_start_env(command: str) -> dict[str, str]:
+    """The VAR=value words right before ``ray start`` in one shell command line."""
+    [segment] = [c for c in command.split(";") if "ray start" in c]
+    words = shlex.split(segment)
+    at = words.index("ray")
+    assert words[at + 1] == "start", segment
+    return dict(w.split("=", 1) for w in words[:at] if "=" in w)
+
+
+def test_cluster_nodes_get_the_token_and_the_ingress_env(cluster: dict[str, Any]) -> None:
+    """Every `ray start` of the launcher (head and workers) has token auth on and the
+    ingress flags of the config the head deploys; the token reaches every node at Ray's
+    default path through file_mounts (the autoscaler copies them to each worker)."""
+    mode = load_config(EXAMPLE_CONFIG).http.ingress
+    wanted = {**ray_env(mode), "RAY_AUTH_MODE": "token"}
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        [start] = [c for c in cluster[key] if "ray start" in c]
+        env = ray_start_env(start)
+        assert {k: env.get(k) for k in wanted} == wanted, (key, env)
+    assert cluster["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    assert not any("auth_token" in x for x in cluster.get("rsync_exclude", []))
+    assert any("abserve.yaml" in c for c in cluster["head_start_ray_commands"])
 
 
 # ---------------------------------------------------------------- docker-compose.yml
@@ -177,9 +204,48 @@ def test_compose_deploys_its_config(compose: dict[str, Any]) -> None:
     assert COMPOSE_CONFIG.relative_to(ROOT).as_posix() in head
     worker = " ".join(map(str, compose["services"]["ray-worker"]["command"]))
     assert "--address=ray-head:" in worker and "--block" in worker
+    # Ray in the foreground of both: the container exits (and restarts) with it.
+    assert re.search(r"exec ray start --head --block", head), head
+    assert re.search(r"exec ray start --address=ray-head:\S+ --block", worker), worker
+    assert "tail -f" not in head + worker
     # Replicas load models on any node: the registry is at the same path on all of them.
     for name in ("ray-head", "ray-worker"):
         assert "registry:/app/registry" in compose["services"][name]["volumes"], name
+
+
+RAY_NODES = ("ray-head", "ray-worker")
+
+
+def test_compose_ray_nodes_get_the_token_and_the_ingress_env(compose: dict[str, Any]) -> None:
+    """Every Ray node runs the ingress mode the compose config asks for and token auth,
+    with the token file in a volume the head writes and every worker reads."""
+    mode = load_config(COMPOSE_CONFIG).http.ingress
+    wanted = {**ray_env(mode), "RAY_AUTH_MODE": "token"}
+    services = compose["services"]
+    paths = set()
+    for name in RAY_NODES:
+        env = services[name]["environment"]
+        assert {k: env.get(k) for k in wanted} == wanted, name
+        paths.add(env["RAY_AUTH_TOKEN_PATH"])
+    [path] = paths
+    for name, mode_suffix in (("ray-head", ""), ("ray-worker", ":ro")):
+        [vol] = [v for v in services[name]["volumes"] if path.startswith(v.split(":")[1] + "/")]
+        assert vol.split(":")[0] in compose["volumes"] and vol.endswith(
+            str(Path(path).parent) + mode_suffix), (name, vol)
+    # The Dockerfile makes the mount point the image user's, so the head can write the token.
+    assert str(Path(path).parent) in DOCKERFILE.read_text()
+
+
+def test_compose_health_checks(compose: dict[str, Any]) -> None:
+    """Each Ray node checks itself by commands that work in the image (run by
+    tests/integration/test_compose.py); psutil only after ray (ray ships it)."""
+    for name in RAY_NODES:
+        test = compose["services"][name]["healthcheck"]["test"]
+        assert test[0] in ("CMD", "CMD-SHELL"), test
+        text = " ".join(test[1:])
+        assert "ray health-check --address=" in text, name
+        if "psutil" in text:
+            assert text.index("import ray") < text.index("psutil"), text
 
 
 def _mount_target(svc: dict[str, Any], host_path: str) -> str:
@@ -201,6 +267,9 @@ def test_prometheus_scrapes_ray(compose: dict[str, Any]) -> None:
     static = [t for job in jobs.values() for sc in job.get("static_configs", [])
               for t in sc["targets"]]
     assert "ray-head:8080" in static
+    # HAProxy's exporter (the throughput ingress) at the port every Ray node is given.
+    haproxy_port = services["ray-head"]["environment"]["RAY_SERVE_HAPROXY_METRICS_PORT"]
+    assert f"ray-head:{haproxy_port}" in static
     # The discovery file is a symlink into Ray's session directory: same path in both.
     tmp_mounts = [v for name in ("ray-head", "prometheus")
                   for v in services[name]["volumes"] if ":/tmp/ray" in str(v)]
@@ -222,7 +291,16 @@ def test_grafana_provisioning(compose: dict[str, Any]) -> None:
     assert [d["url"] for d in datasources] == ["http://prometheus:9090"]
     providers = load_yaml(prov / "dashboards" / "dashboards.yml")["providers"]
     dashboards_in_container = _mount_target(grafana, "./deploy/grafana/dashboards")
-    assert [p["options"]["path"] for p in providers] == [dashboards_in_container]
+    paths = {p["name"]: p["options"]["path"] for p in providers}
+    assert paths["abserve"] == dashboards_in_container
+    # Ray's own dashboards: where the head writes them, in a volume Grafana mounts too.
+    head = compose["services"]["ray-head"]
+    assert paths["ray"] == head["environment"]["RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR"]
+    [shared] = [v.split(":")[0] for v in head["volumes"]
+                if paths["ray"].startswith(v.split(":")[1] + "/")]
+    assert any(v.startswith(f"{shared}:") and paths["ray"].startswith(v.split(":")[1] + "/")
+               for v in grafana["volumes"]), grafana["volumes"]
+    assert [p["name"] for p in providers][-1] == "ray", "a missing folder ends Grafana's pass"
 
     uids = {d["uid"] for d in datasources}
     panels = [p for p in iter_panels(json.loads(DASHBOARD.read_text())["panels"])
