@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from router.controlplane.client import ControlPlane
 from router.controlplane.report_html import render_report_html
 from router.dataplane.core import RouterCore
+from router.dataplane.predlog import PredictionLog
 from router.http.auth import REPORT_LINK_PARAM, AdminAuth
 from router.http.follower import Follower
 from router.http.multimodel import ModelDirectory
@@ -94,9 +95,11 @@ def register(
     replica_stats: Callable[[], dict[str, Any]],
     auth: AdminAuth,
     directory: ModelDirectory | None = None,
+    predlog: PredictionLog | None = None,
 ) -> None:
     """``replica_stats``: this replica's own counters for /stats (the app gathers them);
-    ``directory``: the cluster's abserve models, for /models."""
+    ``directory``: the cluster's abserve models, for /models; ``predlog``: the
+    prediction log, whose feedback table gets each accepted label."""
     probe_timeout_s = config.router.probe_timeout_s
 
     @app.get("/health")
@@ -164,6 +167,8 @@ def register(
                 "was not recorded: send it again after the Retry-After delay",
                 retry_after_s=config.state.sync_timeout_s,
             ) from None
+        if predlog is not None:  # accepted: its feedback row (one append, no I/O here)
+            predlog.feedback(rid, index)
         return json_response(counted)
 
     @app.get("/report", response_class=HTMLResponse)
