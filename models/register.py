@@ -40,6 +40,7 @@ from models.kinds import (
     kind_problems,
 )
 from models.outputs import LOGITS, OUTPUT_FORMS, PROBABILITIES, VALUES, default_output, to_outputs
+from models.reference import REFERENCE_FILE
 from models.registry import Manifest, Registry, sha256_file
 from models.verify import (
     VERIFY_FILE,
@@ -95,6 +96,7 @@ def register_user_model(
     outputs: Sequence[str] | None = None,
     input_schema: Sequence[Mapping[str, Any]] | None = None,
     load: Loader | None = None,
+    reference_data: Any = None,
 ) -> Manifest:
     """Register a model file trained outside abserve.
 
@@ -123,6 +125,13 @@ def register_user_model(
 
     ``load``: see the module docstring; an artifact that ``load`` cannot load, or whose
     output does not fit the kind, is refused (InvalidInput saying why).
+
+    ``reference_data``: data like the model's training data (an array ``(n, *input_shape)``
+    or a ``.npy`` path; for a tabular model a DataFrame of the schema's columns): its
+    reference statistics (models/reference.py: per channel a histogram, quantiles, mean,
+    std; with ``load``, the distribution of the model's own answers on it) are registered
+    beside the artifact as ``reference.json``, what drift is judged against. Without it the
+    version has no reference and no drift is computed for it.
     """
     fw = FRAMEWORK_ALIASES.get(str(framework).lower())
     if fw is None:
@@ -168,6 +177,8 @@ def register_user_model(
                 f"{source} is not a Keras v3 .keras archive; save it with model.save('m.keras')",
                 field="path",
             )
+    reference_rows = (None if reference_data is None
+                      else _reference_inputs(reference_data, shape, schema))
     windows = _windows(verify_windows, shape, schema)
     schema_json = None if schema is None else schema.to_json()
     with tempfile.TemporaryDirectory(prefix="abserve-register-") as tmp:
@@ -204,7 +215,12 @@ def register_user_model(
                 outputs=spec.outputs, input_schema=None if schema_json is None
                 else tuple(schema_json),
             )
-            _check_loaded(load, provisional, source, inputs)
+            backend = _check_loaded(load, provisional, source, inputs)
+        else:
+            backend = None
+        if reference_rows is not None:
+            attachments[REFERENCE_FILE] = _reference(
+                reference_rows, shape, schema, spec, backend, Path(tmp) / REFERENCE_FILE)
         return registry.register(
             name,
             version,
@@ -441,9 +457,52 @@ def _check_estimator_output(
         ) from exc
 
 
-def _check_loaded(load: Loader, manifest: Manifest, artifact: Path, inputs: np.ndarray) -> None:
+def _reference_inputs(data: Any, shape: tuple[int, ...], schema: Any) -> np.ndarray:
+    """Reference data as input rows ``(n, *shape)``, or InvalidInput saying what to give."""
+    from models.reference import MAX_REFERENCE_ROWS
+
+    if isinstance(data, str | Path):
+        try:
+            data = np.load(data, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"cannot read reference data {data}: {exc}",
+                               field="reference") from exc
+    if schema is not None and hasattr(data, "columns") and hasattr(data, "to_dict"):
+        missing = [n for n in schema.names if n not in data.columns]
+        if missing:
+            raise InvalidInput(f"the reference DataFrame lacks the schema's columns {missing}",
+                               field="reference")
+        data = schema.encode(data[list(schema.names)].head(MAX_REFERENCE_ROWS)
+                             .to_dict("records"), "reference")
+    arr = np.asarray(data, dtype=np.float64 if schema is not None else np.float32)
+    if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != shape or len(arr) == 0:
+        raise InvalidInput(
+            f"reference data must be rows of the model's input, shape (n, "
+            f"{', '.join(map(str, shape))}); got {arr.shape}", field="reference")
+    return arr[:MAX_REFERENCE_ROWS]
+
+
+def _reference(arr: np.ndarray, shape: tuple[int, ...], schema: Any, spec: OutputSpec,
+               backend: Any, path: Path) -> Path:
+    """``reference.json`` of ``arr`` (and of ``backend``'s answers on it, when loaded)."""
+    from models.reference import build_reference, channel_names
+
+    labels = outputs = None
+    if backend is not None:
+        out = np.asarray(backend.predict(arr))
+        if spec.classifies:
+            labels = spec.labels_of(out)
+        else:
+            outputs = out
+    names = channel_names(shape, None if schema is None else schema.to_json())
+    return build_reference(arr, shape, names=names, labels=labels,
+                           label_names=spec.class_labels if labels is not None else (),
+                           outputs=outputs, source="registration").save(path)
+
+
+def _check_loaded(load: Loader, manifest: Manifest, artifact: Path, inputs: np.ndarray) -> Any:
     """Load the private copy as a replica will and run it on the verification inputs: its
-    output must convert to the kind's ``(n, width)`` batch."""
+    output must convert to the kind's ``(n, width)`` batch. Returns the loaded backend."""
     try:
         backend = load(manifest, artifact)
     except AbserveError as exc:
@@ -463,3 +522,4 @@ def _check_loaded(load: Loader, manifest: Manifest, artifact: Path, inputs: np.n
         raise InvalidInput(
             f"the {manifest.framework} model returned {np.shape(out)} for {len(inputs)} rows, "
             f"expected ({len(inputs)}, {manifest.width})", field="kind")
+    return backend

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from models.activity.data import CHANNELS, CLASS_LABELS, WINDOW, make_windows
+from models.reference import REFERENCE_FILE, build_reference
 from models.registry import Manifest, Registry
 from models.verify import VERIFY_FILE, sample_windows, write_windows
 
@@ -32,10 +33,13 @@ MODEL_NAME = "activity"
 INPUT_SHAPE = (WINDOW, CHANNELS)
 TEST_SEED_OFFSET = 10_000
 
+# (artifact path, held-out predicted label indices (n,), extra, description)
+Trained = tuple[Path, np.ndarray, dict[str, Any], str]
+
 
 def _train_sklearn(
     X: np.ndarray, y: np.ndarray, Xt: np.ndarray, yt: np.ndarray, out: Path, seed: int
-) -> tuple[Path, float, dict[str, Any], str]:
+) -> Trained:
     import joblib
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.pipeline import Pipeline
@@ -56,16 +60,16 @@ def _train_sklearn(
     )
     pipe.fit(X, y)
     pipe.set_params(forest__n_jobs=1)  # replicas share the cores
-    accuracy = float((pipe.predict(Xt) == yt).mean())
+    pred = np.asarray(pipe.predict(Xt))
     path = out / "activity-rf.joblib"
     joblib.dump(pipe, path, compress=3)
     desc = "RandomForest (50 trees) on per-window statistics, scikit-learn"
-    return path, accuracy, {"output": "probabilities"}, desc
+    return path, pred, {"output": "probabilities"}, desc
 
 
 def _train_torch(
     X: np.ndarray, y: np.ndarray, Xt: np.ndarray, yt: np.ndarray, out: Path, seed: int
-) -> tuple[Path, float, dict[str, Any], str]:
+) -> Trained:
     import torch
     from torch import nn
 
@@ -96,7 +100,6 @@ def _train_torch(
     model.eval()
     with torch.inference_mode():
         pred = model(torch.from_numpy(Xt)).argmax(dim=1).numpy()
-    accuracy = float((pred == yt).mean())
     path = out / "activity-cnn.pt"
     torch.save(model.state_dict(), path)
     extra = {
@@ -104,12 +107,12 @@ def _train_torch(
         "init_kwargs": init_kwargs,
         "output": "logits",
     }
-    return path, accuracy, extra, "1-D CNN over the 9 sensor channels, PyTorch"
+    return path, pred, extra, "1-D CNN over the 9 sensor channels, PyTorch"
 
 
 def _train_keras(
     X: np.ndarray, y: np.ndarray, Xt: np.ndarray, yt: np.ndarray, out: Path, seed: int
-) -> tuple[Path, float, dict[str, Any], str]:
+) -> Trained:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
@@ -146,13 +149,13 @@ def _train_keras(
     )
     model.fit(X, y, epochs=10, batch_size=64, verbose=0, shuffle=True)
     proba = np.asarray(model(Xt, training=False))
-    accuracy = float((proba.argmax(axis=1) == yt).mean())
+    pred = proba.argmax(axis=1)
     path = out / "activity-gru.keras"
     model.save(path)
-    return path, accuracy, {"output": "probabilities"}, "Conv + GRU recurrent network, Keras"
+    return path, pred, {"output": "probabilities"}, "Conv + GRU recurrent network, Keras"
 
 
-_TRAINERS: dict[str, tuple[str, Callable[..., tuple[Path, float, dict[str, Any], str]]]] = {
+_TRAINERS: dict[str, tuple[str, Callable[..., Trained]]] = {
     "v1": ("sklearn", _train_sklearn),
     "v2": ("torch", _train_torch),
     "v3": ("tensorflow", _train_keras),
@@ -173,7 +176,9 @@ def train_all(
 
     Accuracy is measured on a separately generated held-out set (another seed); its
     first windows are registered beside each artifact (``verify.npy``) as the windows
-    on which a faster inference path must equal the plain one. For v1 the path is
+    on which a faster inference path must equal the plain one, and the reference
+    statistics of the held-out inputs and of the version's predicted labels on them
+    (``reference.json``, models/reference.py) as what drift is judged against. For v1 the path is
     chosen and recorded here (``extra["inference_path"]``, see ``models.forest``).
     Retraining overwrites the demo versions unless ``overwrite=False``.
     """
@@ -199,8 +204,13 @@ def train_all(
         for version in versions:
             framework, trainer = _TRAINERS[version]
             start = time.perf_counter()
-            path, accuracy, extra, description = trainer(X, y, Xt, yt, Path(tmp), seed)
+            path, pred, extra, description = trainer(X, y, Xt, yt, Path(tmp), seed)
             seconds = time.perf_counter() - start
+            pred = np.asarray(pred, dtype=np.int64).ravel()
+            accuracy = float((pred == yt).mean())
+            reference = build_reference(
+                Xt, INPUT_SHAPE, labels=pred, label_names=CLASS_LABELS, source="held-out"
+            ).save(Path(tmp) / f"{version}-{REFERENCE_FILE}")
             extra["verify_windows"] = {
                 "file": VERIFY_FILE, "rows": len(held_out), "source": "held-out",
             }
@@ -220,7 +230,7 @@ def train_all(
                 extra=extra,
                 description=description,
                 overwrite=overwrite,
-                attachments={VERIFY_FILE: verify},
+                attachments={VERIFY_FILE: verify, REFERENCE_FILE: reference},
             )
             manifests.append(manifest)
             if not quiet:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from models.kinds import REGRESSION
+from models.reference import REFERENCE_FILE, build_reference
 from models.registry import Manifest, Registry
 from models.sales.data import (
     DAYS,
@@ -167,7 +168,8 @@ def train_all(
 
     Metrics are measured on a held-out frame drawn with another seed; its first rows,
     encoded as the float64 matrix the server feeds the models, are registered beside
-    each artifact (``verify.npy``) for the backends' load-time checks. Retraining
+    each artifact (``verify.npy``) for the backends' load-time checks, and the reference
+    statistics of the held-out rows and predictions (``reference.json``) for drift. Retraining
     overwrites the demo versions unless ``overwrite=False``.
     """
     unknown = [v for v in versions if v not in _TRAINERS]
@@ -195,6 +197,10 @@ def train_all(
             path, pred, extra, description = trainer(X, y, Xt, yt, Path(tmp), seed)
             seconds = time.perf_counter() - start
             metrics = regression_metrics(yt, pred)
+            reference = build_reference(
+                encode_frame(Xt), INPUT_SHAPE, names=[f["name"] for f in INPUT_SCHEMA],
+                outputs=np.asarray(pred, dtype=np.float64).reshape(-1, 1), source="held-out",
+            ).save(Path(tmp) / f"{version}-{REFERENCE_FILE}")
             extra["metrics"] = {**metrics, "rows": int(len(yt)), "source": "held-out"}
             extra["verify_windows"] = {
                 "file": VERIFY_FILE, "rows": len(held_out), "source": "held-out",
@@ -212,7 +218,7 @@ def train_all(
                 extra=extra,
                 description=description,
                 overwrite=overwrite,
-                attachments={VERIFY_FILE: verify},
+                attachments={VERIFY_FILE: verify, REFERENCE_FILE: reference},
                 kind=REGRESSION,
                 outputs=OUTPUTS,
                 input_schema=INPUT_SCHEMA,

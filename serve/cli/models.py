@@ -30,6 +30,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 DEFAULT_SHAPE = "50,9"
 DEFAULT_LABELS = "Still,Walking,Running,Biking,Car,Bus,Train,Subway"
 REFERENCE_SUFFIXES = (".parquet", ".pq", ".csv")
+TENSOR_REFERENCE_SUFFIX = ".npy"
 
 
 def _split(text: str | None) -> tuple[str, ...] | None:
@@ -65,7 +66,8 @@ def _read_reference(path: str, target: str | None) -> Any:
 
     suffix = Path(path).suffix.lower()
     if suffix not in REFERENCE_SUFFIXES:
-        raise InvalidInput(f"--reference must be a .parquet or .csv file, got {path!r}",
+        raise InvalidInput(f"--reference must be a .parquet or .csv file (a tabular model) or "
+                           f"a .npy array (a tensor model), got {path!r}",
                            field="reference")
     try:
         frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
@@ -99,14 +101,21 @@ def cmd_register(args: argparse.Namespace) -> int:
                            field="target")
     input_schema: list[dict[str, Any]] | None = None
     windows: Any = None
+    reference: Any = None
     if args.schema is not None:
         input_schema = _read_schema(args.schema)
+    elif args.reference is not None and args.reference.lower().endswith(TENSOR_REFERENCE_SUFFIX):
+        if args.target is not None:
+            raise InvalidInput("--target names a column of a .parquet or .csv --reference; "
+                               "a .npy reference holds inputs only", field="target")
+        windows = reference = args.reference  # a tensor model's inputs, (n, *input_shape)
     elif args.reference is not None:
         from models.schema import infer_schema
 
         frame = _read_reference(args.reference, args.target)
         input_schema = infer_schema(frame).to_json()
         windows = frame  # its first rows, encoded with the schema, verify the fast path
+        reference = frame  # and all of them (up to 50,000) are the drift reference
     tabular = input_schema is not None
     if tabular and args.input_shape is not None:
         raise InvalidInput(
@@ -139,6 +148,7 @@ def cmd_register(args: argparse.Namespace) -> int:
         outputs=_split(args.outputs),
         input_schema=input_schema,
         load=load_backend,
+        reference_data=reference,
     )
     what = manifest.spec.describe()
     detail = ", ".join(f"{k} {v}" for k, v in what.items() if k != "kind")
@@ -147,7 +157,22 @@ def cmd_register(args: argparse.Namespace) -> int:
     print(f"registered {manifest.name}:{manifest.version} ({manifest.framework}, "
           f"{manifest.kind}: {detail}; {inputs}) "
           f"sha256 {manifest.sha256[:12]}... under {args.registry}")
+    print(reference_note(Registry(args.registry), manifest))
     return 0
+
+
+def reference_note(registry: Any, manifest: Any) -> str:
+    """What the version's drift will be judged against, or what is missing for it."""
+    from models.reference import load_reference
+
+    ref = load_reference(registry, manifest)
+    if ref is None:
+        return ("no reference statistics: drift is not computed for this version (status and "
+                "report say 'no reference'); give --reference DATA (.parquet/.csv for a "
+                "tabular model, .npy of (n, *input_shape) inputs for a tensor model), data like "
+                "its training data, to record them")
+    missing = "" if ref.answers else "; no answer distribution (the model was not loaded)"
+    return f"reference statistics recorded: {ref.summary()}{missing}"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -192,9 +217,12 @@ def add_parsers(sub: Any) -> None:
                      "({\"name\", \"dtype\": float|int|bool|category, \"categories\"}); "
                      "requests then send named records")
     tab.add_argument("--reference", metavar="DATA",
-                     help="tabular model: a .parquet or .csv DataFrame like its training data; "
-                     "the schema is inferred from its columns and its first 64 rows verify "
-                     "the faster inference path")
+                     help="data like the model's training data, recorded as its reference "
+                     "statistics for drift (per input channel, and the model's answers on it). "
+                     "Tabular model: a .parquet or .csv DataFrame; the schema is inferred from "
+                     "its columns and its first 64 rows verify the faster inference path. "
+                     "Tensor model: a .npy array of (n, *input_shape) inputs. Without it the "
+                     "version has no drift reference")
     r.add_argument("--target", metavar="COLUMN",
                    help="with --reference: the label column, left out of the schema")
     r.add_argument("--input-shape", default=None,
