@@ -5,7 +5,8 @@ and no import circle anywhere (lazy imports inside functions count too).
     planes    router.dataplane (the request path), then, each on top of it alone:
               router.protocol (codecs), router.controlplane (the experiment), deployments
     adapters  router.http, router.ingress, router.controlplane.controller / .client
-    top       serve.app, serve.serve_config, serve.cli, serve.local, serve.docgen, benchmarks
+    top       serve.app, serve.serve_config, serve.cli, serve.local, serve.docgen, serve.offline,
+              benchmarks
 
 Read from the source with ``ast``: nothing is imported, so the test runs in milliseconds
 and sees lazy imports as well as module-level ones.
@@ -44,6 +45,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "serve.cli": (TOP, "top"),
     "serve.local": (TOP, "top"),
     "serve.docgen": (TOP, "top"),
+    "serve.offline": (TOP, "top"),
     "benchmarks": (TOP, "top"),
 }
 
