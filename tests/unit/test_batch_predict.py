@@ -159,9 +159,9 @@ def test_an_unknown_format_or_a_flat_npy_is_refused_with_what_to_give(tmp_path: 
 CONFIG = parse_config({
     "model": "activity",
     "models": [{"version": v} for v in ("v1", "v2", "v3", "v4")],
-    "experiment": {"name": "offline-ab", "baseline": "v2", "arms": [
-        {"version": "v1", "weight": 40}, {"version": "v2", "weight": 25},
-        {"version": "v3", "weight": 0}, {"version": "v4", "weight": 35}]},
+    "experiment": {"name": "offline-ab", "baseline": "v2", "arms": [  # not sorted: order counts
+        {"version": "v4", "weight": 35}, {"version": "v2", "weight": 25},
+        {"version": "v3", "weight": 0}, {"version": "v1", "weight": 40}]},
 })
 
 
