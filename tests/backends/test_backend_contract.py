@@ -198,11 +198,22 @@ PRECISION_ATOL = 0.1
 LABEL_AGREEMENT = 0.95
 
 
-def _close_to_fp32(out: np.ndarray, ref: np.ndarray) -> None:
+# fp32 on a GPU against fp32 on the CPU: the same arithmetic in another order, except that
+# cuDNN convolutions (torch's default) and TensorFlow's matmuls may run in TF32 on Ampere
+# and later (10-bit mantissa, relative error about 2**-11 = 5e-4 per operation, a few
+# layers deep): probabilities within 1e-2, labels agreeing on 99 % of the windows. Not
+# the reduced-precision allowance above.
+GPU_FP32_ATOL = 1e-2
+GPU_FP32_LABEL_AGREEMENT = 0.99
+
+
+def _close_to_fp32(out: np.ndarray, ref: np.ndarray, precision: str = "bf16") -> None:
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
     assert out.dtype == np.float32
-    assert np.abs(out - ref).max() < PRECISION_ATOL
-    assert (out.argmax(axis=1) == ref.argmax(axis=1)).mean() >= LABEL_AGREEMENT
+    atol, agreement = ((GPU_FP32_ATOL, GPU_FP32_LABEL_AGREEMENT) if precision == "fp32"
+                       else (PRECISION_ATOL, LABEL_AGREEMENT))
+    assert np.abs(out - ref).max() < atol, np.abs(out - ref).max()
+    assert (out.argmax(axis=1) == ref.argmax(axis=1)).mean() >= agreement
 
 
 def test_keras_bf16_on_cpu_runs_mixed_precision_close_to_fp32(
@@ -349,7 +360,7 @@ def test_torch_on_gpu(
     gpu = load_backend(m, registry.verified_artifact(m), device="cuda", precision=precision)
     assert gpu.device == "cuda" and gpu.precision == precision  # type: ignore[attr-defined]
     many = make_windows(200, seed=5)[0]
-    _close_to_fp32(gpu.predict(many), backends["torch"].predict(many))
+    _close_to_fp32(gpu.predict(many), backends["torch"].predict(many), precision)
 
 
 @pytest.mark.gpu
@@ -367,7 +378,7 @@ def test_keras_on_gpu(
     gpu = load_backend(m, registry.verified_artifact(m), device="cuda", precision=precision)
     assert gpu.device == "cuda" and gpu.precision == precision  # type: ignore[attr-defined]
     many = make_windows(200, seed=5)[0]
-    _close_to_fp32(gpu.predict(many), backends["tensorflow"].predict(many))
+    _close_to_fp32(gpu.predict(many), backends["tensorflow"].predict(many), precision)
 
 
 def test_keras_refuses_other_file_formats(tmp_path: Path, manifests: dict[str, Manifest]) -> None:
@@ -459,3 +470,40 @@ def test_precision_bench_reports_each_precision_that_runs(
     for r in rows:
         assert r["rows_per_s"] > 0 and r["label_agreement"] >= LABEL_AGREEMENT
     assert "| bf16 |" in (out / "precision.md").read_text()
+
+
+class _Touch:
+    """Unpickling this runs ``touch <marker>`` (a code pickle, as an attacker would ship)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_torch_artifact_with_a_code_pickle_is_refused_by_weights_only(
+    tmp_path: Path, registry: Registry, manifests: dict[str, Manifest]
+) -> None:
+    """A real v2 state_dict with one more entry whose unpickling runs a shell command,
+    registered with a correct sha256 (the digest check passes): weights_only loading
+    refuses it before any code runs. Full unpickling of the same file would run it."""
+    torch = pytest.importorskip("torch")
+    v2 = manifests["torch"]
+    state = torch.load(registry.verified_artifact(v2), map_location="cpu", weights_only=True)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({**state, "payload": _Touch(marker)}, evil)
+    reg = Registry(tmp_path / "reg")
+    m = reg.register("evil", "v1", "torch", evil, input_shape=(WINDOW, CHANNELS),
+                     class_labels=CLASS_LABELS, extra=dict(v2.extra))
+    with pytest.raises(ArtifactError, match="cannot load torch state_dict") as info:
+        load_backend(m, reg.verified_artifact(m))
+    assert "weights_only" in str(info.value.__cause__) or "Unsupported global" in str(
+        info.value.__cause__), info.value.__cause__
+    assert not marker.exists(), "the pickle's code ran"
+    # The payload is real: loading the file without weights_only runs it.
+    torch.load(evil, map_location="cpu", weights_only=False)
+    assert marker.exists()

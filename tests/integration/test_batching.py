@@ -58,10 +58,16 @@ def test_concurrent_requests_share_model_calls(
     assert all(r.headers["X-Cache"] in ("MISS", "BYPASS") for r in responses)
     model_calls = after["calls"] - before["calls"]
     assert after["rows"] - before["rows"] == n
-    assert 1 <= model_calls < n, f"{n} requests took {model_calls} backend calls"
     hop_calls = hop_after["calls"] - hop_before["calls"]
     assert hop_after["requests"] - hop_before["requests"] == n
-    assert hop_calls < n, f"{n} requests took {hop_calls} router-to-model calls"
+    print(f"{version}: {n} requests, {hop_calls} router-to-model calls, {model_calls} backend")
+    # The design: one call out per replica (in_flight_limit 1), every request arriving
+    # meanwhile joins the next call. So the backend, fed only by this router, makes at
+    # most as many calls as the router sends (its @serve.batch may merge them further),
+    # and the 48 requests, arriving together, share calls: at least 4 per call on average
+    # (one call per request would be 48; the first goes alone, the rest gather).
+    assert 1 <= model_calls <= hop_calls, (model_calls, hop_calls)
+    assert hop_calls <= n // 4, f"{n} requests took {hop_calls} router-to-model calls"
     # The router found the version's replica count in its Serve handle (a private
     # field in Ray 2.60; None here would mean it moved) and gates on it.
     assert hop_after["running_replicas"][version] == 1, hop_after

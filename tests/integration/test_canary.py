@@ -30,6 +30,30 @@ def can(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> It
     })
     yield from serve_app(config, serve_instance, PREFIX)
 
+@pytest.fixture(autouse=True)
+def fresh(can: str) -> Iterator[None]:
+    """Each test starts from the module's config, whatever ran before it (or failed): no
+    canary running, v1 the baseline and the only arm at 100 %."""
+    status = httpx.get(f"{can}/admin/canary", headers=AUTH, timeout=30).json()
+    if (status.get("state") or {}).get("status") in ("running", "paused"):
+        r = httpx.post(f"{can}/admin/canary/abort", headers=AUTH, timeout=30)
+        assert r.status_code == 200, r.text
+    exp = httpx.get(f"{can}/admin/experiment", headers=AUTH, timeout=30).json()
+    if exp["experiment"]["baseline"] != "v1":
+        r = httpx.post(f"{can}/admin/promote", json={"version": "v1"}, headers=AUTH, timeout=30)
+        assert r.status_code == 200, r.text
+        exp = r.json()
+    for arm in exp["experiment"]["arms"]:
+        if arm["version"] != "v1":
+            r = httpx.delete(f"{can}/admin/candidates/{arm['version']}", headers=AUTH,
+                             timeout=30)
+            assert r.status_code == 200, r.text
+    exp = httpx.get(f"{can}/admin/experiment", headers=AUTH, timeout=30).json()
+    assert exp["experiment"]["baseline"] == "v1", exp
+    assert [a["version"] for a in exp["experiment"]["arms"]] == ["v1"], exp
+    yield
+
+
 def start(url: str, candidate: str, **gates: Any) -> dict[str, Any]:
     plan = {"candidate": candidate, "steps": [20, 50, 100], "interval_s": 2,
             "min_requests": 25, "gates": {"max_p99_ratio": None, "max_p99_ms": 2000, **gates}}
@@ -82,7 +106,7 @@ def test_candidate_failing_20_percent_is_rolled_back(can: str) -> None:
     assert any("fallback" in r for r in state["history"][-1]["reasons"])
     assert elapsed < 30
     exp = httpx.get(f"{can}/admin/experiment", headers=AUTH).json()
-    assert exp["effective_weights"]["v4"] == 0 and exp["experiment"]["baseline"] == "v2"
+    assert exp["effective_weights"]["v4"] == 0 and exp["experiment"]["baseline"] == "v1"
 
 
 def test_plan_survives_a_controller_restart(can: str) -> None:

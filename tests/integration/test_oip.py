@@ -188,7 +188,11 @@ def test_unversioned_infer_follows_the_split(client: Any, windows: np.ndarray) -
 
 
 def test_sticky_user_key_header(client: Any, windows: np.ndarray) -> None:
-    for user in ("alice", "bob", "carol"):
+    """20 users x 8 requests at 90/10. A router that ignored the key would give one user
+    8 equal answers with probability 0.9**8 + 0.1**8 = 0.43, all 20 users with
+    0.43**20 = 5e-8: this fails for a non-sticky router but for one run in 20 million."""
+    assert (0.9**8 + 0.1**8) ** 20 < 1e-6
+    for user in [f"user-{k}" for k in range(20)]:
         versions = {
             infer(client, windows[300 + i : 301 + i], headers={"X-User-Id": user}).get_response()[
                 "model_version"

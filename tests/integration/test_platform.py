@@ -261,14 +261,26 @@ def test_redis_stopped_mid_run_gives_bypass_then_recovers(
 ) -> None:
     x = windows[2500]
     post(serve_instance.url, body(x), {"X-Model-Version": "v1"})
+    # How long a computed answer takes on this machine now, Redis up (unique inputs: misses).
+    healthy = []
+    for i in range(20):
+        t0 = time.perf_counter()
+        assert post(serve_instance.url, body(windows[2700 + i] + 7.7)).status_code == 200
+        healthy.append(time.perf_counter() - t0)
+    # Redis down: the look-up costs at most cache.timeout_ms (50 ms; a refused connection
+    # costs less) and the write is not awaited, so no request may take longer than that
+    # plus the slowest healthy answer, doubled for the jitter of two shared cores.
+    limit = app.cache.timeout_ms / 1000.0 + 2 * max(healthy)
     redis_server.stop()
     try:
         statuses = []
+        took = []
         for i in range(20):
             t0 = time.perf_counter()
             r = post(serve_instance.url, body(windows[2600 + i]))
             statuses.append((r.status_code, r.headers.get("X-Cache")))
-            assert time.perf_counter() - t0 < 2.0
+            took.append(time.perf_counter() - t0)
+        assert max(took) <= limit, (sorted(took)[-3:], limit, max(healthy))
         assert all(s == 200 for s, _ in statuses)
         assert all(c == "BYPASS" for _, c in statuses), statuses
     finally:
