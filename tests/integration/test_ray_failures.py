@@ -55,7 +55,6 @@ def url(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> It
                      {"version": DYING, "weight": 0}],
             "timeout_ms": 15000,  # no request may time out here: the reasons are Ray's
             "breaker": {"failure_threshold": 1000, "cooldown_s": 60},
-            "compare_percent": 0,
         },
         models=[
             {"version": "v1", "num_cpus": 0.1},
