@@ -19,8 +19,10 @@ __all__ = [
     "Forbidden",
     "InvalidInput",
     "NotFound",
+    "Overloaded",
     "PayloadTooLarge",
     "ServiceUnavailable",
+    "TooManyRequests",
     "Unauthorized",
     "UnsupportedMediaType",
     "UpstreamError",
@@ -95,6 +97,21 @@ class ServiceUnavailable(AbserveError):
         super().__init__(message)
         if retry_after_s is not None:
             self.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+
+
+class Overloaded(ServiceUnavailable):
+    """The router replica is at ``router.max_inflight``: shed before any work (503 with
+    ``Retry-After`` over HTTP, RESOURCE_EXHAUSTED over gRPC). Not "nothing can answer":
+    the client should come back later, not fail over."""
+
+    code = "overloaded"
+
+
+class TooManyRequests(AbserveError):
+    """One user key has ``router.max_inflight_per_key`` requests in flight already."""
+
+    status_code = 429
+    code = "too_many_requests"
 
 
 class UpstreamError(AbserveError):
