@@ -9,6 +9,7 @@ prediction log's logged inputs with a version and compares with what was served;
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -57,8 +58,12 @@ def _live_experiment(config: AbserveConfig, config_path: str) -> tuple[Any, Any,
     try:
         from ray import serve
 
-        handle = serve.get_deployment_handle(CONTROLLER_DEPLOYMENT, app_name=config.app_name)
-        state = handle.get_state.remote().result(timeout_s=15)
+        async def ask() -> Any:  # a handle may route on the caller's loop: give it one
+            handle = serve.get_deployment_handle(CONTROLLER_DEPLOYMENT,
+                                                 app_name=config.app_name)
+            return await asyncio.wait_for(handle.get_state.remote(), 15)
+
+        state = asyncio.run(ask())
     except Exception as exc:  # noqa: BLE001 - no running application: the config decides
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return (config.experiment, None,

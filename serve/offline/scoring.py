@@ -514,7 +514,7 @@ def run_replay_scoring(job: BatchJob, ds: Any, total: int | None, out: Path,
     the per-row results to ``out``; return them (and the rows that could not be replayed)
     for the summary."""
     _data_context()
-    ds, actors = _map(ds, job, max(1, ds.num_blocks() if hasattr(ds, "num_blocks") else 1))
+    ds, actors = _map(ds, job, max(1, -(-(total or 1) // job.batch_size)))
     stream = stream or sys.stderr
     stream.write(f"replaying with {', '.join(job.versions)} on {actors} actor(s)\n")
     progress = Progress(total, "replay", stream)
