@@ -28,8 +28,8 @@ __all__ = ["DEFAULT_VARIANTS", "SYSTEMS", "build", "chart", "machine_info", "mar
 ROUTER_RSS_LIMIT_MB = 400.0
 BACKGROUND_WARN_PCT = 30.0
 DEFAULT_VARIANTS = ("a", "b", "c", "d", "e", "f", "n")
-ORDER = ("a", "b", "b1", "n", "f", "c", "c-open", "d", "e", "e-shadow")
-CONCURRENCY_1 = ("b1", "e", "e-shadow")
+ORDER = ("a", "b", "b1", "n", "f", "c", "c-log", "c-open", "d", "e", "e-shadow", "e-log")
+CONCURRENCY_1 = ("b1", "e", "e-shadow", "e-log")
 # Each variant's system in words, next to its letter in the table and the chart.
 SYSTEMS = {
     "a": "naive FastAPI",
@@ -42,6 +42,8 @@ SYSTEMS = {
     "d": "abserve hit",
     "e": "abserve c=1",
     "e-shadow": "abserve c=1 + shadow",
+    "c-log": "abserve miss 90/10 + log",
+    "e-log": "abserve c=1 + log",
 }
 
 
@@ -192,6 +194,16 @@ def targets(rows: list[dict[str, Any]],
         gap = es["p50_ms"] - e["p50_ms"]
         out.append(_target("shadow at 100 %: p50 within 1 ms of shadow off", gap <= 1.0,
                            f"e-shadow p50 {es['p50_ms']:.2f} ms vs e {e['p50_ms']:.2f} ms "
+                           f"({gap:+.2f} ms)"))
+    c_log, e_log = by.get("c-log"), by.get("e-log")
+    if c and c_log:
+        share = c_log["rps"] / c["rps"] if c["rps"] else 0.0
+        out.append(_target("prediction log: (c-log) >= 0.95x (c) req/s", share >= 0.95,
+                           f"c-log {c_log['rps']:.0f} vs c {c['rps']:.0f} req/s ({share:.2f}x)"))
+    if e and e_log:
+        gap = e_log["p50_ms"] - e["p50_ms"]
+        out.append(_target("prediction log: (e-log) p50 within 0.5 ms of (e)", gap <= 0.5,
+                           f"e-log p50 {e_log['p50_ms']:.2f} ms vs e {e['p50_ms']:.2f} ms "
                            f"({gap:+.2f} ms)"))
     bad = [f"{r['name']}: {r['errors']} ({_error_text(r)})" for r in rows if r["errors"]]
     total = sum(r["requests"] for r in rows)

@@ -71,8 +71,12 @@ VARIANTS: dict[str, str] = {
     "d": "abserve full path, cache hit (repeated inputs)",
     "e": "abserve full path at concurrency 1, cache miss",
     "e-shadow": "as (e), with every request also shadowed to v2 (shadow share 100 %)",
+    "c-log": "as (c), with the prediction log on (every request, inputs included)",
+    "e-log": "as (e), with the prediction log on (every request, inputs included)",
 }
-SELECTABLE = ("a", "b", "c", "d", "e", "f", "n")
+SELECTABLE = ("a", "b", "c", "d", "e", "f", "n")  # the default selection
+# On request only: l, (c) and (e) again in the same run with the prediction log on.
+EXTRA = ("l",)
 MODEL = "activity"
 APP = "abserve-bench"
 MODEL_NUM_CPUS = 0.25  # the platform's default per model replica; (b) and (n) get the same
@@ -420,8 +424,10 @@ def _set_shadows(base: str, shadows: list[dict[str, Any]]) -> None:
     time.sleep(1.5)  # every router replica picks the change up within one poll
 
 
-def platform_config(registry: str, redis_url: str, port: int, state_dir: str) -> Any:
-    """(c)-(e): v1 baseline 90 %, v2 10 %, Redis cache, default breaker and timeouts.
+def platform_config(registry: str, redis_url: str, port: int, state_dir: str,
+                    log_location: str | None = None) -> Any:
+    """(c)-(e): v1 baseline 90 %, v2 10 %, Redis cache, default breaker and timeouts;
+    ``log_location``: the prediction log on, written there (c-log, e-log).
 
     ``ABSERVE_BENCH_SET`` (JSON) is merged in for side-by-side trials: a section's
     dict updates that section; ``"models": [{...}]`` updates every version.
@@ -440,6 +446,8 @@ def platform_config(registry: str, redis_url: str, port: int, state_dir: str) ->
         "http": {"host": "127.0.0.1", "port": port},
         "state": {"dir": state_dir},  # a fresh experiment every run
     }
+    if log_location is not None:
+        raw["log"] = {"enabled": True, "location": log_location}
     for section, values in json.loads(os.environ.get("ABSERVE_BENCH_SET", "{}")).items():
         if isinstance(values, dict):
             raw.setdefault(section, {}).update(values)
@@ -638,12 +646,16 @@ class Bench:
     # -- (c), (d), (e)
 
     def run_platform(self, registry: str, http_port: int, redis_url: str,
-                     redis_pid: int) -> None:
+                     redis_pid: int, log_location: str | None = None) -> None:
+        """``log_location``: redeploy with the prediction log on and measure (c) and (e)
+        again as c-log and e-log (variant l)."""
         from ray import serve
 
         from serve.app import ROUTER_DEPLOYMENT, build_app, model_deployment_name
 
-        config = platform_config(registry, redis_url, http_port, str(self.workdir / "state"))
+        config = platform_config(registry, redis_url, http_port, str(self.workdir / "state"),
+                                 log_location)
+        suffix = "" if log_location is None else "-log"
         base = f"http://127.0.0.1:{http_port}"
         url = f"{base}/predict"
         serve.run(build_app(config), name=APP, route_prefix="/")
@@ -665,6 +677,20 @@ class Bench:
 
         selected = set(self.opts.variants)
         conns = self.opts.connections
+        if "c" in selected and suffix:
+            self.measure(
+                f"c{suffix}", groups,
+                lambda d: self._wrk(url, unique=True, connections=conns, duration_s=d),
+                notes=notes, after=after,
+            )
+        if "e" in selected and suffix:
+            self.measure(
+                f"e{suffix}", groups,
+                lambda d: self._wrk(url, unique=True, connections=1, duration_s=d),
+                notes=notes, after=after,
+            )
+        if suffix:
+            return
         if "c" in selected:
             c = self.measure(
                 "c", groups,
@@ -694,7 +720,7 @@ class Bench:
             )
             # Shadow every request to v2 (the primary is v1 for 90 % of them) and measure
             # the same path again: the client must not wait for the shadow.
-            _set_shadows(base, [{"version": "v2", "share": 1.0}])
+            _set_shadows(base, [{"version": "v2", "percent": 100}])
             try:
                 self.measure(
                     "e-shadow", groups,
@@ -709,9 +735,10 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     """Run the selected variants; write bench.md, bench.json, bench.png; return the report."""
     from benchmarks import report
 
-    unknown = sorted(set(opts.variants) - set(SELECTABLE))
+    unknown = sorted(set(opts.variants) - set(SELECTABLE) - set(EXTRA))
     if unknown:
-        raise ValueError(f"unknown variants {unknown}; choose from {','.join(SELECTABLE)}")
+        raise ValueError(
+            f"unknown variants {unknown}; choose from {','.join(SELECTABLE + EXTRA)}")
     opts.out.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
     started = time.time()
@@ -745,6 +772,10 @@ def run(opts: BenchOptions) -> dict[str, Any]:
                     redis_proc = start_redis(redis_port, workdir / "redis.log")
                     bench.run_platform(registry, http_port, f"redis://127.0.0.1:{redis_port}/0",
                                        redis_proc.pid)
+                    if "l" in opts.variants:
+                        bench.run_platform(registry, http_port,
+                                           f"redis://127.0.0.1:{redis_port}/0", redis_proc.pid,
+                                           log_location=str(workdir / "log"))
         finally:
             if redis_proc is not None:
                 stop_pid(redis_proc.pid)

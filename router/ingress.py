@@ -156,3 +156,10 @@ class Router:
     def __serve_build_asgi_app__(self) -> FastAPI:
         self._app = build_app(self.parts)
         return self._app
+
+    async def __del__(self) -> None:  # type: ignore[override]
+        """Serve's graceful shutdown awaits this after the app's own: the prediction log
+        writes what it buffered (in a thread: its last write is blocking I/O)."""
+        parts = getattr(self, "parts", None)
+        if parts is not None:
+            await asyncio.to_thread(parts.close)

@@ -26,6 +26,7 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from ray.serve.schema import LoggingConfig
 
+from router.controlplane.experiment import Declaration
 from serve.config import (
     AbserveConfig,
     AutoscalingConfig,
@@ -33,6 +34,7 @@ from serve.config import (
     load_config,
     model_deployment_name,
 )
+from serve.serve_config import CONTROLLER_DEPLOYMENT
 
 __all__ = [
     "CONTROLLER_DEPLOYMENT", "ROUTER_DEPLOYMENT", "AppArgs", "app", "build_app",
@@ -42,7 +44,6 @@ __all__ = [
 log = logging.getLogger("ray.serve")
 
 ROUTER_DEPLOYMENT = "router"
-CONTROLLER_DEPLOYMENT = "controller"
 # The controller answers polls and admin calls in microseconds: a sliver of a CPU, and
 # room for every router replica's poll plus admin calls at once.
 CONTROLLER_NUM_CPUS = 0.05
@@ -125,6 +126,9 @@ def build_app(config: AbserveConfig, *, model_deployment: Any = None) -> Applica
     config_dict = config.model_dump(mode="json")
     controller = ExperimentController.options(  # type: ignore[attr-defined]
         name=CONTROLLER_DEPLOYMENT,
+        # What the config declares of the live experiment; a Serve config file sets it too
+        # (serve/serve_config.py), so that changing it is Serve's lightweight update.
+        user_config=Declaration.of(config).to_user_config(),
         # One replica: the single writer of the experiment state. Its durable state is
         # a file on the head node's disk (state.dir), so it runs there.
         num_replicas=1,

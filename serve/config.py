@@ -34,14 +34,20 @@ __all__ = [
     "AutoscalingConfig",
     "BreakerConfig",
     "CacheConfig",
+    "CanaryGatesConfig",
+    "CanaryPlanConfig",
     "ClusterConfig",
+    "DriftConfig",
     "ExperimentConfig",
     "FeedbackConfig",
     "HttpConfig",
+    "LogConfig",
     "ModelConfig",
     "RouterConfig",
     "ShadowConfig",
     "StateConfig",
+    "first_error_field",
+    "format_validation_errors",
     "load_config",
     "model_deployment_name",
     "model_route_prefix",
@@ -223,17 +229,46 @@ class BreakerConfig(_Frozen):
     )
 
 
+def _percent_instead(data: Any, renames: dict[str, str]) -> Any:
+    """Refuse the fraction fields of earlier releases, saying what to write instead: every
+    share and rate a user writes is in percent, as the weights are (issue 18)."""
+    if isinstance(data, dict):
+        for old, new in renames.items():
+            if old in data:
+                value = data[old]
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                instead = f"{new}: {value * 100:g}" if number else f"{new} (in percent)"
+                raise ValueError(
+                    f"{old}: shares and rates are in percent now, as weights are; write "
+                    f"{instead} instead of {old}: {value}"
+                )
+    return data
+
+
 class ShadowConfig(_Frozen):
     """A version that gets a background copy of a share of the requests."""
 
     version: str = Field(description="A deployed version that also receives a copy of requests.")
-    share: float = Field(ge=0, le=1, description="Share of requests copied to it (0..1).")
+    percent: float = Field(
+        ge=0, le=100, description="Share of requests copied to it, in percent (as weights)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_fraction(cls, data: Any) -> Any:
+        return _percent_instead(data, {"share": "percent"})
+
+    @property
+    def share(self) -> float:
+        """The copied share as a fraction (0..1), for the router's sampling."""
+        return self.percent / 100.0
 
 
 class ExperimentConfig(_Frozen):
     """The experiment the router runs: arms, baseline, timeouts, breaker, shadows and the
-    routing policy. Once the application runs, the live experiment in `state.dir` wins over
-    this block (see [experiments](experiments.md)).
+    routing policy. Deploying a changed block replaces the live experiment; live changes
+    (admin calls, canary steps) override it until then ([experiments](experiments.md), "The
+    config file is the desired state").
     """
 
     name: str = Field("default", pattern=NAME_RE, description="Experiment name (metrics, logs).")
@@ -246,12 +281,12 @@ class ExperimentConfig(_Frozen):
         description="Versions that get a background copy of a share of requests; the client "
         "only ever sees the primary's answer.",
     )
-    compare_share: float = Field(
-        0.2,
+    compare_percent: float = Field(
+        20.0,
         ge=0,
-        le=1,
-        description="Share of each candidate's own answers that the baseline also answers in "
-        "the background (the client gets the candidate's): their disagreement feeds the "
+        le=100,
+        description="Percent of each candidate's own answers that the baseline also answers "
+        "in the background (the client gets the candidate's): their disagreement feeds the "
         "report and the canary's no-label quality gate. Costs that share of the candidate's "
         "traffic again on the baseline; 0 turns it off.",
     )
@@ -274,13 +309,30 @@ class ExperimentConfig(_Frozen):
         description="weighted: the weights (sticky per user key); bandit: Thompson sampling on "
         "feedback accuracy among arms with weight > 0.",
     )
-    bandit_floor: float = Field(
-        0.05,
+    bandit_floor_percent: float = Field(
+        5.0,
         ge=0,
-        le=0.5,
-        description="Bandit: every eligible arm (weight > 0) keeps at least this share of "
-        "traffic. Floor x eligible arms must be at most 1 (exactly 1 routes uniformly).",
+        le=50,
+        description="Bandit: every eligible arm (weight > 0) keeps at least this percent of "
+        "traffic. Floor x eligible arms must be at most 100 (exactly 100 routes uniformly).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_fractions(cls, data: Any) -> Any:
+        return _percent_instead(
+            data, {"compare_share": "compare_percent", "bandit_floor": "bandit_floor_percent"}
+        )
+
+    @property
+    def compare_share(self) -> float:
+        """compare_percent as a fraction (0..1), for the router's sampling."""
+        return self.compare_percent / 100.0
+
+    @property
+    def bandit_floor(self) -> float:
+        """bandit_floor_percent as a fraction (0..1), for the bandit."""
+        return self.bandit_floor_percent / 100.0
 
     @model_validator(mode="after")
     def _check_arms(self) -> ExperimentConfig:
@@ -302,14 +354,15 @@ class ExperimentConfig(_Frozen):
     def _bandit_floor_fits_the_arms(self) -> ExperimentConfig:
         """A floor the arms cannot all get is a promise the bandit would silently break."""
         eligible = [a.version for a in self.arms if a.weight > 0]
-        if self.policy != "bandit" or self.bandit_floor * len(eligible) <= 1.0 + 1e-9:
+        floor = self.bandit_floor_percent
+        if self.policy != "bandit" or floor * len(eligible) <= 100.0 + 1e-7:
             return self
-        most = int(1e4 / len(eligible)) / 1e4  # rounded down, so it fits
+        most = int(1e4 / len(eligible)) / 1e2  # rounded down, so it fits
         raise ValueError(
-            f"bandit_floor: {self.bandit_floor:g} for each of {len(eligible)} eligible arms "
-            f"(weight > 0: {', '.join(eligible)}) is {self.bandit_floor * len(eligible):g} of "
-            f"the traffic, more than all of it; lower bandit_floor to at most {most:g}, or "
-            "set the arms the bandit should not try to weight 0"
+            f"bandit_floor_percent: {floor:g} for each of {len(eligible)} eligible arms "
+            f"(weight > 0: {', '.join(eligible)}) is {floor * len(eligible):g} % of "
+            f"the traffic, more than all of it; lower bandit_floor_percent to at most "
+            f"{most:g}, or set the arms the bandit should not try to weight 0"
         )
 
     def arm_timeout_s(self, version: str) -> float:
@@ -319,6 +372,144 @@ class ExperimentConfig(_Frozen):
         return self.timeout_ms / 1000.0
 
 
+# A canary gate's user-facing name (percent, as weights) -> GateConfig's own (a fraction):
+# router/controlplane/canary.py computes in fractions and persists them; only the names a
+# user writes, in the YAML and the admin API, are in percent.
+GATE_PERCENT_FIELDS = {
+    "max_error_percent": "max_error_rate",
+    "max_error_percent_delta": "max_error_rate_delta",
+    "max_fallback_percent": "max_fallback_rate",
+    "min_shadow_agreement_percent": "min_shadow_agreement",
+    "min_accuracy_delta_points": "min_accuracy_delta",
+    "accuracy_margin_points": "accuracy_margin",
+    "mae_margin_percent": "mae_margin",
+    "max_disagreement_percent": "max_disagreement",
+    "max_label_shift_percent": "max_label_shift",
+}
+
+
+class CanaryGatesConfig(_Frozen):
+    """The thresholds each step's window must meet (docs/experiments.md, "Gates"). Shares,
+    rates and margins are in percent (accuracy in points), as weights are; `null` turns a
+    gate off. Significance levels (`*_alpha`) are probabilities."""
+
+    max_error_percent: float | None = Field(
+        1.0, ge=0, le=100, description="Most candidate errors, percent of its requests.")
+    max_error_percent_delta: float | None = Field(
+        None, ge=0, le=100, description="Most candidate error percent above the baseline's.")
+    max_fallback_percent: float | None = Field(
+        5.0, ge=0, le=100, description="Most candidate requests answered by the fallback.")
+    max_p99_ratio: float | None = Field(
+        1.5, gt=0, description="Most candidate p99 latency over the baseline's.")
+    max_p99_ms: float | None = Field(None, gt=0, description="Most candidate p99 latency.")
+    min_shadow_agreement_percent: float | None = Field(
+        None, ge=0, le=100, description="Least shadow agreement with the primary's answers.")
+    min_shadow_samples: int = Field(
+        100, ge=1, description="Shadow comparisons before the shadow gate is judged.")
+    min_accuracy_delta_points: float | None = Field(
+        None, ge=-100, le=100, description="Least candidate - baseline accuracy in the "
+        "window, in points (-2 tolerates a two-point drop); a point estimate, off by default.")
+    min_feedback: int = Field(
+        200, ge=1, description="Labels (or true values) per arm before accuracy gates judge.")
+    failures_to_rollback: int = Field(
+        3, ge=1, description="Consecutive failing windows that roll the candidate back.")
+    accuracy_margin_points: float | None = Field(
+        2.0, ge=0, lt=100, description="Non-inferiority margin of the always-valid accuracy "
+        "interval since the canary started, in points.")
+    mae_margin_percent: float | None = Field(
+        5.0, ge=0, description="Regression: non-inferiority margin of the MAE difference, "
+        "percent of the baseline's MAE.")
+    accuracy_alpha: float = Field(
+        0.05, gt=0, lt=1, description="Significance of the sequential accuracy and MAE tests.")
+    srm_alpha: float | None = Field(
+        0.001, gt=0, lt=1, description="The sample-ratio test fails below this p-value.")
+    srm_grace_s: float = Field(
+        5.0, ge=0, description="Seconds of each window still counted at the previous weights.")
+    max_latency_shift: float | None = Field(
+        None, gt=0, description="Most candidate/baseline latency ratio (Hodges-Lehmann; 1.2 = "
+        "20 % slower) once Mann-Whitney says it is slower; off by default.")
+    latency_alpha: float = Field(0.01, gt=0, lt=1, description="The latency test's level.")
+    max_disagreement_percent: float | None = Field(
+        20.0, ge=0, le=100, description="Most candidate rows the baseline labels otherwise "
+        "(the Wilson interval must lie above it to fail).")
+    max_label_shift_percent: float | None = Field(
+        20.0, ge=0, le=100, description="Most total variation distance between the arms' "
+        "predicted-label distributions, when a chi-square test says it is real.")
+    label_shift_alpha: float = Field(
+        0.001, gt=0, lt=1, description="The label-shift chi-square test's level.")
+    min_compared: int = Field(
+        50, ge=1, description="Baseline comparisons before the disagreement gate judges.")
+    drift: bool = Field(
+        False, description="The drift gate: fail a window while the candidate's drift window "
+        "holds an alert (an input channel's PSI or KS, or its labels' JS distance, past the "
+        "drift section's thresholds); skipped without a reference or enough rows.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_fractions(cls, data: Any) -> Any:
+        return _percent_instead(data, {v: k for k, v in GATE_PERCENT_FIELDS.items()})
+
+    def gate_fields(self) -> dict[str, Any]:
+        """GateConfig's keyword arguments: the percent fields as fractions."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if name in GATE_PERCENT_FIELDS:
+                out[GATE_PERCENT_FIELDS[name]] = None if value is None else value / 100.0
+            else:
+                out[name] = value
+        return out
+
+    @classmethod
+    def from_gate_fields(cls, fields: dict[str, Any]) -> CanaryGatesConfig:
+        """The user's view (percent) of a GateConfig's fields (fractions)."""
+        back = {v: k for k, v in GATE_PERCENT_FIELDS.items()}
+        data = {back.get(k, k): (None if v is None else round(v * 100.0, 10))
+                if k in back else v for k, v in fields.items()}
+        return cls.model_validate(data)
+
+
+class CanaryPlanConfig(_Frozen):
+    """A canary plan: one candidate ramped through traffic steps, each held for a window
+    whose gates must pass. The body of `POST /admin/canary` and, declared in the config
+    (`canary:`), started when that config revision is deployed."""
+
+    candidate: str = Field(pattern=NAME_RE, description="The deployed version to ramp up.")
+    baseline: str | None = Field(
+        None, description="Must be the experiment's baseline; defaults to it.")
+    steps: list[float] = Field(
+        [5.0, 10.0, 25.0, 50.0, 100.0], min_length=1,
+        description="The candidate's weight at each step, in percent; increasing, ending at "
+        "100 (promotion).")
+    interval_s: float = Field(300.0, ge=0, description="Seconds each step's window lasts, "
+                              "at least.")
+    min_requests: int = Field(500, ge=0, description="Candidate requests each window needs.")
+    gates: CanaryGatesConfig = Field(default_factory=CanaryGatesConfig)  # type: ignore[arg-type]
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_ramp_to_100(cls, steps: list[float]) -> list[float]:
+        if any(not 0.0 < s <= 100.0 for s in steps):
+            raise ValueError(f"each step is a percent in (0, 100], got {steps}")
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"steps must increase strictly, got {steps}")
+        if steps[-1] != 100.0:
+            raise ValueError(f"the last step must be 100 (promotion), got {steps[-1]:g}")
+        return steps
+
+    @model_validator(mode="after")
+    def _candidate_is_not_the_baseline(self) -> CanaryPlanConfig:
+        if self.baseline is not None and self.candidate == self.baseline:
+            raise ValueError(f"candidate: must differ from the baseline ({self.baseline!r})")
+        return self
+
+    def plan_fields(self, baseline: str) -> dict[str, Any]:
+        """CanaryPlan.from_dict's input: the experiment's baseline filled in, gates as
+        fractions."""
+        return {"candidate": self.candidate, "baseline": self.baseline or baseline,
+                "steps": list(self.steps), "interval_s": self.interval_s,
+                "min_requests": self.min_requests, "gates": self.gates.gate_fields()}
+
+
 class FeedbackConfig(_Frozen):
     """How long served predictions wait for a ground-truth label (`POST /feedback`)."""
 
@@ -326,6 +517,150 @@ class FeedbackConfig(_Frozen):
     max_entries: int = Field(
         1_000_000, ge=1, description="Most predictions remembered for feedback (oldest dropped)."
     )
+
+
+class DriftConfig(_Frozen):
+    """Data and prediction drift per version against its reference statistics
+    (router/controlplane/drift.py; docs/monitoring.md)."""
+
+    enabled: bool = Field(
+        True,
+        description="Bin the inputs and answers of every version that has reference "
+        "statistics (reference.json from abserve train or register) and judge their drift; "
+        "false sends and computes nothing.",
+    )
+    window_s: float = Field(
+        300.0, gt=0, le=86_400,
+        description="Length of the sliding window the drift statistics are computed over, "
+        "in seconds; older rows age out.",
+    )
+    step_s: float = Field(
+        10.0, gt=0, le=3600,
+        description="Step of the sliding window in seconds: counts are kept in buckets of "
+        "this length, so rows leave the window one bucket at a time.",
+    )
+    min_rows: int = Field(
+        200, ge=1,
+        description="Input rows a version's window needs before its drift is judged "
+        "(fewer: 'warming up', no alert).",
+    )
+    psi_alert: float = Field(
+        0.2, gt=0,
+        description="Alert when a channel's population stability index against the "
+        "reference exceeds this (0.1: watch, 0.25: shifted, by the usual rule).",
+    )
+    ks_alert: float = Field(
+        0.1, gt=0, le=1,
+        description="Alert when a channel's two-sample KS statistic (the largest gap between "
+        "the window's and the reference's CDFs, from binned counts) exceeds this.",
+    )
+    label_js_alert: float = Field(
+        0.1, gt=0, le=1,
+        description="Alert when the Jensen-Shannon distance (base 2) of a version's "
+        "predicted-label distribution from the reference's, or from the baseline's over the "
+        "same window, exceeds this.",
+    )
+    max_pending_rows: int = Field(
+        5_000, ge=1,
+        description="Input rows a router replica holds for binning between two syncs (a "
+        "sample under heavier load); beyond it, rows are not binned (counted as dropped), "
+        "so memory stays bounded.",
+    )
+
+    @model_validator(mode="after")
+    def _step_fits_window(self) -> DriftConfig:
+        if self.step_s > self.window_s:
+            raise ValueError(
+                f"drift.step_s: {self.step_s:g} is longer than drift.window_s "
+                f"{self.window_s:g}; write a step no longer than the window (e.g. a tenth)"
+            )
+        return self
+
+
+class LogConfig(_Frozen):
+    """The prediction log: served rows (or a sample) and feedback as Parquet files
+    (docs/monitoring.md). Off by default."""
+
+    enabled: bool = Field(False, description="Log served predictions and feedback.")
+    location: str = Field(
+        ".abserve/log",
+        description="Where the files go: a directory (relative to the config file) or a "
+        "pyarrow filesystem URI such as s3://bucket/prefix; under it "
+        "<model>/predictions/ and <model>/feedback/, partitioned by date and hour (UTC).",
+    )
+    sample_percent: float = Field(
+        100.0, gt=0, le=100,
+        description="Share of requests logged, in percent (as weights), decided by a hash of "
+        "the request id (the same on every replica).",
+    )
+    sample_percent_by_experiment: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per experiment name, a share in percent that replaces `sample_percent` "
+        "while that experiment runs.",
+    )
+    inputs: bool = Field(
+        True,
+        description="Log each input row itself; false keeps only its sha256 digest and "
+        "shape (for privacy).",
+    )
+    flush_interval_s: float = Field(
+        10.0, gt=0, le=3600,
+        description="How often a router writes what it buffered; a crash loses at most "
+        "this much plus the buffer.",
+    )
+    max_buffer_rows: int = Field(
+        100_000, ge=1,
+        description="Most rows a router buffers between writes; past it rows are dropped "
+        "and counted (the request is never held).",
+    )
+    max_file_rows: int = Field(
+        50_000, ge=1,
+        description="Most rows per file; a router writes as soon as this many wait.",
+    )
+    retention_hours: float | None = Field(
+        168.0, gt=0,
+        description="Hour partitions older than this are deleted by the routers; null "
+        "keeps every file.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_fractions(cls, data: Any) -> Any:
+        return _percent_instead(
+            data, {"sample": "sample_percent",
+                   "sample_by_experiment": "sample_percent_by_experiment"}
+        )
+
+    @field_validator("sample_percent_by_experiment")
+    @classmethod
+    def _percents(cls, percents: dict[str, float]) -> dict[str, float]:
+        for name, percent in percents.items():
+            if not 0 < percent <= 100:
+                raise ValueError(
+                    f"{name!r}: {percent} is not a share in percent; write a number greater "
+                    "than 0 and at most 100"
+                )
+        return percents
+
+    @property
+    def sample(self) -> float:
+        """sample_percent as a fraction (0..1), for the writer's hash."""
+        return self.sample_percent / 100.0
+
+    @property
+    def sample_by_experiment(self) -> dict[str, float]:
+        """sample_percent_by_experiment as fractions (0..1)."""
+        return {k: v / 100.0 for k, v in self.sample_percent_by_experiment.items()}
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, location: str) -> str:
+        if not location.strip():
+            raise ValueError(
+                "empty; write a directory (relative to the config) or a URI such as "
+                "s3://bucket/prefix"
+            )
+        return location
 
 
 class CacheConfig(_Frozen):
@@ -600,6 +935,14 @@ class AbserveConfig(_Frozen):
     admin: AdminConfig = Field(default_factory=AdminConfig)  # type: ignore[arg-type]
     state: StateConfig = Field(default_factory=StateConfig)  # type: ignore[arg-type]
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)  # type: ignore[arg-type]
+    canary: CanaryPlanConfig | None = Field(
+        None,
+        description="A canary plan declared with the config: it starts when this config "
+        "revision is deployed and, like every live change, gives way to the next revision "
+        "([experiments](experiments.md), \"The config file is the desired state\").",
+    )
+    log: LogConfig = Field(default_factory=LogConfig)  # type: ignore[arg-type]
+    drift: DriftConfig = Field(default_factory=DriftConfig)  # type: ignore[arg-type]
 
     @field_validator("models")
     @classmethod
@@ -625,6 +968,24 @@ class AbserveConfig(_Frozen):
                     f"experiment.arms.{i}.version: unknown version {arm.version!r}; "
                     f"deployed versions are {sorted(deployed)}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _canary_fits_the_experiment(self) -> AbserveConfig:
+        plan = self.canary
+        if plan is None:
+            return self
+        deployed = sorted(m.version for m in self.models)
+        if plan.candidate not in deployed:
+            raise ValueError(f"canary.candidate: unknown version {plan.candidate!r}; deployed "
+                             f"versions are {deployed}")
+        baseline = self.experiment.baseline
+        if plan.baseline not in (None, baseline):
+            raise ValueError(f"canary.baseline: {plan.baseline!r} is not the experiment's "
+                             f"baseline {baseline!r}; leave it out or write {baseline!r}")
+        if plan.candidate == baseline:
+            raise ValueError(f"canary.candidate: {baseline!r} is the experiment's baseline; "
+                             "name a candidate")
         return self
 
     @model_validator(mode="after")
@@ -659,11 +1020,25 @@ def format_validation_errors(exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key; remove it or check its spelling"
-        if not err["loc"] and re.match(r"[A-Za-z_][\w.]*: ", msg):
-            lines.append(msg)  # a check across sections names its own field
+        if re.match(r"[A-Za-z_][\w.]*: ", msg) and err["type"] == "value_error":
+            # a validator names its own field (a check across sections: the whole path)
+            lines.append(f"{loc}.{msg}" if err["loc"] else msg)
             continue
         lines.append(f"{loc}: {msg}")
     return "; ".join(lines)
+
+
+def first_error_field(exc: ValidationError) -> str | None:
+    """The dotted path of the first error's field (an InvalidInput's ``field``); a validator
+    whose message starts with a field's name (``share: ...``) names it below the path."""
+    errors = exc.errors()
+    if not errors:
+        return None
+    parts = [str(p) for p in errors[0]["loc"]]
+    named = re.match(r"(?:Value error, )?([A-Za-z_][\w.]*): ", errors[0]["msg"])
+    if named and errors[0]["type"] == "value_error":
+        parts.append(named.group(1))
+    return ".".join(parts) or None
 
 
 def parse_config(data: Any) -> AbserveConfig:
@@ -693,6 +1068,9 @@ def load_config(path: str | Path) -> AbserveConfig:
         "registry": str(config.registry_path(base)),
         "state": config.state.model_copy(update={"dir": str((base / config.state.dir).resolve())}),
     }
+    if "://" not in config.log.location:
+        location = str((base / config.log.location).resolve())
+        update["log"] = config.log.model_copy(update={"location": location})
     if config.admin.token_file:
         token_file = (base / config.admin.token_file).resolve()
         update["admin"] = config.admin.model_copy(update={"token_file": str(token_file)})

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from router.controlplane.experiment import Declaration
 from serve.config import AbserveConfig, side_by_side_problems
 from serve.errors import ConfigError
 
@@ -26,6 +27,7 @@ __all__ = ["IMPORT_PATH", "cluster_path", "render_serve_config", "serve_config"]
 
 # serve/app.py's builder; its arguments are the fields of serve.app.AppArgs.
 IMPORT_PATH = "serve.app:app"
+CONTROLLER_DEPLOYMENT = "controller"  # serve/app.py's name for the experiment controller
 
 
 def cluster_path(path: str, cluster_dir: str | None) -> str:
@@ -82,6 +84,12 @@ def serve_config(
         if working_dir is not None:
             app["runtime_env"] = {"working_dir": working_dir}
         app["args"] = args
+        # What the config declares of the live experiment, as the controller's user_config:
+        # a file that changes only the experiment or the canary plan keeps args, so `serve
+        # deploy` of it is Serve's lightweight update, reaching every router through the
+        # controller without restarting any replica (docs/operations.md).
+        app["deployments"] = [{"name": CONTROLLER_DEPLOYMENT,
+                               "user_config": Declaration.of(config).to_user_config()}]
         applications.append(app)
     return {
         "proxy_location": first.http.proxy_location,

@@ -12,6 +12,7 @@ from typing import Any
 
 __all__ = [
     "CONTROLLER_METRICS",
+    "DRIFT_METRICS",
     "LATENCY_BOUNDARIES_MS",
     "METRICS",
     "MODEL_METRICS",
@@ -85,6 +86,13 @@ METRICS: dict[str, MetricSpec] = {
             "Latency of shadow calls in ms (merged, background).",
             ("experiment", "version"), tuple(LATENCY_BOUNDARIES_MS),
         ),
+        MetricSpec(
+            "abserve_log_rows", "counter",
+            "Prediction log rows by table (predictions, feedback) and result: written, "
+            "dropped (the router's buffer was full) or failed (the write did: a full disk, an "
+            "unreachable store). Counted by the log's own thread.",
+            ("experiment", "table", "result"),
+        ),
     )
 }
 
@@ -122,6 +130,47 @@ CONTROLLER_METRICS: dict[str, MetricSpec] = {
             "abserve_srm_mismatch", "gauge",
             "1 while the experiment's split is flagged (abserve_srm_p_value < 0.001), else 0.",
             ("experiment",),
+        ),
+    )
+}
+
+
+# Set by the experiment controller from its drift windows (router/controlplane/drift.py
+# ``DriftMonitor.gauges``), per version and input channel; docs/monitoring.md, Drift.
+DRIFT_TAGS = ("experiment", "version", "channel")
+DRIFT_METRICS: dict[str, MetricSpec] = {
+    m.name: m
+    for m in (
+        MetricSpec(
+            "abserve_drift_psi", "gauge",
+            "Population stability index of a version's inputs over the drift window against "
+            "its reference, per input channel.", DRIFT_TAGS,
+        ),
+        MetricSpec(
+            "abserve_drift_ks", "gauge",
+            "Two-sample KS statistic (binned) of a version's inputs over the drift window "
+            "against its reference, per input channel.", DRIFT_TAGS,
+        ),
+        MetricSpec(
+            "abserve_drift_label_js", "gauge",
+            "Jensen-Shannon distance of a version's predicted-label distribution over the "
+            "window from the reference's (channel labels_vs_reference) or the baseline's "
+            "(labels_vs_baseline).", DRIFT_TAGS,
+        ),
+        MetricSpec(
+            "abserve_drift_alert", "gauge",
+            "1 while any drift statistic of the version is past its threshold, else 0.",
+            DRIFT_TAGS,
+        ),
+        MetricSpec(
+            "abserve_drift_window_accuracy", "gauge",
+            "Accuracy of the feedback labels joined in the drift window (concept drift).",
+            DRIFT_TAGS,
+        ),
+        MetricSpec(
+            "abserve_drift_alerts", "counter",
+            "Drift alerts raised (each at most once per window), by version and statistic "
+            "(in the channel tag: psi, ks, label_js).", DRIFT_TAGS,
         ),
     )
 }

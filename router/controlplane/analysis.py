@@ -7,7 +7,7 @@ router/controlplane/stats.py, the sample-ratio check in split.py; ``METHODS``
 names each with its reference, and the report carries it.
 
 Quality without labels, per arm: ``disagreement`` (the share of the arm's
-compared rows, ``experiment.compare_share`` of its own answers, that the
+compared rows, ``experiment.compare_percent`` of its own answers, that the
 baseline labels otherwise) and ``label_distribution``; per candidate the
 ``label_shift`` of its predicted labels from the baseline's. The verdict
 names them when they are material by the canary gates' defaults
@@ -142,7 +142,7 @@ METHODS = {
         "candidate against baseline, with the Hodges-Lehmann shift as a ratio; fixed-horizon"
     ),
     "disagreement": (
-        "without labels: a sampled share (experiment.compare_share) of each candidate's own "
+        "without labels: a sampled share (experiment.compare_percent) of each candidate's own "
         "answers is answered by the baseline too; the share of those rows whose predicted "
         "labels differ, with its 95 % Wilson interval"
     ),

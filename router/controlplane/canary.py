@@ -35,7 +35,7 @@ Quality gates, beside the rates and p99 (docs/experiments.md, Statistics):
               fails when the candidate is slower (one-sided p < latency_alpha)
               by more than ``max_latency_shift`` (Hodges-Lehmann ratio)
     disagreement  on by default, needs no labels: the share of the candidate's
-              rows that the baseline, asked too on ``experiment.compare_share``
+              rows that the baseline, asked too on ``experiment.compare_percent``
               of them, labels otherwise; fails when its 95 % Wilson interval lies
               wholly above ``max_disagreement`` (0.2)
     label_shift  on by default, needs no labels: the total variation distance
@@ -43,6 +43,10 @@ Quality gates, beside the rates and p99 (docs/experiments.md, Statistics):
               distributions in the window; fails when it is over
               ``max_label_shift`` (0.2) and a chi-square test of homogeneity
               says the difference is real (p < ``label_shift_alpha``, 0.001)
+    drift     off by default (``drift: true``): fails while the candidate's drift
+              window (router/controlplane/drift.py) holds an alert: an input
+              channel's PSI or KS, or its labels' JS distance, past the config's
+              ``drift`` thresholds; skips without a reference or enough rows
 
 Every verdict's last reason names these gates with their numbers.
 
@@ -195,6 +199,10 @@ class GateConfig:
     max_label_shift: float | None = 0.2
     label_shift_alpha: float = 0.001
     min_compared: int = 50
+    # Off by default: fails a window while the candidate's input or label drift is past the
+    # config's drift thresholds (router/controlplane/drift.py; the controller's sliding
+    # drift window, not the step's), skips while it has no reference or too few rows.
+    drift: bool = False
 
     def __post_init__(self) -> None:
         _rate_field("gates.max_error_rate", self.max_error_rate)
@@ -592,6 +600,7 @@ def check_gates(
     share_why: str = "the experiment's weights were not passed to evaluate",
     kind: str = MULTICLASS,
     errors: tuple[ErrorMoments, ErrorMoments] | None = None,
+    drift: Mapping[str, Any] | None = None,
 ) -> tuple[tuple[GateResult, ...], Metrics]:
     """Judge one window: a result per enabled gate, and the numbers that decided.
 
@@ -779,7 +788,7 @@ def check_gates(
         limit = gates.max_disagreement
         if n < gates.min_compared:
             lack = (f"lacks data: {n} of {gates.min_compared} rows compared with the baseline "
-                    "in the window (experiment.compare_share)")
+                    "in the window (experiment.compare_percent)")
             judge("disagreement", None, lack, lack)
         else:
             lo, hi = wilson_interval(d, n, 0.95)
@@ -847,6 +856,22 @@ def check_gates(
             judge("latency_shift", ok,
                   f"candidate latency typically {numbers}, P(slower) {lat.prob_slower:.3f}",
                   numbers)
+    if gates.drift:
+        status = (drift or {}).get("status")
+        if status not in ("ok", "alert"):
+            lack = f"lacks data: the candidate's drift window is {status or 'not reported'}"
+            judge("drift", None, lack, lack)
+        else:
+            assert drift is not None
+            alerts = list(drift.get("alerts", ()))
+            metrics.update(drift_max_psi=drift.get("max_psi"), drift_max_ks=drift.get("max_ks"),
+                           drift_alerts=len(alerts))
+            numbers = ", ".join(f"{a['statistic']} {a['channel']} {a['value']:.3g} > "
+                                f"{a['threshold']:g}" for a in alerts) or (
+                f"max PSI {drift.get('max_psi', 0):.3g}, max KS {drift.get('max_ks', 0):.3g} "
+                "within the thresholds")
+            judge("drift", not alerts, f"candidate's inputs and labels over "
+                  f"{drift.get('rows')} rows: {numbers}", numbers)
     return tuple(results), metrics
 
 
@@ -869,6 +894,7 @@ def evaluate(
     weights: Mapping[str, float] | None = None,
     kind: str = MULTICLASS,
     errors: tuple[ErrorMoments, ErrorMoments] | None = None,
+    drift: Mapping[str, Any] | None = None,
 ) -> tuple[CanaryState, Decision]:
     """Judge the current step's window and move the plan on; see the module docstring.
 
@@ -915,7 +941,7 @@ def evaluate(
     results, metrics = check_gates(
         plan.gates, candidate, baseline, shadow, labels=labels, share=share,
         share_why="the experiment's weights were not passed to evaluate" if weights is None
-        else "neither arm has weight", kind=kind, errors=errors,
+        else "neither arm has weight", kind=kind, errors=errors, drift=drift,
     )
     metrics["elapsed_s"] = elapsed
     reasons = [r.message for r in results]
@@ -952,7 +978,7 @@ def evaluate(
     answer_gates = [r for r in results if r.name in ANSWER_QUALITY_GATES]
     disagreement = next((r for r in answer_gates if r.name == "disagreement"), None)
     if disagreement is not None and disagreement.status == "skip" and candidate.compared > 0:
-        # Comparisons are flowing (experiment.compare_share > 0): they are the one answer
+        # Comparisons are flowing (experiment.compare_percent > 0): they are the one answer
         # gate every window can feed, and the label distribution alone misses a model that
         # is wrong in every class alike, so the window waits for their minimum.
         hold = (f"hold at {where}: waiting for the disagreement gate's data "

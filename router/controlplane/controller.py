@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from ray import serve
 
-from router.controlplane.experiment import ExperimentState
+from router.controlplane.drift import DriftGauges, load_references
+from router.controlplane.experiment import Declaration, ExperimentState
 from router.controlplane.messages import Applied, SyncReply, SyncReport
 from router.controlplane.operations import Operation
 from router.controlplane.service import ExperimentService
@@ -37,7 +39,16 @@ log = logging.getLogger("ray.serve")
 class ExperimentController:
     def __init__(self, config: dict[str, Any]) -> None:
         cfg = parse_config(config)
-        self.service = ExperimentService(cfg, FileStore(cfg.state.dir, cfg.app_name))
+        self.config = cfg
+        self.drift_gauges = DriftGauges(ray_metric_factory, cfg.experiment.name)
+        # The service starts in the first reconfigure, which Serve calls before this replica
+        # is ready: what the deployed config declares (experiment, canary) comes as its
+        # user_config (serve/app.py, serve/serve_config.py), so that a file changing only
+        # those redeploys without restarting a replica, and the saved state is judged
+        # against that declaration, not against a stale copy of the file.
+        self.service: ExperimentService
+        self._drift_at = float("-inf")
+        self._drift_failed = False
         self.tick_s = cfg.state.canary_tick_s
         self._ticker: asyncio.Task[None] | None = None
         self.srm_gauges = SrmGauges(ray_metric_factory)
@@ -51,11 +62,46 @@ class ExperimentController:
             except Exception:  # noqa: BLE001 - one bad tick must not stop the clock
                 log.exception("canary tick failed")
 
+    def _count_drift_alert(self, alert: dict[str, Any]) -> None:
+        try:
+            self.drift_gauges.alert(alert)
+        except Exception:  # noqa: BLE001 - a metric must not fail the report
+            log.exception("could not count a drift alert")
+
+    def _update_drift(self) -> None:
+        """The drift gauges (and alerts), at most once per second: syncs come more often."""
+        now = time.monotonic()
+        if now - self._drift_at < 1.0:
+            return
+        self._drift_at = now
+        try:
+            self.drift_gauges.update(self.service.drift, self.service.drift_report())
+        except Exception:  # noqa: BLE001 - a metric must not fail the router's sync
+            if not self._drift_failed:
+                log.exception("could not set the drift gauges")
+            self._drift_failed = True
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """A config revision: at start, and on every `serve deploy` whose user_config changed.
+        A bad one raises, so Serve marks the deployment failed with the field-named error."""
+        declared = Declaration.from_user_config(user_config, self.config)
+        if not hasattr(self, "service"):
+            cfg = self.config
+            self.service = ExperimentService(
+                cfg, FileStore(cfg.state.dir, cfg.app_name),
+                references=load_references(cfg) if cfg.drift.enabled else None,
+                on_drift_alert=self._count_drift_alert, declared=declared,
+            )
+            return
+        outcome = await self.service.declare(declared)
+        log.info("config revision %s: %s", declared.digest, outcome)
+
     def __del__(self) -> None:
         # Serve calls this on a graceful shutdown (abserve down, a redeploy): the counters'
         # last second reaches the disk. A SIGKILL skips it; the journal has the labels.
         try:
-            self.service.flush()
+            if hasattr(self, "service"):
+                self.service.flush()
         except Exception:  # noqa: BLE001 - shutting down; nothing to report to
             log.exception("could not save the experiment counters on shutdown")
 
@@ -77,6 +123,10 @@ class ExperimentController:
             if not self._gauges_failed:  # once: syncs come every second from every router
                 log.exception("could not set the sample-ratio gauges")
             self._gauges_failed = True
+        # Every sync, not only those carrying new rows: the window slides, and the last rows
+        # of a burst may come within a second of the update before them.
+        if self.config.drift.enabled and any(self.service.drift.references.values()):
+            self._update_drift()
         return reply
 
     def record_feedback(self, request_id: str, label: int | list[float]) -> dict[str, Any]:

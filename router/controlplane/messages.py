@@ -7,7 +7,7 @@ so that the service, a plane, never imports the client, an adapter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from router.controlplane.experiment import ExperimentState
@@ -24,6 +24,9 @@ class SyncReport:
     # (request id, version, what was answered: label index, [label, score] or the values)
     served: list[tuple[str, str, Any]]
     kind: str = "multiclass"  # the model's output kind (models/kinds.py): what the report shows
+    # version -> the inputs and answers binned since the last report, with the edges of the
+    # version's reference (router/controlplane/drift.py DriftBuffer): rows, channels, answers
+    drift: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,9 @@ class SyncReply:
     revision: int
     bandit_successes: dict[str, int]
     bandit_failures: dict[str, int]
+    # version -> its drift in a word or two ("ok", "alert psi ch3=0.31", "no reference",
+    # "warming up"): what /stats and `abserve status` show without an admin call
+    drift: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

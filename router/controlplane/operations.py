@@ -141,13 +141,13 @@ class SetWeights(_Op, kind="set_weights"):
 
 @dataclass(frozen=True)
 class SetShadows(_Op, kind="set_shadows"):
-    """Replace the shadow list: [{"version": "v3", "share": 0.2}, ...] ([] turns shadows off)."""
+    """Replace the shadow list: [{"version": "v3", "percent": 20}, ...] ([] turns shadows off)."""
 
     shadows: Any
 
     def apply(self, exp: ExperimentConfig, deployed: Collection[str]) -> ExperimentConfig:
         if not isinstance(self.shadows, list):
-            raise InvalidInput("shadows: expected a list of {version, share}", field="shadows")
+            raise InvalidInput("shadows: expected a list of {version, percent}", field="shadows")
         for i, s in enumerate(self.shadows):
             version = s.get("version") if isinstance(s, dict) else None
             if not isinstance(version, str) or version not in deployed:
@@ -348,5 +348,6 @@ def apply_operation(
         revision=state.revision + 1,
         updated_at=now,
         updated_by=who,
+        live_changes=state.live_changes + 1,  # an override of the config revision's state
     )
     return new, audit_entry(now, who, op.kind, op.params(), state, new, **extra)

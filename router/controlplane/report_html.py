@@ -219,6 +219,41 @@ def _kind_section(report: dict[str, Any]) -> str:
     return ""
 
 
+def _drift_section(report: dict[str, Any]) -> str:
+    """Per version its drift window: a table, and a chart of its channels' PSI."""
+    drift = report.get("drift")
+    if not drift or not drift.get("versions"):
+        return ""
+    thr = drift.get("thresholds", {})
+    rows, charts = [], []
+    for v, d in drift["versions"].items():
+        labels = d.get("labels") or {}
+        acc = d.get("accuracy") or {}
+        alerts = "; ".join(f"{a['statistic']} {a['channel']} {a['value']:.3g}"
+                           for a in d.get("alerts", ())) or "–"
+        rows.append(
+            f"<tr><th>{escape(v)}</th><td>{escape(str(d.get('status')))}</td>"
+            f"<td>{_fmt(d.get('rows'))}</td><td>{_fmt(d.get('max_psi'))}</td>"
+            f"<td>{_fmt(d.get('max_ks'))}</td>"
+            f"<td>{_fmt((labels.get('reference') or {}).get('js'))}</td>"
+            f"<td>{_fmt((labels.get('baseline') or {}).get('js'))}</td>"
+            f"<td>{_fmt(acc.get('accuracy'), pct=True)}</td><td>{escape(alerts)}</td></tr>")
+        if d.get("channels"):
+            charts.append(_bar_chart(
+                {c["name"]: (c["psi"], None, None) for c in d["channels"]},
+                f"Drift of {v}: PSI per input channel (alert above {thr.get('psi_alert')})", ""))
+        else:
+            charts.append(f"<p><em>Drift of {escape(v)}: {escape(str(d.get('status')))}."
+                          "</em></p>")
+    return (f"<h2>Drift (window {_fmt(drift.get('window_s'))} s)</h2>"
+            "<table><tr><th>version</th><th>status</th><th>rows</th><th>max PSI</th>"
+            "<th>max KS</th><th>labels JS vs reference</th><th>labels JS vs baseline</th>"
+            f"<th>window accuracy</th><th>alerts</th></tr>{''.join(rows)}</table>"
+            f"<p>alert: PSI &gt; {_fmt(thr.get('psi_alert'))}, KS &gt; "
+            f"{_fmt(thr.get('ks_alert'))}, labels JS &gt; {_fmt(thr.get('label_js_alert'))}; "
+            f"judged from {_fmt(thr.get('min_rows'))} rows in the window</p>{''.join(charts)}")
+
+
 def render_report_html(report: dict[str, Any]) -> str:
     arms = list(report["arms"])
     rows = []
@@ -274,6 +309,7 @@ minimum detectable effect {_fmt(report.get("min_detectable_effect"), pct=True)}
 {_kind_section(report)}
 {_statistics(report)}
 {shadow_table}
+{_drift_section(report)}
 {_line_chart(_share_series(report.get("history", []), arms), arms, "Traffic share over time")}
 {_bar_chart(latency, "p99 latency per arm", " ms")}
 {_bar_chart(accuracy, "Accuracy per arm (95 % CI)", "", scale_max=1.0)}

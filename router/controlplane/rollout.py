@@ -194,6 +194,7 @@ class Rollout:
         *,
         kind: str = MULTICLASS,
         errors: Mapping[str, ErrorMoments] | None = None,
+        drift: Mapping[str, Any] | None = None,
     ) -> tuple[Decision, Operation | None]:
         """``weights``: the stored weights (the next step is computed from them);
         ``in_force``: the effective ones the routers served the window with (a paused
@@ -204,7 +205,8 @@ class Rollout:
         before = self.state
         self.state, decision = evaluate(self.plan, self.state, cand, base, now, shadow=shadow,
                                         weights=in_force, kind=kind,
-                                        errors=self._errors_since_start(errors))
+                                        errors=self._errors_since_start(errors),
+                                        drift=drift)
         if decision.action is Action.ADVANCE:
             reason = does_not_fit(
                 weights, self.plan.baseline, self.plan.candidate, decision.new_weight)

@@ -20,22 +20,31 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from models.kinds import REGRESSION
-from router.controlplane.canary import CanaryPlan, CanaryStatus, Verdict
-from router.controlplane.experiment import ExperimentState, effective_weights
+from models.reference import Reference
+from router.controlplane.canary import CanaryPlan, CanaryStatus, Verdict, abort
+from router.controlplane.drift import DriftMonitor, summarize_drift
+from router.controlplane.experiment import Declaration, ExperimentState, effective_weights
 from router.controlplane.ledger import Ledger
 from router.controlplane.messages import Applied, SyncReply, SyncReport
 from router.controlplane.operations import AddCandidate, Operation, apply_operation, audit_entry
 from router.controlplane.rollout import Rollout
 from router.controlplane.store import Journal
-from serve.config import AbserveConfig
+from serve.config import (
+    AbserveConfig,
+    CanaryGatesConfig,
+    CanaryPlanConfig,
+    first_error_field,
+    format_validation_errors,
+)
 from serve.errors import InvalidInput, NotFound
 
-__all__ = ["PLAN_KEYS", "ExperimentService", "StateStore"]
+__all__ = ["ExperimentService", "StateStore"]
 
 log = logging.getLogger("ray.serve")
 
-PLAN_KEYS = frozenset({"candidate", "baseline", "steps", "interval_s", "min_requests", "gates"})
 CANARY_EXTRA = "canary"  # the store's document that holds the canary plan and state
 COUNTERS_EXTRA = "ledger"  # the router replicas' cumulative counters
 HISTORY_EXTRA = "history"  # the report's time series
@@ -68,15 +77,23 @@ class ExperimentService:
         store: StateStore,
         *,
         clock: Callable[[], float] = time.time,
+        references: Mapping[str, Reference | None] | None = None,
+        on_drift_alert: Callable[[dict[str, Any]], None] | None = None,
+        declared: Declaration | None = None,
     ) -> None:
+        """``references``: each version's reference statistics (drift.load_references; the
+        controller reads them from the registry), None for none: no drift is computed.
+        ``declared``: what the deployed config declares (Serve's user_config), by default
+        ``config``'s own experiment and canary; the saved state is kept only when it was made
+        on that same config revision (``_adopt``)."""
         self.config = config
         self.deployed = frozenset(m.version for m in config.models)
         self.store = store
         self.clock = clock
         self.lock = asyncio.Lock()
-        self.state = self._initial_state()
         saved = store.load_extra(CANARY_EXTRA)
         self.rollout = Rollout.from_dict(saved) if saved else None
+        self.declared = declared or Declaration.of(config)
         self.ledger = Ledger(
             versions=sorted(self.deployed),
             ttl_s=config.feedback.ttl_s,
@@ -87,6 +104,11 @@ class ExperimentService:
         self.ledger.restore(store.load_extra(COUNTERS_EXTRA), store.load_extra(HISTORY_EXTRA))
         self._counters_saved_at = float("-inf")
         self._counters_dirty = False
+        self.drift = DriftMonitor(config.drift, references or {}, clock=clock,
+                                  on_alert=on_drift_alert)
+        self._drift_summary: tuple[float, dict[str, str]] | None = None
+        self.state: ExperimentState
+        self._adopt(self.declared, self._saved_state())
 
     def _saved_state(self) -> ExperimentState | None:
         """The persisted state, if it is readable and names only deployed versions."""
@@ -106,14 +128,69 @@ class ExperimentService:
         log.info("experiment state revision %d loaded", state.revision)
         return state
 
-    def _initial_state(self) -> ExperimentState:
-        state = self._saved_state()
-        if state is not None:
-            return state
-        state = ExperimentState(self.config.experiment, revision=1, updated_at=self.clock())
-        self.store.save(state.to_dict(), audit_entry(state.updated_at, "config", "init", {},
-                                                     None, state))
-        return state
+    # ------------------------------------------------------------ the declared config
+
+    def _adopt(self, declared: Declaration, saved: ExperimentState | None) -> dict[str, Any]:
+        """The reconciliation rule (docs/experiments.md, "The config file is the desired
+        state"): a live state made on ``declared``'s config revision is kept, with its live
+        changes (admin calls, canary steps); any other (another revision, none recorded, or
+        no saved state) is replaced by what ``declared`` says, a running canary of it is
+        rolled back, the audit log says what was replaced, and a declared canary plan starts.
+        Returns what happened (``abserve diff`` and the controller's log show it)."""
+        digest = declared.digest
+        if saved is not None and saved.config_revision == digest:
+            self.state = saved
+            log.info("config revision %s: the live state (revision %d, %d live change(s)) was "
+                     "made on it and is kept", digest, saved.revision, saved.live_changes)
+            return {"config_revision": digest, "replaced": False,
+                    "live_changes": saved.live_changes}
+        now = self.clock()
+        new = ExperimentState(declared.experiment, revision=1 if saved is None
+                              else saved.revision + 1, updated_at=now, updated_by="config",
+                              config_revision=digest)
+        extra: dict[str, Any] = {}
+        if saved is not None:
+            extra["replaced"] = {
+                "revision": saved.revision, "config_revision": saved.config_revision or None,
+                "live_changes": saved.live_changes, "paused": saved.paused,
+                "shadows": [s.model_dump(mode="json") for s in saved.experiment.shadows],
+            }
+        running = self.rollout if self.rollout is not None and not self.rollout.state.done \
+            else None
+        if running is not None:
+            running.state = abort(running.state, now, f"config revision {digest} deployed")
+            extra["canary_replaced"] = running.plan.candidate
+        self.store.save(new.to_dict(), audit_entry(
+            now, "config", "init" if saved is None else "deploy",
+            {"config_revision": digest}, saved, new, **extra))
+        self.state = new
+        if running is not None:
+            self._save_rollout(running.state.history[-1].to_dict())
+        log.info("config revision %s deployed: experiment revision %d%s", digest, new.revision,
+                 "" if saved is None else f" replaces revision {saved.revision} (config "
+                 f"revision {saved.config_revision or 'unknown'}, {saved.live_changes} live "
+                 "change(s))")
+        outcome = {"config_revision": digest, "replaced": saved is not None,
+                   "live_changes": 0 if saved is None else saved.live_changes,
+                   "canary_replaced": extra.get("canary_replaced"), "canary": None}
+        if declared.canary is not None:
+            try:
+                self._start_canary_locked(declared.canary.model_dump(mode="json"), "config")
+                outcome["canary"] = "started"
+            except InvalidInput as exc:  # a plan that does not fit: said, never fatal
+                log.error("config revision %s: the declared canary plan was refused: %s",
+                          digest, exc.message)
+                self.store.append_audit(audit_entry(
+                    self.clock(), "config", "canary", {"refused": exc.message}, None,
+                    self.state))
+                outcome["canary"] = f"refused: {exc.message}"
+        return outcome
+
+    async def declare(self, declared: Declaration) -> dict[str, Any]:
+        """A config revision deployed while running (the controller's reconfigure)."""
+        async with self.lock:
+            self.declared = declared
+            return self._adopt(declared, self.state)
 
     # ------------------------------------------------------------ the experiment
 
@@ -152,9 +229,12 @@ class ExperimentService:
                          "served": report.served, "kind": report.kind},
             self._weights_in_force())
         self._counters_dirty |= before != counters()
+        for version, payload in report.drift.items():
+            self.drift.add(version, payload)
         self._save_counters(added_history)
         counts = self.ledger.bandit_counts()
-        return SyncReply(self.state.revision, counts["successes"], counts["failures"])
+        return SyncReply(self.state.revision, counts["successes"], counts["failures"],
+                         drift=self.drift_summary())
 
     def _weights_in_force(self) -> dict[str, float] | None:
         """The weights routers serve with now (the paused experiment's included); None under
@@ -178,12 +258,34 @@ class ExperimentService:
         self._save_counters(force=True)
 
     def record_feedback(self, request_id: str, label: int | list[float]) -> dict[str, Any]:
-        return self.ledger.record_feedback(request_id, label)
+        out = self.ledger.record_feedback(request_id, label)
+        if out.get("counted") and "correct" in out:  # the window's accuracy: concept drift
+            self.drift.add_feedback(str(out["version"]), bool(out["correct"]))
+        return out
+
+    def drift_summary(self) -> dict[str, str]:
+        """Per version its drift in a word or two, recomputed at most once a second; empty
+        when drift is off or no version has a reference (nothing is computed then)."""
+        if not self.config.drift.enabled or not any(self.drift.references.values()):
+            return {}
+        now = self.clock()
+        cached = self._drift_summary
+        if cached is not None and now - cached[0] < 1.0:
+            return cached[1]
+        summary = {v: summarize_drift(r)
+                   for v, r in self.drift_report()["versions"].items()}
+        self._drift_summary = (now, summary)
+        return summary
+
+    def drift_report(self) -> dict[str, Any]:
+        """The drift windows of every deployed version (the report's ``drift`` section)."""
+        return self.drift.report(sorted(self.deployed), self.state.experiment.baseline)
 
     def report(self) -> dict[str, Any]:
         report = self.ledger.report(self.state.experiment.baseline, effective_weights(self.state))
         report["experiment"] = self.state.experiment.name
         report["revision"] = self.state.revision
+        report["drift"] = self.drift_report()
         return report
 
     # ------------------------------------------------------------ canary
@@ -210,6 +312,9 @@ class ExperimentService:
                 shadow=self.ledger.merged_shadows().get(rollout.plan.candidate),
                 in_force=self._weights_in_force(), kind=self.ledger.kind,
                 errors=self.ledger.errors if regression else None,
+                drift=(self.drift.version_report(rollout.plan.candidate,
+                                                 self.state.experiment.baseline)
+                       if rollout.plan.gates.drift else None),
             )
             if decision.verdict is Verdict.WAIT:
                 started_errors = (rollout.errors_base is not None) != had_errors_base
@@ -226,40 +331,45 @@ class ExperimentService:
             log.info("canary %s: %s", decision.action.value, "; ".join(decision.reasons))
 
     def _parse_plan(self, plan: Mapping[str, Any]) -> CanaryPlan:
-        data = dict(plan)
-        data.setdefault("baseline", self.state.experiment.baseline)
-        unknown = sorted(set(data) - PLAN_KEYS)
-        if unknown:
-            raise InvalidInput(
-                f"canary plan: unknown key(s) {unknown}; known {sorted(PLAN_KEYS)}"
-            )
+        """A plan as the admin API and the config write it (percent, serve.config's
+        CanaryPlanConfig: field-named errors), checked against the live experiment."""
         try:
-            parsed = CanaryPlan.from_dict(data)
+            body = CanaryPlanConfig.model_validate(dict(plan))
+        except ValidationError as exc:
+            raise InvalidInput(f"canary plan: {format_validation_errors(exc)}",
+                               field=first_error_field(exc)) from None
+        baseline = self.state.experiment.baseline
+        if body.baseline not in (None, baseline):
+            raise InvalidInput(f"canary plan: baseline must be the experiment's baseline "
+                               f"{baseline!r}", field="baseline")
+        if body.candidate not in self.deployed:
+            raise InvalidInput(f"candidate {body.candidate!r} is not deployed; deployed: "
+                               f"{sorted(self.deployed)}", field="candidate")
+        try:
+            return CanaryPlan.from_dict(body.plan_fields(baseline))
         except (ValueError, TypeError, KeyError) as exc:
             raise InvalidInput(f"canary plan: {exc}") from None
-        if parsed.baseline != self.state.experiment.baseline:
-            raise InvalidInput("canary plan: baseline must be the experiment's baseline")
-        if parsed.candidate not in self.deployed:
-            raise InvalidInput(f"candidate {parsed.candidate!r} is not deployed")
-        return parsed
 
     async def start_canary(self, plan: Mapping[str, Any], who: str) -> dict[str, Any]:
         """Start a plan for a deployed candidate against the current baseline."""
         async with self.lock:
-            if self.rollout is not None and not self.rollout.state.done:
-                raise InvalidInput(
-                    f"a canary for {self.rollout.plan.candidate} is {self.rollout.state.status}; "
-                    "abort it first"
-                )
-            parsed = self._parse_plan(plan)
-            rollout = Rollout.create(parsed)
-            first = rollout.start(self.state.weights(), self.clock())  # refuses a misfit plan
-            if parsed.candidate not in self.state.weights():
-                self._apply_locked(AddCandidate(parsed.candidate), who)
-            self._apply_locked(first, who)
-            self.rollout = rollout
-            self._save_rollout(rollout.state.history[-1].to_dict())
-            return self.canary_status()
+            return self._start_canary_locked(plan, who)
+
+    def _start_canary_locked(self, plan: Mapping[str, Any], who: str) -> dict[str, Any]:
+        if self.rollout is not None and not self.rollout.state.done:
+            raise InvalidInput(
+                f"a canary for {self.rollout.plan.candidate} is {self.rollout.state.status}; "
+                "abort it first"
+            )
+        parsed = self._parse_plan(plan)
+        rollout = Rollout.create(parsed)
+        first = rollout.start(self.state.weights(), self.clock())  # refuses a misfit plan
+        if parsed.candidate not in self.state.weights():
+            self._apply_locked(AddCandidate(parsed.candidate), who)
+        self._apply_locked(first, who)
+        self.rollout = rollout
+        self._save_rollout(rollout.state.history[-1].to_dict())
+        return self.canary_status()
 
     async def canary_action(self, action: str, who: str) -> dict[str, Any]:
         """pause | resume | abort (abort rolls the candidate back to 0 %)."""
@@ -283,5 +393,9 @@ class ExperimentService:
 
     def canary_status(self) -> dict[str, Any]:
         """The plan, its state and history, and the pid of the process that runs the canary."""
-        status = {"plan": None, "state": None} if self.rollout is None else self.rollout.to_dict()
+        status: dict[str, Any] = ({"plan": None, "state": None} if self.rollout is None
+                                  else self.rollout.to_dict())
+        if status["plan"] is not None:  # the gates as users write them: rates in percent
+            gates = CanaryGatesConfig.from_gate_fields(status["plan"]["gates"])
+            status["plan"] = {**status["plan"], "gates": gates.model_dump(mode="json")}
         return {**status, "controller_pid": os.getpid()}

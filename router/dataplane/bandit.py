@@ -14,7 +14,7 @@ starved by an early unlucky streak. ``floor * K = 1`` means uniform routing.
 
 ``floor * K`` above 1 is a floor no split can give: each arm would get
 ``1 / K``, less than promised. The experiment config refuses it
-(``ExperimentConfig`` checks ``bandit_floor`` against the arms with weight
+(``ExperimentConfig`` checks ``bandit_floor_percent`` against the arms with weight
 > 0, for the config file and every admin change alike); a policy built
 by hand with such a floor routes uniformly, and ``floor_holds`` says so.
 

@@ -221,7 +221,7 @@ class ArmMetrics:
     candidate's label distribution can be compared with the baseline's;
     ``compared`` and ``disagreed`` count the rows of the arm's own answers
     that the baseline also answered, in the background, on a sampled share
-    (``experiment.compare_share``), and how many of them got another label.
+    (``experiment.compare_percent``), and how many of them got another label.
     """
 
     requests: int = 0

@@ -12,10 +12,11 @@ the client re-raises them unwrapped.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from router.controlplane.client import ControlPlane
 from router.controlplane.experiment import ExperimentState, effective_weights
@@ -29,16 +30,102 @@ from router.controlplane.operations import (
     Rollback,
     SetShadows,
     SetWeights,
-    from_params,
 )
 from router.http.auth import AdminAuth
 from router.http.follower import Follower
 from router.http.wire import json_body, json_response
+from serve.config import (
+    CanaryPlanConfig,
+    ShadowConfig,
+    first_error_field,
+    format_validation_errors,
+)
 from serve.errors import InvalidInput
 
-__all__ = ["experiment_view", "register"]
+__all__ = ["BODIES", "experiment_view", "parse_body", "register"]
+
+_B = TypeVar("_B", bound=BaseModel)
 
 _MAX_AUDIT = 10_000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WeightsBody(_Body):
+    """PUT /admin/weights."""
+
+    weights: dict[str, float] = Field(
+        min_length=1, description="Percent per arm; arms not listed keep theirs; the result "
+        "must sum to 100.")
+
+
+class ShadowsBody(_Body):
+    """PUT /admin/shadows: the whole shadow list (`[]` turns shadows off)."""
+
+    shadows: list[ShadowConfig] = Field(description="As experiment.shadows in the config.")
+
+
+class CandidateBody(_Body):
+    """POST /admin/candidates."""
+
+    version: str = Field(min_length=1, description="A deployed version, not yet an arm.")
+    weight: float = Field(0.0, ge=0, le=100, description="Its weight in percent, taken "
+                          "from the baseline's.")
+
+
+class VersionBody(_Body):
+    """POST /admin/promote."""
+
+    version: str = Field(min_length=1, description="The candidate arm that becomes baseline.")
+
+
+class RollbackBody(_Body):
+    """POST /admin/rollback."""
+
+    version: str | None = Field(None, description="The candidate to send to 0 %; none: "
+                                "every candidate.")
+
+
+# The admin API's request bodies, for OpenAPI; the canary's is the config's own model.
+BODIES: tuple[type[BaseModel], ...] = (
+    WeightsBody, ShadowsBody, CandidateBody, VersionBody, RollbackBody, CanaryPlanConfig,
+)
+
+
+def parse_body(model: type[_B], data: Any) -> _B:
+    """``data`` validated by ``model``; an InvalidInput (422) naming the field otherwise."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(format_validation_errors(exc), field=first_error_field(exc)) \
+            from None
+
+
+def _documented(model: type[BaseModel]) -> dict[str, Any]:
+    """A route's openapi_extra: its JSON body is ``model`` (added to the components)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+def _add_body_schemas(app: FastAPI) -> None:
+    """/openapi.json describes every admin body: the routes read raw JSON (so the token is
+    checked before the body), which FastAPI cannot document by itself."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in BODIES:
+                js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(js.pop("$defs", {}))
+                components[model.__name__] = js
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def experiment_view(state: ExperimentState) -> dict[str, Any]:
@@ -58,6 +145,7 @@ def register(
     follower: Follower,
     max_body_bytes: int,
 ) -> None:
+    _add_body_schemas(app)
     def authorize(request: Request) -> None:
         """The bearer header only, never credentials in the URL."""
         auth.check(request.headers.get("authorization"), request.query_params.keys())
@@ -82,40 +170,41 @@ def register(
         authorize(request)
         return json_response(experiment_view(await control.get_state()))
 
-    @app.put("/admin/weights")
+    @app.put("/admin/weights", openapi_extra=_documented(WeightsBody))
     async def admin_weights(request: Request) -> Response:
         """Set weights: {"weights": {"v1": 80, "v2": 20}}; they must still sum to 100."""
-        body = await body_of(request)
-        return await change(request, SetWeights(weights=body.get("weights")))
+        body = parse_body(WeightsBody, await body_of(request))
+        return await change(request, SetWeights(weights=dict(body.weights)))
 
-    @app.put("/admin/shadows")
+    @app.put("/admin/shadows", openapi_extra=_documented(ShadowsBody))
     async def admin_shadows(request: Request) -> Response:
-        """Set the shadow versions: {"shadows": [{"version": "v3", "share": 0.2}]}."""
-        body = await body_of(request)
-        return await change(request, SetShadows(shadows=body.get("shadows")))
+        """Set the shadow versions: {"shadows": [{"version": "v3", "percent": 20}]}."""
+        body = parse_body(ShadowsBody, await body_of(request))
+        return await change(request, SetShadows(
+            shadows=[s.model_dump(mode="json") for s in body.shadows]))
 
-    @app.post("/admin/candidates")
+    @app.post("/admin/candidates", openapi_extra=_documented(CandidateBody))
     async def admin_add_candidate(request: Request) -> Response:
         """Add a deployed version as an arm: {"version": "v3", "weight": 5}."""
-        body = await body_of(request)
-        return await change(request, from_params(AddCandidate, body))
+        body = parse_body(CandidateBody, await body_of(request))
+        return await change(request, AddCandidate(version=body.version, weight=body.weight))
 
     @app.delete("/admin/candidates/{version}")
     async def admin_remove_arm(request: Request, version: str) -> Response:
         """Remove a candidate arm; its weight returns to the baseline."""
         return await change(request, RemoveArm(version=version))
 
-    @app.post("/admin/promote")
+    @app.post("/admin/promote", openapi_extra=_documented(VersionBody))
     async def admin_promote(request: Request) -> Response:
         """The candidate becomes the baseline: {"version": "v2"}."""
-        body = await body_of(request)
-        return await change(request, from_params(Promote, body))
+        body = parse_body(VersionBody, await body_of(request))
+        return await change(request, Promote(version=body.version))
 
-    @app.post("/admin/rollback")
+    @app.post("/admin/rollback", openapi_extra=_documented(RollbackBody))
     async def admin_rollback(request: Request) -> Response:
         """A candidate's weight to 0 at once: {"version": "v2"} ({} = every candidate)."""
-        body = await body_of(request)
-        return await change(request, from_params(Rollback, body))
+        body = parse_body(RollbackBody, await body_of(request))
+        return await change(request, Rollback(version=body.version))
 
     @app.post("/admin/pause")
     async def admin_pause(request: Request) -> Response:
@@ -126,12 +215,13 @@ def register(
     async def admin_resume(request: Request) -> Response:
         return await change(request, Resume())
 
-    @app.post("/admin/canary")
+    @app.post("/admin/canary", openapi_extra=_documented(CanaryPlanConfig))
     async def admin_canary_start(request: Request) -> Response:
         """Start a canary plan: {"candidate": "v2", "steps": [5, 10, 25, 50, 100],
-        "interval_s": 300, "min_requests": 500, "gates": {...}}."""
-        body = await body_of(request)
-        return json_response(await control.start_canary(body, _who(request)))
+        "interval_s": 300, "min_requests": 500, "gates": {...}} (rates in percent)."""
+        body = parse_body(CanaryPlanConfig, await body_of(request))
+        return json_response(await control.start_canary(body.model_dump(mode="json"),
+                                                        _who(request)))
 
     @app.get("/admin/canary")
     async def admin_canary(request: Request) -> Response:

@@ -23,10 +23,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from router.controlplane.client import ControlPlane
+from router.controlplane.drift import load_references
 from router.dataplane.admission import Admission, AdmissionMiddleware
 from router.dataplane.batcher import HopBatcher
 from router.dataplane.cache import CacheBackend, LocalCache, PredictionCache, RedisCache
 from router.dataplane.core import RouterCore
+from router.dataplane.predlog import PredictionLog
 from router.dataplane.recorder import BufferedRecorder, MetricFactory
 from router.http import admin, oip, ops, predict
 from router.http.auth import TOKEN_ENV, AdminAuth, load_admin_token
@@ -85,6 +87,13 @@ class ReplicaParts:
     admission: Admission
     auth: AdminAuth
     directory: ModelDirectory
+    predlog: PredictionLog | None = None  # the prediction log, when log.enabled
+
+    def close(self) -> None:
+        """On replica shutdown (blocking: call it off the event loop): the prediction
+        log writes what it buffered."""
+        if self.predlog is not None:
+            self.predlog.close()
 
     def stats(self) -> dict[str, Any]:
         """This replica's own counters (/stats adds one replica's per version)."""
@@ -106,6 +115,9 @@ class ReplicaParts:
             },
             "single_flight_joins": core.flight_joins,
             "admission": {"inflight": self.admission.inflight, **self.admission.stats.as_dict()},
+            "drift": dict(self.follower.drift_status),  # the controller's word per version
+            "drift_dropped_rows": self.follower.drift.dropped,
+            "log": None if self.predlog is None else self.predlog.stats(),
         }
 
 
@@ -155,12 +167,23 @@ def assemble(
         spec=model.spec,
     )
     auth = AdminAuth(load_admin_token(config.admin, dict(environ)))
+    predlog = None
+    if config.log.enabled:
+        rows = recorder.metrics["abserve_log_rows"]
+        predlog = PredictionLog(
+            config.log, model=model.name, replica=runtime.replica_id(), spec=model.spec,
+            tabular=model.schema is not None,
+            counter=lambda table, result, n: rows.inc(
+                n, {"experiment": recorder.experiment, "table": table, "result": result}),
+        )
     if not auth.enabled:
         log.warning("admin API disabled: set %s or admin.token_file to enable it", TOKEN_ENV)
     return ReplicaParts(
         config=config, model=model, arms=arms, control=control, runtime=runtime,
         cache=prediction_cache, cache_setup=cache, batcher=batcher, core=core,
-        follower=Follower(config, core, control, recorder, runtime.replica_id()),
+        follower=Follower(config, core, control, recorder, runtime.replica_id(),
+                          references=load_references(config, model.manifests)
+                          if config.drift.enabled else None),
         admission=Admission(rc.max_inflight, rc.max_inflight_per_key, rc.retry_after_s,
                             config.http.user_key_header),
         auth=auth,
@@ -168,6 +191,7 @@ def assemble(
             cluster, model=config.model, application=config.app_name,
             route_prefix=config.http.route_prefix, timeout_s=rc.probe_timeout_s, clock=clock,
         ),
+        predlog=predlog,
     )
 
 
@@ -185,7 +209,7 @@ def build_app(parts: ReplicaParts) -> FastAPI:
                         headers=exc.headers or None)
 
     config = parts.config
-    predictions = Predictions(parts.core, parts.follower, parts.runtime)
+    predictions = Predictions(parts.core, parts.follower, parts.runtime, parts.predlog)
     endpoint = PredictEndpoint(parts.model, config.http, parts.follower, predictions)
     fast_routes = predict.register(app, endpoint)
     oip.register(
@@ -199,7 +223,7 @@ def build_app(parts: ReplicaParts) -> FastAPI:
     ops.register(
         app, config=config, model=parts.model, core=parts.core, follower=parts.follower,
         control=parts.control, arms=parts.arms, replica_stats=parts.stats, auth=parts.auth,
-        directory=parts.directory,
+        directory=parts.directory, predlog=parts.predlog,
     )
     # Outermost last: PrefixStep -> AdmissionMiddleware -> OipForwarder -> the routes.
     app.add_middleware(OipForwarder, directory=parts.directory,

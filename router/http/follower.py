@@ -8,7 +8,10 @@ poller reports this replica's counters and served predictions every
 Served predictions wait here (at most ``state.max_pending_served``) until the
 controller has them, so that feedback can be joined to them. A second loop
 hands the recorder's counts to Ray's metric objects every
-``router.metrics_flush_s``, off the event loop.
+``router.metrics_flush_s``, off the event loop. The inputs and answers of versions with
+reference statistics are kept by reference on the request path (``observe``) and binned
+in a thread at each sync (router/controlplane/drift.py ``DriftBuffer``); the counts go
+to the controller with the report.
 
 All talk to the controller goes through the typed ``ControlPlane`` client.
 """
@@ -20,7 +23,9 @@ import logging
 from typing import Any
 
 from models.kinds import BINARY, MULTICLASS
+from models.reference import Reference
 from router.controlplane.client import ControlPlane, SyncReport
+from router.controlplane.drift import DriftBuffer
 from router.controlplane.experiment import ExperimentState, effective_weights
 from router.dataplane.core import Prediction, RouterCore
 from router.dataplane.recorder import BufferedRecorder
@@ -50,8 +55,11 @@ class Follower:
         control: ControlPlane,
         recorder: BufferedRecorder,
         replica_id: str,
+        references: dict[str, Reference | None] | None = None,
     ) -> None:
         self.core = core
+        self.drift = DriftBuffer((references or {}) if config.drift.enabled else {},
+                                 config.drift.max_pending_rows)
         self.control = control
         self.recorder = recorder
         self.replica_id = replica_id
@@ -61,6 +69,7 @@ class Follower:
         self._synced: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._served: list[tuple[str, str, int]] = []
+        self.drift_status: dict[str, str] = {}  # the controller's word per version
 
     def apply_state(self, state: ExperimentState) -> None:
         """A state from the controller; the core changes only on a new revision."""
@@ -113,20 +122,25 @@ class Follower:
     async def sync(self) -> None:
         """Report metrics and served predictions; pick up a new revision and bandit counts."""
         served, self._served = self._served, []
+        pending = self.drift.take()
+        drift = await asyncio.to_thread(self.drift.bin, pending) if pending else {}
         report = SyncReport(
             metrics={v: m.to_dict() for v, m in self.core.metrics.items() if m.requests},
             shadows={v: s.to_dict() for v, s in self.core.shadow_stats.items()},
             served=served,
             kind=self.core.spec.kind if self.core.spec is not None else MULTICLASS,
+            drift=drift,
         )
         timeout_s = self._state_cfg.sync_timeout_s
         try:
             reply = await self.control.sync(self.replica_id, report, timeout_s)
         except BaseException:
             self._served = served + self._served  # try again next time
+            self.drift.keep(drift)
             self._trim()
             raise
         self.core.set_bandit_counts(reply.bandit_successes, reply.bandit_failures)
+        self.drift_status = dict(reply.drift)
         if reply.revision != self.core.revision:
             self.apply_state(await self.control.get_state(timeout_s))
             log.info("experiment revision %d applied", self.core.revision)
@@ -146,6 +160,12 @@ class Follower:
                 (f"{request_id}/{i}", pred.version, a) for i, a in enumerate(answers)
             )
         self._trim()
+
+    def observe(self, batch: Any, pred: Prediction) -> None:
+        """Keep a reference to the inputs and answers for the drift counts (no work here)."""
+        if self.drift.active:
+            self.drift.append(pred.version, batch, pred.labels if pred.classifies else None,
+                              pred.outputs)
 
     def _trim(self) -> None:
         limit = self._state_cfg.max_pending_served

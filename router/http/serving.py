@@ -1,13 +1,15 @@
 """What the route modules share of the data plane: the model they serve and one prediction's path.
 
 ``Predictions.run`` is the same for /predict, /predict/batch and the OIP infer
-routes: the core answers, Serve's request id names the answer, and the
-follower keeps it for the feedback join.
+routes: the core answers, Serve's request id names the answer, the
+follower keeps it for the feedback join, and the prediction log (when on)
+buffers it with its latency.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,6 +20,7 @@ from models.kinds import OutputSpec
 from models.registry import Manifest
 from models.schema import Schema
 from router.dataplane.core import Prediction, RouterCore
+from router.dataplane.predlog import PredictionLog
 from router.http.follower import Follower
 
 __all__ = ["ModelInfo", "Predictions", "Runtime", "UpstreamArms"]
@@ -91,16 +94,24 @@ class ModelInfo:
 
 
 class Predictions:
-    def __init__(self, core: RouterCore, follower: Follower, runtime: Runtime) -> None:
+    def __init__(self, core: RouterCore, follower: Follower, runtime: Runtime,
+                 predlog: PredictionLog | None = None) -> None:
+        """``predlog``: the prediction log (router/dataplane/predlog.py), None when off."""
         self.core = core
         self.follower = follower
         self.runtime = runtime
+        self.predlog = predlog
 
     async def run(
         self, batch: np.ndarray, user_key: str | None, pinned: str | None
     ) -> tuple[str, Prediction]:
         """The prediction and its request id (the caller has awaited ``ensure_synced``)."""
+        start = time.perf_counter()
         pred = await self.core.predict(batch, user_key=user_key, pinned=pinned)
         rid = self.runtime.request_id()
+        if self.predlog is not None:  # one append; the log's thread does the rest
+            self.predlog.record(rid, self.follower.recorder.experiment, pred, batch,
+                                (time.perf_counter() - start) * 1000.0)
         self.follower.remember(rid, pred)
+        self.follower.observe(batch, pred)
         return rid, pred

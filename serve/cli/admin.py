@@ -20,14 +20,15 @@ from serve.config import load_config
 from serve.errors import AbserveError
 
 __all__ = ["ADMIN_COMMANDS", "add_model_option", "add_parsers", "admin_call", "cmd_admin",
-           "cmd_canary", "cmd_report", "print_experiment", "reassigned_warning"]
+           "cmd_diff", "diff_lines",
+           "cmd_canary", "cmd_report", "drift_lines", "print_experiment", "reassigned_warning"]
 
 
 # The admin commands that are one call each, with their help.
 ADMIN_COMMANDS = {
     "experiment": "show the live experiment (weights, baseline, revision)",
     "traffic": "set weights: abserve traffic v1=80 v2=20",
-    "shadow": "set shadow versions: abserve shadow v3=0.2 (no arguments: shadows off)",
+    "shadow": "set shadow versions: abserve shadow v3=20 (percent; no arguments: shadows off)",
     "add-candidate": "add a deployed version as an arm",
     "remove-arm": "remove a candidate; its weight returns to the baseline",
     "promote": "the candidate becomes the baseline",
@@ -112,7 +113,7 @@ def print_experiment(data: dict[str, Any]) -> None:
           f"  by {data.get('updated_by')}{paused}")
     eff = data.get("effective_weights", {})
     for s in exp.get("shadows", []):
-        print(f"  shadow {s['version']}: {s['share'] * 100:g}% of requests copied")
+        print(f"  shadow {s['version']}: {s['percent']:g}% of requests copied")
     for arm in exp["arms"]:
         mark = " (baseline)" if arm["version"] == exp["baseline"] else ""
         effective = eff.get(arm["version"], 0)
@@ -143,8 +144,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
         print_experiment(admin_call(args, "PUT", "/admin/weights",
                                       {"weights": _parse_weights(args.weights)}))
     elif op == "shadow":
-        shares = _parse_weights(args.shares)  # VERSION=SHARE, share in 0..1
-        shadows = [{"version": v, "share": s} for v, s in shares.items()]
+        shares = _parse_weights(args.shares)  # VERSION=PERCENT, as weights
+        shadows = [{"version": v, "percent": s} for v, s in shares.items()]
         print_experiment(admin_call(args, "PUT", "/admin/shadows", {"shadows": shadows}))
     elif op == "add-candidate":
         print_experiment(admin_call(args, "POST", "/admin/candidates",
@@ -192,12 +193,79 @@ def cmd_canary(args: argparse.Namespace) -> int:
                                 "steps": [float(s) for s in args.steps.split(",")]}
         if args.gates:
             plan["gates"] = json.loads(args.gates)
+        if args.require_replay:  # the candidate on logged traffic first (serve/cli/offline.py)
+            from serve.cli.offline import replay_gate
+
+            config = load_config(args.config or read_state().get("config") or "abserve.yaml")
+            replay_gate(config, args.require_replay, args.candidate, args.min_agreement,
+                        read_state().get("ray_address"))
         _print_canary(admin_call(args, "POST", "/admin/canary", plan))
     elif args.action == "status":
         _print_canary(admin_call(args, "GET", "/admin/canary"))
     else:
         _print_canary(admin_call(args, "POST", f"/admin/canary/{args.action}"))
     return 0
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def diff_lines(declared: Any, live: dict[str, Any], canary: dict[str, Any],
+               path: str) -> tuple[list[str], bool]:
+    """What `abserve diff` prints, and whether the live experiment is what the file says."""
+    from router.controlplane.experiment import ExperimentState, experiment_diff
+
+    state = ExperimentState.from_dict(live)
+    ours = declared.digest
+    made_on = state.config_revision or "unknown (before config revisions)"
+    lines = [f"{path}: config revision {ours}",
+             f"live: experiment revision {state.revision}, made on config revision {made_on}, "
+             f"{state.live_changes} live change(s) since, last by {state.updated_by}"]
+    rows = experiment_diff(declared, state)
+    plan, cstate = canary.get("plan"), canary.get("state")
+    live_canary = (f"{plan['candidate']} {cstate['status']} at {cstate['weight']:g}%"
+                   if plan and cstate else None)
+    file_canary = None if declared.canary is None else (
+        f"{declared.canary.candidate} (steps {','.join(f'{s:g}' for s in declared.canary.steps)})")
+    same_canary = (declared.canary is not None and plan is not None
+                   and plan["candidate"] == declared.canary.candidate
+                   and state.config_revision == ours)  # the declared plan, started by it
+    if (file_canary or live_canary) and not same_canary:
+        rows.append(("canary", file_canary, live_canary))
+    if rows:
+        width = max(len(r[0]) for r in rows) + 2
+        lines.append(f"  {'field':<{width}}{'file':<22}live")
+        lines += [f"  {f:<{width}}{_shown(a):<22}{_shown(b)}" for f, a, b in rows]
+    if state.config_revision != ours:
+        lines.append("the live state was made on another config revision than this file's: "
+                     "deploying this file (abserve up, serve deploy) replaces it, and the audit "
+                     "log records what it replaced")
+    elif rows:
+        lines.append("the live changes above override this config revision; they stay until "
+                     "a new config revision is deployed (edit the file, then abserve up or "
+                     "serve deploy)")
+    else:
+        lines.append("the live experiment is what the file declares")
+    return lines, not rows and state.config_revision == ours
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """The live experiment against the config file; exit 1 when they differ (as diff)."""
+    from router.controlplane.experiment import Declaration
+
+    path = args.config or read_state().get("config") or "abserve.yaml"
+    declared = Declaration.of(load_config(path))
+    lines, same = diff_lines(declared, admin_call(args, "GET", "/admin/experiment"),
+                             admin_call(args, "GET", "/admin/canary"), path)
+    print("\n".join(lines))
+    return 0 if same else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -243,7 +311,45 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(line)
     for line in _statistics_lines(report):
         print(line)
+    for line in drift_lines(report.get("drift")):
+        print(line)
     return 0
+
+
+def drift_lines(drift: dict[str, Any] | None) -> list[str]:
+    """The report's drift section: per version its window's worst channel, labels, accuracy
+    and alerts; "no reference" for a version registered without reference statistics."""
+    if not drift or not drift.get("versions"):
+        return []
+    thr = drift.get("thresholds", {})
+    lines = [f"drift over the last {drift.get('window_s'):g} s (alert: PSI > "
+             f"{thr.get('psi_alert')}, KS > {thr.get('ks_alert')}, labels JS > "
+             f"{thr.get('label_js_alert')}; from {thr.get('min_rows')} rows):"]
+    for v, d in drift["versions"].items():
+        status = d.get("status")
+        if status in ("no reference", "warming up"):
+            lines.append(f"  {v}: {status} ({d.get('rows', 0)} rows in the window)")
+            continue
+        worst = max(d.get("channels") or [{}], key=lambda c: c.get("psi", 0.0))
+        labels = d.get("labels") or {}
+        parts = [f"{d['rows']} rows", f"max PSI {d.get('max_psi', 0):.3f} ({worst.get('name')})",
+                 f"max KS {d.get('max_ks', 0):.3f}"]
+        for against in ("reference", "baseline"):
+            if against in labels:
+                parts.append(f"labels JS vs {against} {labels[against]['js']:.3f} "
+                             f"(chi2 p {labels[against]['p_value']:.2g})")
+        acc = d.get("accuracy")
+        if acc:
+            parts.append(f"window accuracy {acc['accuracy'] * 100:.1f}% of {acc['labelled']}")
+        lines.append(f"  {v}: {status.upper() if status == 'alert' else status}: "
+                     + ", ".join(parts))
+        by_statistic: dict[str, list[dict[str, Any]]] = {}
+        for a in d.get("alerts", ()):
+            by_statistic.setdefault(a["statistic"], []).append(a)
+        for statistic, alerts in by_statistic.items():
+            where = ", ".join(f"{a['channel']} {a['value']:.3f}" for a in alerts)
+            lines.append(f"    ALERT {statistic} > {alerts[0]['threshold']}: {where}")
+    return lines
 
 
 def _kind_lines(report: dict[str, Any]) -> list[str]:
@@ -324,7 +430,7 @@ def _statistics_lines(report: dict[str, Any]) -> list[str]:
                 f"{r['compared']} compared rows, 95% Wilson [{ci[0] * 100:.1f}, "
                 f"{ci[1] * 100:.1f}]" if r.get("disagreement") is not None and ci else
                 f"  disagreement with {report['baseline']}: none compared yet "
-                "(experiment.compare_share)")
+                "(experiment.compare_percent)")
             lines.append(
                 f"  label shift: total variation {r['label_shift']:.3f}, chi-square p "
                 f"{p(r.get('label_shift_p_value'))}" if r.get("label_shift") is not None else
@@ -352,7 +458,14 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--steps", default="5,10,25,50,100")
     c.add_argument("--interval", type=float, default=300.0, help="seconds per step, at least")
     c.add_argument("--min-requests", type=int, default=500, help="candidate requests per step")
-    c.add_argument("--gates", help='JSON, e.g. \'{"max_fallback_rate": 0.02}\'')
+    c.add_argument("--gates", help='JSON, rates in percent, e.g. '
+                                   '\'{"max_fallback_percent": 2}\' (docs/experiments.md)')
+    c.add_argument("--require-replay", metavar="LOCATION",
+                   help="replay the prediction log at LOCATION with the candidate first and "
+                        "refuse to start below --min-agreement")
+    c.add_argument("--min-agreement", type=float, default=95.0, metavar="PERCENT",
+                   help="--require-replay: the share of logged rows, in percent, whose label "
+                        "(regression: values) the candidate must reproduce (default 95)")
     c.add_argument("--url")
     c.add_argument("--config")
     add_model_option(c)
@@ -374,6 +487,14 @@ def add_parsers(sub: Any) -> None:
     add_model_option(rp)
     rp.set_defaults(func=cmd_report)
 
+    d = sub.add_parser("diff", help="the live experiment against the config file: what live "
+                                    "changes override, and what deploying the file would "
+                                    "replace; exit 1 when they differ (admin API)")
+    d.add_argument("--url")
+    d.add_argument("--config", help="the config file (default: the one abserve up used)")
+    add_model_option(d)
+    d.set_defaults(func=cmd_diff)
+
     for name, text in ADMIN_COMMANDS.items():
         a = sub.add_parser(name, help=f"{text} (admin API; needs ABSERVE_ADMIN_TOKEN)")
         a.add_argument("--url")
@@ -382,7 +503,7 @@ def add_parsers(sub: Any) -> None:
         if name == "traffic":
             a.add_argument("weights", nargs="+", metavar="VERSION=PERCENT")
         elif name == "shadow":
-            a.add_argument("shares", nargs="*", metavar="VERSION=SHARE")
+            a.add_argument("shares", nargs="*", metavar="VERSION=PERCENT")
         elif name in ("add-candidate", "remove-arm", "promote"):
             a.add_argument("version")
         elif name == "rollback":

@@ -81,7 +81,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     total = sum(s.get("requests", 0) for s in stats["arms"].values())
     print(f"{'version':<10}{'framework':<12}{'replicas':>9}{'weight':>8}{'share':>8}"
           f"{'requests':>10}{'errors':>8}{'fallbk':>8}{'ready':>7}{'breaker':>11}"
-          f"{'accuracy':>10}")
+          f"{'accuracy':>10}  drift")
     for v in models["versions"]:
         s = stats["arms"].get(v["version"], {})
         n = s.get("requests", 0)
@@ -92,12 +92,14 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{v['weight']:>7g}%{_pct(n, total):>8}{n:>10}"
               f"{_pct(s.get('failures', 0), n):>8}{_pct(s.get('fallbacks', 0), n):>8}"
               f"{str(ready['arms'].get(v['version'])):>7}{v['breaker']:>11}"
-              f"{(f'{acc:.3f}' if acc is not None else '-'):>10}")
+              f"{(f'{acc:.3f}' if acc is not None else '-'):>10}"
+              f"  {stats.get('drift', {}).get(v['version'], '-')}")
     c = stats["cache"]
     lookups = c["hits"] + c["misses"]
     print(f"router replicas {replicas_of(ROUTER_DEPLOYMENT)}; counters of router replica "
           f"{stats['replica']}  (* baseline; errors: failed calls to the version; fallbk: its "
-          "requests the baseline answered)")
+          "requests the baseline answered; drift: the controller's window, "
+          "`abserve report` has the channels)")
     print(f"cache ({c['kind']}): hit rate {_pct(c['hits'], lookups)}  hits {c['hits']} "
           f"misses {c['misses']} bypasses {c['bypasses']}")
     return 0 if ready_status == 200 else 1

@@ -232,7 +232,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def replay_gate(config: AbserveConfig, location: str, candidate: str, min_agreement: float,
                 address: str | None) -> dict[str, Any]:
     """``canary start --require-replay``: the candidate's replay must agree with what was
-    served on at least ``min_agreement`` of the logged rows; AbserveError otherwise."""
+    served on at least ``min_agreement`` percent of the logged rows; AbserveError otherwise."""
     from serve.offline.scoring import ray_session
 
     with ray_session(address):
@@ -242,13 +242,13 @@ def replay_gate(config: AbserveConfig, location: str, candidate: str, min_agreem
     if not agreement["n"]:
         raise AbserveError(f"canary refused: the replay of {candidate} on {location} scored no "
                            "rows (is the log empty, or were inputs not logged?)")
-    if agreement["rate"] < min_agreement:
+    if agreement["rate"] * 100.0 < min_agreement:
         raise AbserveError(
             f"canary refused: {candidate}'s replay agrees with what was served on "
             f"{agreement['rate'] * 100:.2f}% of {agreement['n']:,} logged rows, below "
-            f"--min-agreement {min_agreement * 100:g}% (per-row results in {summary['out']})")
+            f"--min-agreement {min_agreement:g}% (per-row results in {summary['out']})")
     print(f"replay gate passed: {candidate} agrees on {agreement['rate'] * 100:.2f}% of "
-          f"{agreement['n']:,} logged rows (>= {min_agreement * 100:g}%)")
+          f"{agreement['n']:,} logged rows (>= {min_agreement:g}%)")
     return summary
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from serve.cli import admin, bench, deploy, models, observe, serveconfig
+from serve.cli import admin, bench, deploy, models, observe, offline, serveconfig
 from serve.errors import AbserveError
 
 __all__ = ["build_parser", "main"]
 
 DESCRIPTION = "A/B tests and canary rollouts of ML models on Ray Serve."
-COMMAND_MODULES = (models, deploy, serveconfig, observe, admin, bench)
+COMMAND_MODULES = (models, deploy, serveconfig, observe, admin, offline, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -382,6 +382,9 @@ class Progress:
         self.stream.write("\n")
 
 
+POOL_START_TIMEOUT_S = 600  # how long a job waits for its actor pool before it fails
+
+
 def _actors(settings: Mapping[str, ModelConfig], wanted: int | None, blocks: int) -> int:
     """How many actors: ``wanted``, else as many as the free CPUs (GPUs) hold, one per CPU
     at most, no more than there are blocks."""
@@ -447,6 +450,10 @@ def _data_context() -> None:
     ctx.execution_options.preserve_order = True  # the output in the input's order
     ctx.enable_progress_bars = False  # ours counts rows and rows/s
     ctx.print_on_execution_start = False
+    # Start scoring once the whole actor pool is up: otherwise the first actor (often the
+    # one on the driver's node) takes every batch of a short job while the others still
+    # load their models, and a pool that cannot be placed fails here instead of waiting.
+    ctx.wait_for_min_actors_s = POOL_START_TIMEOUT_S
 
 
 def _split(table: pa.Table) -> tuple[pa.Table, pa.Table]:

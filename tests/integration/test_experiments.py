@@ -23,7 +23,7 @@ def exp(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> It
     config = small_app(serve_instance, registry_root, state_dir, APP, ("v1", "v2", "v9"), {
         "baseline": "v1",
         "arms": [{"version": "v1", "weight": 50}, {"version": "v2", "weight": 50}],
-        "shadows": [{"version": "v9", "share": 1.0}],
+        "shadows": [{"version": "v9", "percent": 100}],
     })
     yield from serve_app(config, serve_instance, PREFIX)
 
@@ -90,8 +90,29 @@ def test_shadow_agreement_feedback_and_report(exp: str) -> None:
         lo, hi = row["accuracy_ci95"]
         assert lo <= accuracy <= hi
         assert row["requests"] >= len(mine) and row["p99_ms"] > 0
-    assert report["arms"]["v2"]["p_value"] is not None
-    assert 0.3 < report["arms"]["v2"]["traffic_share"] < 0.7
+    # The fixed-horizon p-value is the pooled two-proportion z-test of the two arms'
+    # accuracies over the feedback sent here (computed again from this test's own counts).
+    from scipy.stats import norm
+
+    counts = {}
+    for version in ("v1", "v2"):
+        pairs = [(a, CLASS_LABELS[int(y)]) for a, y in zip(answers, ys, strict=True)
+                 if a["version"] == version]
+        counts[version] = (sum(a["label"] == t for a, t in pairs), len(pairs))
+    (s1, n1), (s2, n2) = counts["v1"], counts["v2"]
+    pooled = (s1 + s2) / (n1 + n2)
+    z = (s2 / n2 - s1 / n1) / np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    assert report["arms"]["v2"]["p_value"] == pytest.approx(2 * norm.sf(abs(z)), abs=1e-9)
+    # The 50/50 split, over the 240 unpinned requests: within 4.5 standard deviations of
+    # 120 (sd = sqrt(240 / 4) = 7.7, so 86..154): a fair split misses that once in 10^5.
+    n_v2 = sum(a["version"] == "v2" for a in answers)
+    sd = np.sqrt(len(answers) * 0.25)
+    assert abs(n_v2 - len(answers) / 2) <= 4.5 * sd, (n_v2, len(answers))
+    # The report's share is the arms' request counts (the 20 pinned ones included).
+    rows = report["arms"]
+    total = sum(rows[v]["requests"] for v in rows if v in ("v1", "v2"))
+    assert rows["v2"]["traffic_share"] == pytest.approx(rows["v2"]["requests"] / total)
+    assert abs(rows["v2"]["traffic_share"] - 0.5) <= 4.5 * np.sqrt(0.25 / total)
 
     assert httpx.get(f"{exp}/report").status_code == 401  # the numbers need authorization
     page = httpx.get(f"{exp}/report", headers=AUTH)

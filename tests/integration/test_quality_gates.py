@@ -9,7 +9,7 @@ baseline still promotes with the same defaults: test_canary.py::test_healthy_can
 What the test sets beside the defaults, and why: steps of 25/50/100 % and 2 s windows so that
 a window fills in seconds on 2 cores; failures_to_rollback 1 (the default 3 only multiplies
 the windows); p99 gates off (a shared machine's latency says nothing here); and
-experiment.compare_share 0.5 (0.2 by default) so that the disagreement gate has its 50 rows
+experiment.compare_percent 50 (20 by default) so that the disagreement gate has its 50 rows
 after about 100 candidate answers.
 """
 
@@ -32,7 +32,7 @@ APP, PREFIX = "qual", "/qual"
 def qual(serve_instance: ServeInstance, registry_root: str, state_dir: str) -> Iterator[str]:
     config = small_app(serve_instance, registry_root, state_dir, APP, ("v1", "v4", "v9"), {
         "baseline": "v1", "arms": [{"version": "v1", "weight": 100}],
-        "compare_share": 0.5,
+        "compare_percent": 50,
     })
     yield from serve_app(config, serve_instance, PREFIX)
 

@@ -235,6 +235,63 @@ def batch_status(c: Cluster) -> int:
                       timeout=30).status_code
 
 
+def arms_seen(c: Cluster, n: int) -> dict[str, int]:
+    """The arm of ``n`` requests from ``n`` distinct users (sticky keys, no pin)."""
+    seen: dict[str, int] = {}
+    for i in range(n):
+        r = httpx.post(f"{c.url}/predict", json={"features": WINDOW},
+                       headers={"X-User-Id": f"user-{i}-{time.monotonic_ns()}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        seen[r.json()["arm"]] = seen.get(r.json()["arm"], 0) + 1
+    return seen
+
+
+def test_serve_deploy_of_new_weights_is_a_lightweight_update(cluster: Cluster) -> None:
+    """Weights changed in the config, the Serve config file regenerated, `serve deploy` again:
+    the args are the same, so Serve applies the controller's new user_config (its
+    reconfigure) without rebuilding; the routers follow the controller's new revision; no
+    replica restarts (issue 18, item 2)."""
+    c = cluster
+    original = (c.work / CONFIG).read_text()
+    before = pids(c)
+    assert set(arms_seen(c, 40)) == {"v1", "v4"}  # 50/50
+    edited = yaml.safe_load(original)
+    edited["experiment"]["arms"] = [{"version": "v1", "weight": 0},
+                                    {"version": "v4", "weight": 100}]
+    try:
+        (c.work / CONFIG).write_text(yaml.safe_dump(edited))
+        c.cli(sys.executable, "-m", "serve.cli", "serve-config", "-c", CONFIG,
+              "--redis-url", c.redis_url, "-o", "serve.yaml")
+        generated = yaml.safe_load((c.work / "serve.yaml").read_text())["applications"][0]
+        assert generated["args"] == {"config": CONFIG, "redis_url": c.redis_url}
+        [controller] = generated["deployments"]
+        assert controller["name"] == "controller"
+        assert controller["user_config"]["experiment"]["arms"][1] == {
+            "version": "v4", "weight": 100.0, "timeout_ms": None}
+        c.cli(str(BIN / "serve"), "deploy", "serve.yaml", "-a", c.dashboard)
+        deployed = time.monotonic()
+        while arms_seen(c, 10) != {"v4": 10}:
+            assert time.monotonic() - deployed < 30, "the new weights were not applied"
+        followed_s = time.monotonic() - deployed
+        assert arms_seen(c, 40) == {"v4": 40}
+        print(f"\nserve deploy of new weights: traffic followed {followed_s:.2f}s after the "
+              "command returned")
+        # Serve's declarative path, then the routers' poll (state.poll_interval_s 0.5 s): 2 s
+        # is the promise; measured 0.5-1.5 s here.
+        assert followed_s < 2.0, followed_s
+        assert pids(c) == before  # the router's and every version's replica: no restart
+        assert wait_running(c, APP)["applications"][APP]["status"] == "RUNNING"
+    finally:
+        (c.work / CONFIG).write_text(original)
+        c.cli(sys.executable, "-m", "serve.cli", "serve-config", "-c", CONFIG,
+              "--redis-url", c.redis_url, "-o", "serve.yaml")
+        c.cli(str(BIN / "serve"), "deploy", "serve.yaml", "-a", c.dashboard)
+    deadline = time.monotonic() + 30
+    while set(arms_seen(c, 40)) != {"v1", "v4"}:  # back to 50/50, still no restart
+        assert time.monotonic() < deadline, "the original weights were not applied"
+    assert pids(c) == before
+
+
 def test_serve_deploy_rebuilds_only_when_the_args_change(cluster: Cluster) -> None:
     """What docs/operations.md says: Serve (Ray 2.60) rebuilds an application from a file
     only when its import_path, args or runtime_env change, not when the config file that

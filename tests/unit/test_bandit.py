@@ -97,19 +97,19 @@ def test_round_trip() -> None:
 
 def bandit_experiment(floor: float, *weights: float) -> dict[str, object]:
     return {
-        "baseline": "v1", "policy": "bandit", "bandit_floor": floor,
+        "baseline": "v1", "policy": "bandit", "bandit_floor_percent": floor * 100,
         "arms": [{"version": f"v{i + 1}", "weight": w} for i, w in enumerate(weights)],
     }
 
 
 def test_a_floor_the_arms_cannot_all_get_is_refused_with_what_to_do() -> None:
-    # 0.4 x 3 arms is 1.2 of the traffic: each arm would get 1/3, below the promised 0.4.
+    # 40 % x 3 arms is 120 % of the traffic: each arm would get 1/3, below the promised 40 %.
     with pytest.raises(ValidationError) as info:
         ExperimentConfig.model_validate(bandit_experiment(0.4, 40, 30, 30))
     message = str(info.value)
-    assert "bandit_floor: 0.4 for each of 3 eligible arms" in message
-    assert "is 1.2 of the traffic" in message
-    assert "lower bandit_floor to at most 0.3333" in message and "weight 0" in message
+    assert "bandit_floor_percent: 40 for each of 3 eligible arms" in message
+    assert "is 120 % of the traffic" in message
+    assert "lower bandit_floor_percent to at most 33.33" in message and "weight 0" in message
 
 
 @pytest.mark.parametrize("floor, weights", [
@@ -140,7 +140,7 @@ def test_an_admin_change_that_breaks_the_floor_is_refused() -> None:
     state = ExperimentState(ExperimentConfig.model_validate(bandit_experiment(0.4, 60, 40, 0)))
     deployed = ("v1", "v2", "v3", "v4")
     for op in (SetWeights({"v3": 10, "v1": 50}), AddCandidate("v4", 10)):
-        with pytest.raises(InvalidInput, match=r"3 eligible arms.*at most 0\.3333"):
+        with pytest.raises(InvalidInput, match=r"3 eligible arms.*at most 33\.33"):
             apply_operation(state, op, deployed=deployed, who="test")
     new, _ = apply_operation(state, AddCandidate("v4"), deployed=deployed, who="test")
     assert new.weights()["v4"] == 0  # at 0 % it is not eligible

@@ -22,7 +22,7 @@ CONFIG = parse_config(
             "baseline": "v1",
             "arms": [{"version": "v1", "weight": 0}, {"version": "v2", "weight": 100}],
             "breaker": {"failure_threshold": 3, "cooldown_s": 10},
-            "compare_share": 0,  # these tests count calls; one test turns it on
+            "compare_percent": 0,  # these tests count calls; one test turns it on
         },
     }
 )
@@ -205,7 +205,7 @@ def test_metrics_per_arm_and_503_counted_as_error() -> None:
 def test_shadow_gets_a_copy_and_never_changes_the_answer() -> None:
     core, arms, _ = make()
     exp = CONFIG.experiment.model_copy(
-        update={"shadows": [ShadowConfig(version="v1", share=1.0)]}
+        update={"shadows": [ShadowConfig(version="v1", percent=100)]}
     )
     core.set_experiment(exp)
 
@@ -226,7 +226,7 @@ def test_shadow_gets_a_copy_and_never_changes_the_answer() -> None:
 
 def test_a_sampled_share_of_the_candidates_answers_is_compared_with_the_baseline() -> None:
     core, arms, _ = make()
-    core.set_experiment(CONFIG.experiment.model_copy(update={"compare_share": 1.0}))
+    core.set_experiment(CONFIG.experiment.model_copy(update={"compare_percent": 100.0}))
     batch = np.zeros((3, 50, 9), np.float32)
 
     async def go() -> Any:
@@ -245,7 +245,7 @@ def test_a_sampled_share_of_the_candidates_answers_is_compared_with_the_baseline
     arms.failing = {"v2": "error"}
     run(go)  # a fallback is the baseline's answer: neither counted as v2's nor compared
     assert (m.compared, m.labels, m.fallbacks) == (3, {1: 6}, 1)
-    core.set_experiment(CONFIG.experiment.model_copy(update={"compare_share": 0.0}))
+    core.set_experiment(CONFIG.experiment.model_copy(update={"compare_percent": 0.0}))
     arms.failing = {}
     run(go)
     assert m.compared == 3 and m.labels == {1: 9}
@@ -256,7 +256,7 @@ def test_a_sampled_share_of_the_candidates_answers_is_compared_with_the_baseline
 def test_bandit_policy_follows_feedback_counts() -> None:
     core, _, _ = make()
     arms_cfg = [{"version": "v1", "weight": 50}, {"version": "v2", "weight": 50}]
-    exp = CONFIG.experiment.model_copy(update={"policy": "bandit", "bandit_floor": 0.05})
+    exp = CONFIG.experiment.model_copy(update={"policy": "bandit", "bandit_floor_percent": 5.0})
     exp = exp.model_copy(update={"arms": [ArmConfig(**a) for a in arms_cfg]})
     core.set_experiment(exp)
     core.set_bandit_counts({"v1": 10, "v2": 900}, {"v1": 990, "v2": 100})

@@ -196,12 +196,12 @@ def test_errors_carry_status() -> None:
 
 
 def test_set_shadows_validated_like_the_config() -> None:
-    new = apply(state(), SetShadows([{"version": "v3", "share": 0.25}]))
+    new = apply(state(), SetShadows([{"version": "v3", "percent": 25}]))
     assert [(s.version, s.share) for s in new.experiment.shadows] == [("v3", 0.25)]
     assert apply(new, SetShadows([])).experiment.shadows == []
-    for bad, needle in (([{"version": "v9", "share": 0.1}], "deployed"),
-                        ([{"version": "v3", "share": 1.5}], "share"),
-                        ([{"version": ["v3"], "share": 0.1}], "deployed"),
+    for bad, needle in (([{"version": "v9", "percent": 10}], "deployed"),
+                        ([{"version": "v3", "percent": 150}], "percent"),
+                        ([{"version": ["v3"], "percent": 10}], "deployed"),
                         (["v3"], "deployed"),
                         ("v3", "list")):
         with pytest.raises(InvalidInput, match=needle):

@@ -552,7 +552,7 @@ def test_oip_infer() -> None:
 ADMIN_ROUTES = [
     ("GET", "/admin/experiment", None),
     ("PUT", "/admin/weights", {"weights": {"v1": 90, "v2": 10}}),
-    ("PUT", "/admin/shadows", {"shadows": [{"version": "v3", "share": 0.5}]}),
+    ("PUT", "/admin/shadows", {"shadows": [{"version": "v3", "percent": 50}]}),
     ("POST", "/admin/candidates", {"version": "v3", "weight": 0}),
     ("DELETE", "/admin/candidates/v2", None),
     ("POST", "/admin/promote", {"version": "v2"}),

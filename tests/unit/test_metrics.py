@@ -121,7 +121,7 @@ def test_cache_hits_misses_and_bypass() -> None:
 def test_shadow_agreement_and_errors() -> None:
     core, arms, rec = make()
     core.set_experiment(
-        CONFIG.experiment.model_copy(update={"shadows": [ShadowConfig(version="v1", share=1.0)]})
+        CONFIG.experiment.model_copy(update={"shadows": [ShadowConfig(version="v1", percent=100)]})
     )
 
     async def go() -> None:

@@ -74,7 +74,7 @@ def test_cli_report_prints_the_quality_without_labels(
     out = capsys.readouterr().out
     assert "  disagreement with v1: 70.8% of 240 compared rows, 95% Wilson [" in out
     assert "  label shift: total variation 0.400, chi-square p <0.0001" in out
-    assert "  disagreement with v1: none compared yet (experiment.compare_share)" in out  # v3
+    assert "  disagreement with v1: none compared yet (experiment.compare_percent)" in out  # v3
     assert "  label shift: not enough answers yet (50 on each side)" in out
     assert "v2 disagrees with v1 on 71 % of 240 compared answers" in out  # the verdict
     assert "predicted labels (class index: share of the arm's own answers):" in out
