@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 
-from serve.local.pids import psutil_module
+from serve.local.pids import psutil_module, stop_pid
 
-__all__ = ["haproxy_pids"]
+__all__ = ["haproxy_pids", "stop_haproxy"]
 
 
 def haproxy_pids(root_pid: int | None = None) -> list[int]:
@@ -24,3 +24,46 @@ def haproxy_pids(root_pid: int | None = None) -> list[int]:
         root = psutil.Process(os.getpid() if root_pid is None else root_pid)
         return sorted(p.pid for p in root.children(recursive=True) if p.name() == "haproxy")
     return []
+
+
+def _config_dir(cmdline: list[str]) -> str | None:
+    """The directory of the config an ``haproxy -f PATH`` command line runs (Serve writes
+    one per Ray node: /tmp/haproxy-serve/<node id>/haproxy.cfg)."""
+    for i, arg in enumerate(cmdline[:-1]):
+        if arg == "-f":
+            return os.path.dirname(cmdline[i + 1])
+    return None
+
+
+def stop_haproxy(pids: list[int] | set[int], timeout_s: float = 5.0) -> None:
+    """Stop these HAProxy processes by PID, then the ones that replaced them.
+
+    Serve reloads HAProxy when its routes change (a node leaving during a teardown is
+    one): the new process (``-sf OLD``) runs the same node's config and is no child of
+    anything we hold. So after the known PIDs, every haproxy whose ``-f`` config lies in
+    one of their config directories (a Ray node's own) is stopped too, twice over for a
+    reload during the first round; nothing else machine-wide is touched.
+    """
+    with contextlib.suppress(Exception):
+        psutil = psutil_module()
+        dirs: set[str] = set()
+        for pid in pids:
+            with contextlib.suppress(Exception):
+                d = _config_dir(psutil.Process(pid).cmdline())
+                if d:
+                    dirs.add(d)
+        for pid in pids:
+            stop_pid(pid, timeout_s=timeout_s)
+        for _ in range(2):
+            found = []
+            for proc in psutil.process_iter(["name", "cmdline"]):
+                cmd = proc.info.get("cmdline") or []
+                if proc.info.get("name") == "haproxy" and _config_dir(cmd) in dirs:
+                    found.append(proc.pid)
+            for pid in found:
+                stop_pid(pid, timeout_s=timeout_s)
+            if not found:
+                break
+        return
+    for pid in pids:  # no psutil: the known PIDs only
+        stop_pid(pid, timeout_s=timeout_s)

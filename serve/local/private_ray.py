@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serve.local.env import IngressMode, ray_env
-from serve.local.haproxy import haproxy_pids
-from serve.local.pids import stop_pid
+from serve.local.haproxy import haproxy_pids, stop_haproxy
 from serve.local.ports import free_port
 
 __all__ = [
@@ -133,5 +132,4 @@ def stop_private_ray(shutdown_serve: Callable[[], None] | None,
         except Exception as exc:  # noqa: BLE001 - ray.shutdown() below stops it all
             log.warning("serve shutdown failed: %s", exc)
     ray.shutdown()
-    for pid in haproxy:
-        stop_pid(pid, timeout_s=5)
+    stop_haproxy(haproxy)

@@ -20,7 +20,7 @@ from pathlib import Path
 from serve.config import AbserveConfig
 from serve.errors import AbserveError
 from serve.local.env import ray_env
-from serve.local.haproxy import haproxy_pids
+from serve.local.haproxy import haproxy_pids, stop_haproxy
 from serve.local.pids import stop_pid
 from serve.local.ports import port_open
 
@@ -83,8 +83,7 @@ def stop_ray_head(pid: int, timeout_s: float = 60.0) -> None:
     """Stop a head started by ``start_ray_head``, then the HAProxy its Serve proxy spawned."""
     haproxy = haproxy_pids(pid)
     stop_pid(pid, timeout_s=timeout_s)
-    for haproxy_pid in haproxy:
-        stop_pid(haproxy_pid, timeout_s=5)
+    stop_haproxy(haproxy)
 
 
 def enable_token_auth() -> None:

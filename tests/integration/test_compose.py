@@ -56,7 +56,7 @@ import yaml
 
 from serve.local import free_port, stop_pid
 from serve.local.env import ray_env
-from serve.local.haproxy import haproxy_pids
+from serve.local.haproxy import haproxy_pids, stop_haproxy
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -353,8 +353,7 @@ class Compose:
                 stop_pid(proc.pid, timeout_s=20)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(5)
-        for pid in self.haproxy:
-            stop_pid(pid, timeout_s=5)
+        stop_haproxy(self.haproxy)
         table = _proc_table()
         for pid, identity in self.seen.items():  # anything the nodes left behind, by PID
             now = table.get(pid)
