@@ -31,6 +31,12 @@ def cmd_bench_precision(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def cmd_bench_batch(args: argparse.Namespace) -> int:
+    from benchmarks.batch import run_from_args
+
+    return run_from_args(args)
+
+
 def _ingress_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ingress", choices=["throughput", "default"], default="throughput")
 
@@ -76,3 +82,16 @@ def add_parsers(sub: Any) -> None:
     bp.add_argument("--seconds", type=float, default=3.0, help="timed seconds per row")
     bp.add_argument("--out", default="bench-results")
     bp.set_defaults(func=cmd_bench_precision)
+
+    bb = sub.add_parser("bench-batch",
+                        help="batch-predict on Ray Data vs a plain loop over the same backend "
+                             "in one process: rows/s and the ratio")
+    bb.add_argument("-c", "--config", default="abserve.yaml")
+    bb.add_argument("--version", default="v1")
+    bb.add_argument("--rows", type=int, default=20_000)
+    bb.add_argument("--batch-size", type=int, default=256)
+    bb.add_argument("--actors", type=int, help="actor pool size (default: the free CPUs)")
+    bb.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (no --address)")
+    bb.add_argument("--address", help="a Ray cluster to score on (default: a local Ray)")
+    bb.add_argument("--out", default="bench-results")
+    bb.set_defaults(func=cmd_bench_batch)

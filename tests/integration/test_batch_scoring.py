@@ -301,6 +301,22 @@ def test_canary_start_refuses_a_candidate_below_the_replay_bar(
     assert not status.get("plan"), status
 
 
+def test_bench_batch_scores_both_ways(work: dict[str, Any]) -> None:
+    """`abserve bench-batch` (benchmarks/batch.py) runs the plain loop and the command's Ray
+    Data path over the same rows and reports both, with the ratio of the two (not timed
+    here: the figures are the bench's, on an idle machine)."""
+    from benchmarks.batch import markdown, run
+
+    r = run("abserve.yaml", "v1", rows=300, batch_size=64, address=None, actors=1,
+            num_cpus=None)
+    assert r["rows"] == 300 and sum(r["ray_data"]["nodes"].values()) == 300
+    assert r["plain"]["rows_per_s"] > 0 and r["ray_data"]["rows_per_s"] > 0
+    assert r["ratio"] == pytest.approx(r["ray_data"]["rows_per_s"] / r["plain"]["rows_per_s"],
+                                       rel=0.01)
+    text = markdown(r)
+    assert "plain loop over the backend" in text and "batch-predict on Ray Data" in text
+
+
 # --- two nodes -------------------------------------------------------------------------
 
 

@@ -282,3 +282,14 @@ def test_regression_agreement_is_the_tolerance_of_the_experiment() -> None:
                        rtol=0.05)
     assert cols["agree"].tolist() == [True, False]
     assert "served_label" not in cols
+
+
+def test_blocks_are_whole_batches_and_leave_every_actor_work() -> None:
+    from serve.offline.scoring import MAX_BATCHES_PER_BLOCK, block_rows
+
+    assert block_rows(100_000, 256, 2) == MAX_BATCHES_PER_BLOCK * 256  # big jobs: 16 batches
+    assert block_rows(240, 20, 2) == 20  # 12 blocks: both actors of a two-node job get some
+    assert block_rows(10, 256, 2) == 256  # never under one batch
+    for n, batch, actors in ((5_000, 64, 3), (100_000, 100, 8), (1_000, 7, 1)):
+        block = block_rows(n, batch, actors)
+        assert block % batch == 0 and -(-n // block) >= min(4 * actors, -(-n // batch))
