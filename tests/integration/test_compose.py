@@ -57,6 +57,7 @@ import yaml
 from serve.local import free_port, stop_pid
 from serve.local.env import ray_env
 from serve.local.haproxy import haproxy_pids, stop_haproxy
+from tests.integration.test_multinode import _descendants, _proc_table
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -142,31 +143,6 @@ def healthcheck_argv(service: dict[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------- processes, by PID
-
-
-def _proc_table() -> dict[int, tuple[int, str, int]]:
-    """pid -> (ppid, name, start time in clock ticks), from /proc."""
-    table = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        rest = text[text.rindex(")") + 2:].split()
-        table[int(stat.parent.name)] = (int(rest[1]), text[text.index("(") + 1:text.rindex(")")],
-                                        int(rest[19]))
-    return table
-
-
-def _descendants(pid: int) -> dict[int, tuple[str, int]]:
-    table = _proc_table()
-    out: dict[int, tuple[str, int]] = {}
-    frontier = {pid}
-    while frontier:
-        kids = {c: (n, t) for c, (pp, n, t) in table.items() if pp in frontier}
-        out.update(kids)
-        frontier = set(kids)
-    return out
 
 
 def _environ(pid: int) -> dict[str, str]:
