@@ -22,8 +22,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_VARIANTS", "SYSTEMS", "build", "chart", "machine_info", "markdown",
-           "targets", "write_all"]
+__all__ = ["DEFAULT_VARIANTS", "SYSTEMS", "build", "chart", "cpu_per_request", "machine_info",
+           "markdown", "targets", "write_all"]
 
 ROUTER_RSS_LIMIT_MB = 400.0
 BACKGROUND_WARN_PCT = 30.0
@@ -235,6 +235,7 @@ def build(results: dict[str, Any], opts: Any, machine: dict[str, Any],
         "variants": rows,
         "not_run": dict(not_run or {}),
         "targets": targets(rows, not_run),
+        "cpu_ms_per_request": cpu_per_request(rows),
     }
 
 
@@ -325,6 +326,19 @@ def markdown(data: dict[str, Any]) -> str:
     ceiling = _ceiling_line(data["variants"])
     if ceiling:
         lines += ["", ceiling]
+    cost = cpu_per_request(data["variants"])
+    if cost:
+        names = [r["name"] for r in data["variants"] if r["name"] in cost["by_variant"]]
+        lines += ["", "CPU per request, ms of one core (the capacity model's inputs, "
+                  "docs/operations.md Capacity): each process's CPU over the run / requests "
+                  "answered.", "",
+                  "| process | " + " | ".join(names) + " |",
+                  "|---|" + "---:|" * len(names)]
+        for label in cost["processes"]:
+            cells = [cost["by_variant"][n].get(label) for n in names]
+            lines.append(f"| {label} | " + " | ".join(_num(c, '.3f') for c in cells) + " |")
+        lines.append("| all server processes | " + " | ".join(
+            _num(sum(cost["by_variant"][n].values()), '.3f') for n in names) + " |")
     lines += ["", "| process | peak RSS MB | by variant |", "|---|---:|---|"]
     rss: dict[str, dict[str, float]] = {}
     for r in data["variants"]:
@@ -337,6 +351,21 @@ def markdown(data: dict[str, Any]) -> str:
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
+
+
+def cpu_per_request(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant and labelled process, CPU milliseconds (of one core) per request: the
+    process's CPU % over the run / 100 / req/s x 1000. Variants without requests or
+    without labelled processes are left out."""
+    by_variant: dict[str, dict[str, float]] = {}
+    processes: list[str] = []
+    for r in rows:
+        rps, cpu = r.get("rps") or 0.0, r.get("cpu_by_process") or {}
+        if rps <= 0 or not cpu:
+            continue
+        by_variant[r["name"]] = {k: round(10.0 * v / rps, 4) for k, v in cpu.items()}
+        processes += [k for k in cpu if k not in processes]
+    return {"by_variant": by_variant, "processes": processes} if by_variant else {}
 
 
 def _background_pct(row: dict[str, Any]) -> float:

@@ -274,3 +274,19 @@ def test_shadow_target_compares_e_shadow_with_e() -> None:
     assert _status(_results(**{"e-shadow": _row("e-shadow", 69, 11.8, 21)}))[target] == "PASS"
     assert _status(_results(**{"e-shadow": _row("e-shadow", 60, 12.0, 25)}))[target] == "FAIL"
     assert target not in _status(_results())
+
+
+def test_cpu_per_request_is_each_process_cpu_over_its_requests() -> None:
+    """The capacity model's inputs: 50 % of a core at 1000 req/s is 0.5 ms a request."""
+    c = {**_row("c", 1000, 30, 120), "cpu_by_process": {"router": 50.0, "haproxy": 20.0}}
+    d = {**_row("d", 4000, 10, 30), "cpu_by_process": {"router": 80.0, "redis": 10.0}}
+    opts = _opts()
+    data = report.build(_results(c=c, d=d), opts, report.machine_info(opts, 2), wall_s=1.0)
+    cost = data["cpu_ms_per_request"]
+    assert cost["by_variant"] == {"c": {"router": 0.5, "haproxy": 0.2},
+                                  "d": {"router": 0.2, "redis": 0.025}}
+    assert cost["processes"] == ["router", "haproxy", "redis"]
+    md = report.markdown(data)
+    assert "| process | c | d |" in md
+    assert "| router | 0.500 | 0.200 |" in md and "| redis | - | 0.025 |" in md
+    assert "| all server processes | 0.700 | 0.225 |" in md
