@@ -101,7 +101,7 @@ def run(config_path: str, version: str, rows: int, batch_size: int, address: str
                      "job_seconds": round(result.seconds, 3),
                      "job_rows_per_s": round(result.rows_per_s, 1),
                      "nodes": result.nodes},
-        "ratio": round((rows / wall) / plain["rows_per_s"], 3),
+        "ratio": round((rows / wall) / plain["rows_per_s"], 4),
     }
 
 

@@ -14,7 +14,7 @@ import os
 
 from serve.local.pids import psutil_module, stop_pid
 
-__all__ = ["haproxy_pids", "stop_haproxy"]
+__all__ = ["haproxy_config_dirs", "haproxy_pids", "stop_haproxy"]
 
 
 def haproxy_pids(root_pid: int | None = None) -> list[int]:
@@ -35,25 +35,35 @@ def _config_dir(cmdline: list[str]) -> str | None:
     return None
 
 
-def stop_haproxy(pids: list[int] | set[int], timeout_s: float = 5.0) -> None:
-    """Stop these HAProxy processes by PID, then the ones that replaced them.
-
-    Serve reloads HAProxy when its routes change (a node leaving during a teardown is
-    one): the new process (``-sf OLD``) runs the same node's config and is no child of
-    anything we hold. So after the known PIDs, every haproxy whose ``-f`` config lies in
-    one of their config directories (a Ray node's own) is stopped too, twice over for a
-    reload during the first round; nothing else machine-wide is touched.
-    """
+def haproxy_config_dirs(pids: list[int] | set[int]) -> set[str]:
+    """The config directories (one per Ray node) these HAProxy processes run from."""
+    dirs: set[str] = set()
     with contextlib.suppress(Exception):
         psutil = psutil_module()
-        dirs: set[str] = set()
         for pid in pids:
             with contextlib.suppress(Exception):
                 d = _config_dir(psutil.Process(pid).cmdline())
                 if d:
                     dirs.add(d)
-        for pid in pids:
-            stop_pid(pid, timeout_s=timeout_s)
+    return dirs
+
+
+def stop_haproxy(pids: list[int] | set[int], timeout_s: float = 5.0,
+                 config_dirs: set[str] | None = None) -> None:
+    """Stop these HAProxy processes by PID, then the ones that replaced them.
+
+    Serve reloads HAProxy when its routes change (a node leaving during a teardown is
+    one): the new process (``-sf OLD``) runs the same node's config and is no child of
+    anything we hold. So after the known PIDs, every haproxy whose ``-f`` config lies in
+    one of their config directories (a Ray node's own; ``config_dirs`` adds directories
+    noted earlier, for PIDs that are gone by now) is stopped too, twice over for a reload
+    during the first round; nothing else machine-wide is touched.
+    """
+    dirs = haproxy_config_dirs(pids) | set(config_dirs or ())
+    for pid in pids:
+        stop_pid(pid, timeout_s=timeout_s)
+    with contextlib.suppress(Exception):
+        psutil = psutil_module()
         for _ in range(2):
             found = []
             for proc in psutil.process_iter(["name", "cmdline"]):
@@ -64,6 +74,3 @@ def stop_haproxy(pids: list[int] | set[int], timeout_s: float = 5.0) -> None:
                 stop_pid(pid, timeout_s=timeout_s)
             if not found:
                 break
-        return
-    for pid in pids:  # no psutil: the known PIDs only
-        stop_pid(pid, timeout_s=timeout_s)

@@ -311,8 +311,10 @@ def test_bench_batch_scores_both_ways(work: dict[str, Any]) -> None:
             num_cpus=None)
     assert r["rows"] == 300 and sum(r["ray_data"]["nodes"].values()) == 300
     assert r["plain"]["rows_per_s"] > 0 and r["ray_data"]["rows_per_s"] > 0
+    # The ratio is the whole job's rows/s over the plain loop's (the table's figures are
+    # rounded: 0.1 rows/s and 1e-4 of the ratio).
     assert r["ratio"] == pytest.approx(r["ray_data"]["rows_per_s"] / r["plain"]["rows_per_s"],
-                                       rel=0.01)
+                                       abs=2e-4)
     text = markdown(r)
     assert "plain loop over the backend" in text and "batch-predict on Ray Data" in text
 

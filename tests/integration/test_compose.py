@@ -56,7 +56,7 @@ import yaml
 
 from serve.local import free_port, stop_pid
 from serve.local.env import ray_env
-from serve.local.haproxy import haproxy_pids, stop_haproxy
+from serve.local.haproxy import haproxy_config_dirs, haproxy_pids, stop_haproxy
 from tests.integration.test_multinode import _descendants, _proc_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,6 +160,7 @@ class Compose:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     seen: dict[int, tuple[str, int]] = field(default_factory=dict)
     haproxy: set[int] = field(default_factory=set)
+    haproxy_dirs: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         for name in ("gcs", "dashboard", "http", "redis", "prometheus", "head_metrics",
@@ -320,6 +321,7 @@ class Compose:
             if proc is not None and proc.poll() is None:
                 self.seen.update(_descendants(proc.pid))
                 self.haproxy.update(haproxy_pids(proc.pid))
+        self.haproxy_dirs.update(haproxy_config_dirs(self.haproxy))
 
     def stop_all(self) -> None:
         self.remember()
@@ -329,13 +331,14 @@ class Compose:
                 stop_pid(proc.pid, timeout_s=20)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(5)
-        stop_haproxy(self.haproxy)
         table = _proc_table()
         for pid, identity in self.seen.items():  # anything the nodes left behind, by PID
             now = table.get(pid)
             if now is not None and (now[1], now[2]) == identity:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        # Last: a Serve proxy left alive until the kills above may have reloaded HAProxy.
+        stop_haproxy(self.haproxy, config_dirs=self.haproxy_dirs)
 
 
 def _wait(what: str, check: Any, timeout_s: float, compose: Compose,

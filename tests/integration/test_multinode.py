@@ -114,11 +114,26 @@ class TwoNodes:
                 start_new_session=True, env=_clean_env(**env))
 
     def start_head(self) -> None:
-        self._ray_start("head", [
-            "--head", f"--port={self.gcs_port}", "--include-dashboard=false",
-            f"--ray-client-server-port={free_port()}",
-            '--resources={"abserve_head": 4}'])
-        _wait_port(self.gcs_port, self.procs["head"], 60)
+        """The head, on a fresh GCS port again when its GCS could not bind the one chosen
+        (free_port's pick can be taken before the GCS binds it: seen once in CI, where
+        another process then answered on that port and node 2 never joined)."""
+        for _attempt in range(3):
+            log = self.work / "head.log"
+            offset = log.stat().st_size if log.exists() else 0
+            self._ray_start("head", [
+                "--head", f"--port={self.gcs_port}", "--include-dashboard=false",
+                f"--ray-client-server-port={free_port()}",
+                '--resources={"abserve_head": 4}'])
+            deadline = time.monotonic() + 60
+            proc = self.procs["head"]
+            while proc.poll() is None and time.monotonic() < deadline:
+                if b"Ray runtime started" in log.read_bytes()[offset:]:
+                    _wait_port(self.gcs_port, proc, 30)
+                    return
+                time.sleep(0.5)
+            self.stop("head")
+            self.gcs_port = free_port()
+        raise AssertionError(f"the head did not start in 3 tries: {log.read_text()[-2000:]}")
 
     def start_node2(self) -> None:
         # The head turned token auth on (Ray 2.60's `ray start`); a joining node opts in.
