@@ -75,7 +75,7 @@ class ExperimentController:
             return
         self._drift_at = now
         try:
-            self.drift_gauges.update(self.service.drift, self.service.drift_report())
+            self.drift_gauges.update(self.service.drift, self.service.recent_drift_report())
         except Exception:  # noqa: BLE001 - a metric must not fail the router's sync
             if not self._drift_failed:
                 log.exception("could not set the drift gauges")

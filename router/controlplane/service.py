@@ -106,7 +106,9 @@ class ExperimentService:
         self._counters_dirty = False
         self.drift = DriftMonitor(config.drift, references or {}, clock=clock,
                                   on_alert=on_drift_alert)
-        self._drift_summary: tuple[float, dict[str, str]] | None = None
+        # (when, report, summary): the last drift computation, shared by the sync replies and
+        # the controller's gauges so a second's syncs compute the windows once
+        self._drift_cache: tuple[float, dict[str, Any], dict[str, str]] | None = None
         self.state: ExperimentState
         self._adopt(self.declared, self._saved_state())
 
@@ -268,14 +270,20 @@ class ExperimentService:
         when drift is off or no version has a reference (nothing is computed then)."""
         if not self.config.drift.enabled or not any(self.drift.references.values()):
             return {}
+        return self._recent_drift()[2]
+
+    def recent_drift_report(self) -> dict[str, Any]:
+        """``drift_report``, computed at most once a second (the gauges' source)."""
+        return self._recent_drift()[1]
+
+    def _recent_drift(self) -> tuple[float, dict[str, Any], dict[str, str]]:
         now = self.clock()
-        cached = self._drift_summary
-        if cached is not None and now - cached[0] < 1.0:
-            return cached[1]
-        summary = {v: summarize_drift(r)
-                   for v, r in self.drift_report()["versions"].items()}
-        self._drift_summary = (now, summary)
-        return summary
+        cached = self._drift_cache
+        if cached is None or now - cached[0] >= 1.0:
+            report = self.drift_report()
+            summary = {v: summarize_drift(r) for v, r in report["versions"].items()}
+            cached = self._drift_cache = (now, report, summary)
+        return cached
 
     def drift_report(self) -> dict[str, Any]:
         """The drift windows of every deployed version (the report's ``drift`` section)."""

@@ -228,6 +228,9 @@ class PredictionLog:
         ``counter``: told of the rows written, dropped and failed, from the flush thread
         (the Ray metric). ``start=False``: no thread; the caller calls ``flush`` (tests)."""
         self.config = config
+        # The sampling fractions, read once: the request path looks them up per request.
+        self._sample = config.sample
+        self._sample_by_experiment = dict(config.sample_by_experiment)
         self.model, self.replica, self.spec = model, replica, spec
         self.input_dtype = np.float64 if tabular else np.float32
         self.schema = TABULAR_PREDICTIONS_SCHEMA if tabular else PREDICTIONS_SCHEMA
@@ -261,7 +264,7 @@ class PredictionLog:
     def sampled(self, request_id: str, experiment: str) -> bool:
         """Whether a request is logged: a hash of its id against the experiment's fraction,
         so every replica (and a replay) decides the same."""
-        fraction = self.config.sample_by_experiment.get(experiment, self.config.sample)
+        fraction = self._sample_by_experiment.get(experiment, self._sample)
         if fraction >= 1.0:
             return True
         return zlib.crc32(request_id.encode()) < fraction * 4294967296.0

@@ -442,18 +442,16 @@ def block_rows(n: int, batch_size: int, actors: int) -> int:
     return batches * batch_size
 
 
-def _map(ds: Any, job: BatchJob, blocks: int) -> tuple[Any, int]:
+def _map(ds: Any, job: BatchJob, actors: int) -> Any:
     settings = job.versions
-    actors = _actors(settings, job.actors, blocks)
     from ray.data import ActorPoolStrategy
 
-    ds = ds.map_batches(
+    return ds.map_batches(
         Scorer, batch_format="pandas", batch_size=job.batch_size,
         compute=ActorPoolStrategy(size=actors),
         num_cpus=max(c.num_cpus for c in settings.values()),
         num_gpus=max(c.num_gpus for c in settings.values()) or None,
         **job.scorer_args())
-    return ds, actors
 
 
 def _data_context() -> None:
@@ -484,11 +482,10 @@ def run_batch(job: BatchJob, table: pa.Table, out: Path, errors_out: Path,
 
     _data_context()
     n = table.num_rows
-    block = block_rows(n, job.batch_size, _actors(job.versions, job.actors,
-                                                   max(1, -(-n // job.batch_size))))
+    actors = _actors(job.versions, job.actors, max(1, -(-n // job.batch_size)))
+    block = block_rows(n, job.batch_size, actors)
     chunks = [table.slice(i, block) for i in range(0, n, block)] or [table]
-    ds = ray.data.from_arrow(chunks)
-    ds, actors = _map(ds, job, -(-n // job.batch_size) or 1)
+    ds = _map(ray.data.from_arrow(chunks), job, actors)
     stream = stream or sys.stderr
     stream.write(f"scoring {n:,} rows with {', '.join(job.versions)} on {actors} actor(s)\n")
     result = JobResult(rows=n)
@@ -536,7 +533,8 @@ def run_replay_scoring(job: BatchJob, ds: Any, total: int | None, out: Path,
     the per-row results to ``out``; return them (and the rows that could not be replayed)
     for the summary."""
     _data_context()
-    ds, actors = _map(ds, job, max(1, -(-(total or 1) // job.batch_size)))
+    actors = _actors(job.versions, job.actors, max(1, -(-(total or 1) // job.batch_size)))
+    ds = _map(ds, job, actors)
     stream = stream or sys.stderr
     stream.write(f"replaying with {', '.join(job.versions)} on {actors} actor(s)\n")
     progress = Progress(total, "replay", stream)
