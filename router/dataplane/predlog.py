@@ -14,16 +14,23 @@ carried several rows is ``R/i``; a one-row request is ``R``: the ids the feedbac
 uses (router/http/follower.py).
 
 The request path only appends one entry per request to a bounded buffer, under an
-uncontended lock (a few hundred nanoseconds); when ``log.max_buffer_rows`` rows wait,
-further rows are dropped and counted, never waited for. A background thread turns
-the entries into Arrow columns (digests, labels, flattening) every
-``log.flush_interval_s`` or as soon as ``log.max_file_rows`` rows wait, writes one
-file per hour partition (and per ``max_file_rows`` rows), and deletes partitions
-older than ``log.retention_hours``. A write that fails (a full disk, an unreachable
-store) drops that file's rows, counts them as failed and logs at most once per
-interval; it never reaches a request. What a crash can lose is what was not yet
+uncontended lock (a few hundred nanoseconds); when ``log.max_buffer_rows`` rows wait
+(buffered or converted, not yet written), further rows are dropped and counted, never
+waited for. A background thread turns the entries into Arrow columns (digests, labels,
+flattening) every ``CONVERT_INTERVAL_S`` (so that no single step holds the GIL for
+long), writes them every ``log.flush_interval_s`` or as soon as ``log.max_file_rows``
+rows wait, one file per hour partition (and per ``max_file_rows`` rows), and deletes
+partitions older than ``log.retention_hours``. A write that fails (a full disk, an
+unreachable store) drops that file's rows, counts them as failed and logs at most once
+per interval; it never reaches a request. What a crash can lose is what was not yet
 written: at most one flush interval of rows plus the buffer (``max_buffer_rows``).
 ``close()`` writes what is buffered.
+
+Memory: the columns are built from numpy buffers (``pa.Array.from_buffers``), never
+with ``pa.array``, whose first call imports pandas into the router replica (measured
++32-36 MB of resident memory for a writer that needs none of it; a test keeps it out),
+and the files dictionary-encode only the repeated string columns (``DICTIONARY``):
+dictionary pages for the float columns doubled pyarrow's peak pool and the write time.
 
 Pure: numpy and pyarrow, no Ray; the clock is injected.
 """
@@ -79,6 +86,10 @@ FEEDBACK = "feedback"
 TABLES = (PREDICTIONS, FEEDBACK)
 
 TIME = pa.timestamp("us", tz="UTC")
+# Entries become Arrow tables this often on the writer's thread (writes: log.flush_interval_s).
+CONVERT_INTERVAL_S = 1.0
+# Dictionary-encoded columns: the repeated strings; not the floats, the ids or the digests.
+DICTIONARY = ["experiment", "arm", "version", "fallback_reason", "label"]
 
 
 def predictions_schema(input_type: pa.DataType | None = None) -> pa.Schema:
@@ -245,7 +256,9 @@ class PredictionLog:
         self._lock = threading.Lock()
         self._preds: list[_PredEntry] = []
         self._feedback: list[_FeedEntry] = []
-        self._rows = 0  # rows buffered (both tables)
+        self._rows = 0  # rows not yet written (buffered or converted, both tables)
+        # Converted and waiting for the next write: (table, hour) -> tables.
+        self._converted: dict[tuple[str, datetime], list[pa.Table]] = {}
         self._seq = 0
         self._last_warning: float | None = None
         self._last_retention: float | None = None
@@ -314,27 +327,36 @@ class PredictionLog:
     # ------------------------------------------------------------ the flush thread
 
     def _run(self) -> None:
+        interval = self.config.flush_interval_s
+        step = min(CONVERT_INTERVAL_S, interval)
+        due = time.monotonic() + interval
         while not self._stop.is_set():
-            self._wake.wait(self.config.flush_interval_s)
+            woken = self._wake.wait(step)
             self._wake.clear()
             if self._stop.is_set():
                 break
             try:
-                self.flush()
+                if woken or time.monotonic() >= due:
+                    self.flush()
+                    due = time.monotonic() + interval
+                else:
+                    self.convert()
             except Exception:  # noqa: BLE001 - the thread must outlive any bug in a flush
                 log.exception("prediction log: flush failed")
+
+    def convert(self) -> None:
+        """Turn the buffered entries into Arrow tables, kept until the next write."""
+        with self._write_lock:
+            self._convert()
 
     def flush(self) -> None:
         """Write what is buffered, then enforce retention (at most once a minute)."""
         with self._write_lock:
-            with self._lock:
-                preds, self._preds = self._preds, []
-                feedback, self._feedback = self._feedback, []
-                self._rows = 0
-            if preds:
-                self._write_predictions(preds)
-            if feedback:
-                self._write_feedback(feedback)
+            self._convert()
+            converted, self._converted = self._converted, {}
+            for (table_name, hour), tables in converted.items():
+                table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+                self._write(table_name, hour, table)
             now = self.clock()
             if self.config.retention_hours is not None and (
                 self._last_retention is None or now - self._last_retention >= 60.0
@@ -357,102 +379,109 @@ class PredictionLog:
         except Exception:  # noqa: BLE001 - shutting down: say so, never raise
             log.exception("prediction log: the last flush failed")
 
-    # ------------------------------------------------------------ writing
+    # ------------------------------------------------------------ converting
+
+    def _forget(self, rows: int) -> None:
+        """Rows written or failed no longer count against ``max_buffer_rows``."""
+        with self._lock:
+            self._rows -= rows
+
+    def _convert(self) -> None:
+        with self._lock:
+            preds, self._preds = self._preds, []
+            feedback, self._feedback = self._feedback, []
+        for table_name, entries, build in (
+            (PREDICTIONS, preds, self._predictions_table),
+            (FEEDBACK, feedback, self._feedback_table),
+        ):
+            if not entries:
+                continue
+            for hour, idx in self._by_hour([e[0] for e in entries]).items():
+                group = [entries[i] for i in idx]
+                rows = sum(len(e[4]) for e in group) if table_name == PREDICTIONS else len(group)
+                try:
+                    table = build(group)
+                except Exception:  # noqa: BLE001 - a malformed entry must not stop the log
+                    log.exception("prediction log: could not build %d %s rows", rows,
+                                  table_name)
+                    self.counts[table_name].failed += rows
+                    self._forget(rows)
+                    continue
+                self._converted.setdefault((table_name, hour), []).append(table)
 
     def _by_hour(self, times: Sequence[float]) -> dict[datetime, list[int]]:
-        groups: dict[datetime, list[int]] = {}
+        groups: dict[int, list[int]] = {}
         for i, t in enumerate(times):
-            hour = datetime.fromtimestamp(t, UTC).replace(minute=0, second=0, microsecond=0)
-            groups.setdefault(hour, []).append(i)
-        return groups
+            groups.setdefault(int(t // 3600), []).append(i)  # UTC hours have 3600 s
+        return {datetime.fromtimestamp(h * 3600, UTC): idx for h, idx in groups.items()}
 
-    def _write_predictions(self, entries: list[_PredEntry]) -> None:
-        for hour, idx in self._by_hour([e[0] for e in entries]).items():
-            group = [entries[i] for i in idx]
-            rows = sum(len(e[4]) for e in group)
-            try:
-                table = self._predictions_table(group)
-            except Exception:  # noqa: BLE001 - a malformed entry must not stop the log
-                log.exception("prediction log: could not build %d rows", rows)
-                self.counts[PREDICTIONS].failed += rows
-                continue
-            self._write(PREDICTIONS, hour, table)
-
-    def _write_feedback(self, entries: list[_FeedEntry]) -> None:
-        classifies = self.spec.classifies
-        labels = self.spec.class_labels
-        for hour, idx in self._by_hour([e[0] for e in entries]).items():
-            group = [entries[i] for i in idx]
-            try:
-                table = pa.table({
-                    "time": pa.array([round(e[0] * 1e6) for e in group], TIME),
-                    "request_id": [e[1] for e in group],
-                    "label": [labels[e[2]] if classifies and isinstance(e[2], int) else None
-                              for e in group],
-                    "value": [None if classifies else [float(v) for v in e[2]]  # type: ignore[union-attr]
-                              for e in group],
-                }, schema=FEEDBACK_SCHEMA)
-            except Exception:  # noqa: BLE001
-                log.exception("prediction log: could not build %d feedback rows", len(group))
-                self.counts[FEEDBACK].failed += len(group)
-                continue
-            self._write(FEEDBACK, hour, table)
+    def _feedback_table(self, group: list[_FeedEntry]) -> pa.Table:
+        n = len(group)
+        times = _numbers([round(e[0] * 1e6) for e in group], np.int64, TIME)
+        rids = _strings([e[1] for e in group])
+        if self.spec.classifies:
+            names = self.spec.class_labels
+            labels = _strings([names[e[2]] if isinstance(e[2], int) else None for e in group])
+            values = pa.nulls(n, FEEDBACK_SCHEMA.field("value").type)
+        else:
+            labels = pa.nulls(n, pa.string())
+            values = _ragged([np.asarray(e[2], dtype=np.float64).reshape(-1) for e in group],
+                             FEEDBACK_SCHEMA.field("value").type)
+        return pa.Table.from_arrays([times, rids, labels, values], schema=FEEDBACK_SCHEMA)
 
     def _predictions_table(self, group: list[_PredEntry]) -> pa.Table:
-        times: list[int] = []
-        rids: list[str] = []
-        experiments: list[str] = []
-        arms: list[str] = []
-        versions: list[str] = []
-        fallbacks: list[bool] = []
-        reasons: list[str | None] = []
-        cached: list[bool] = []
-        latencies: list[float] = []
-        labels: list[str | None] = []
-        outputs: list[np.ndarray] = []
-        inputs: list[np.ndarray] = []
-        shapes: list[list[int]] = []
-        digests: list[str] = []
         spec = self.spec
-        names = spec.class_labels
-        for t, rid, experiment, pred, batch, latency_ms in group:
-            n = len(batch)
-            rows = np.ascontiguousarray(batch, dtype=self.input_dtype).reshape(n, -1)
-            out = np.asarray(pred.outputs, dtype=np.float32).reshape(n, -1)
-            us = round(t * 1e6)
-            times += [us] * n
-            rids += row_ids(rid, n)
-            experiments += [experiment] * n
-            arms += [pred.arm] * n
-            versions += [pred.version] * n
-            fallbacks += [pred.fallback] * n
-            reasons += [pred.fallback_reason] * n
-            cached += [bool(c) for c in pred.cached] if len(pred.cached) == n else [False] * n
-            latencies += [latency_ms] * n
-            if spec.classifies:
-                labels += [names[int(i)] for i in spec.labels_of(out)]
-            else:
-                labels += [None] * n
-            outputs.append(out)
-            inputs.append(rows)
-            shapes += [list(batch.shape[1:])] * n
+        counts = np.fromiter((len(e[4]) for e in group), np.int64, len(group))
+        n = int(counts.sum())
+        inputs = [np.ascontiguousarray(e[4], dtype=self.input_dtype).reshape(len(e[4]), -1)
+                  for e in group]
+        outputs = [np.asarray(e[3].outputs, dtype=np.float32).reshape(len(e[4]), -1)
+                   for e in group]
+        rids: list[str] = []
+        cached: list[bool] = []
+        digests: list[str] = []
+        for (_, rid, _, pred, _, _), rows in zip(group, inputs, strict=True):
+            k = len(rows)
+            rids += row_ids(rid, k)
+            cached += [bool(c) for c in pred.cached] if len(pred.cached) == k else [False] * k
             digests += [hashlib.sha256(r.tobytes()).hexdigest() for r in rows]
-        out_flat = np.concatenate(outputs)
-        in_flat = np.concatenate(inputs)
-        input_type = self.schema.field("input").type
-        if self.config.inputs:
-            input_col: pa.Array = _lists(in_flat, input_type)
+
+        def each(values: Sequence[Any]) -> list[Any]:  # one value per request -> per row
+            return [v for v, k in zip(values, counts.tolist(), strict=True) for _ in range(k)]
+
+        if spec.classifies:
+            names = spec.class_labels
+            if len({o.shape[1] for o in outputs}) == 1:
+                index = spec.labels_of(np.concatenate(outputs)).tolist()
+            else:
+                index = [int(i) for o in outputs for i in spec.labels_of(o)]
+            labels = _strings([names[i] for i in index])
         else:
-            input_col = pa.nulls(len(rids), input_type)
+            labels = pa.nulls(n, pa.string())
+        input_type = self.schema.field("input").type
+        input_col = (_lists(inputs, input_type) if self.config.inputs
+                     else pa.nulls(n, input_type))
+        shapes = [np.asarray(e[4].shape[1:], dtype=np.int32) for e in group]
         return pa.Table.from_arrays([
-            pa.array(times, TIME), pa.array(rids, pa.string()),
-            pa.array(experiments, pa.string()), pa.array(arms, pa.string()),
-            pa.array(versions, pa.string()), pa.array(fallbacks, pa.bool_()),
-            pa.array(reasons, pa.string()), pa.array(cached, pa.bool_()),
-            pa.array(latencies, pa.float32()), pa.array(labels, pa.string()),
-            _lists(out_flat, pa.list_(pa.float32())), input_col,
-            pa.array(digests, pa.string()), pa.array(shapes, pa.list_(pa.int32())),
+            _numbers(np.repeat(np.round(np.array([e[0] for e in group]) * 1e6), counts),
+                     np.int64, TIME),
+            _strings(rids),
+            _strings(each([e[2] for e in group])),
+            _strings(each([e[3].arm for e in group])),
+            _strings(each([e[3].version for e in group])),
+            _bools(np.repeat(np.array([e[3].fallback for e in group], dtype=bool), counts)),
+            _strings(each([e[3].fallback_reason for e in group])),
+            _bools(np.array(cached, dtype=bool)),
+            _numbers(np.repeat(np.array([e[5] for e in group]), counts), np.float32,
+                     pa.float32()),
+            labels,
+            _lists(outputs, pa.list_(pa.float32())),
+            input_col,
+            _strings(digests),
+            _ragged(each(shapes), pa.list_(pa.int32())),
         ], schema=self.schema)
+
+    # ------------------------------------------------------------ writing
 
     def _write(self, table_name: str, hour: datetime, table: pa.Table) -> None:
         """One file per ``max_file_rows`` rows of one hour partition; failures counted."""
@@ -466,18 +495,21 @@ class PredictionLog:
                 self.fs.create_dir(directory, recursive=True)
                 if self._local:  # readers skip dot files: a half-written file is never read
                     tmp = f"{directory}/.{name}.tmp"
-                    pq.write_table(part, tmp, filesystem=self.fs)
+                    pq.write_table(part, tmp, filesystem=self.fs, use_dictionary=DICTIONARY)
                     self.fs.move(tmp, f"{directory}/{name}")
                 else:  # an object store's PUT is atomic
-                    pq.write_table(part, f"{directory}/{name}", filesystem=self.fs)
+                    pq.write_table(part, f"{directory}/{name}", filesystem=self.fs,
+                                   use_dictionary=DICTIONARY)
             except Exception as exc:  # noqa: BLE001 - full disk, no store, no permission
                 self.counts[table_name].failed += part.num_rows
                 self._warn(f"could not write {part.num_rows} {table_name} rows to "
                            f"{directory}: {exc}")
                 if self._local:
                     _quietly(self.fs.delete_file, f"{directory}/.{name}.tmp")
-                continue
-            self.counts[table_name].written += part.num_rows
+            else:
+                self.counts[table_name].written += part.num_rows
+            finally:
+                self._forget(part.num_rows)
 
     def _warn(self, message: str) -> None:
         now = self.clock()
@@ -538,12 +570,67 @@ class PredictionLog:
         return deleted
 
 
-def _lists(flat: np.ndarray, list_type: pa.DataType) -> pa.Array:
-    """Rows of a (n, width) array as one Arrow list array, without a Python loop."""
-    n, width = flat.shape[0], int(np.prod(flat.shape[1:], dtype=np.int64))
-    values = pa.array(flat.reshape(-1), list_type.value_type)
-    offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32), pa.int32())
-    return pa.ListArray.from_arrays(offsets, values, type=list_type)
+# ---------------------------------------------------------------- Arrow columns from numpy
+# pa.Array.from_buffers over numpy memory: no per-value Python objects, and no pandas
+# (pa.array imports it on first use; see the module's docstring).
+
+_NUMPY = {pa.int32(): np.int32, pa.int64(): np.int64, pa.float32(): np.float32,
+          pa.float64(): np.float64}
+
+
+def _bitmap(valid: np.ndarray) -> pa.Buffer | None:
+    """An Arrow validity (or boolean) bitmap; None when every value is valid."""
+    if valid.all():
+        return None
+    return pa.py_buffer(np.packbits(valid, bitorder="little"))
+
+
+def _numbers(values: Any, dtype: type, arrow_type: pa.DataType) -> pa.Array:
+    data = np.ascontiguousarray(values, dtype=dtype)
+    return pa.Array.from_buffers(arrow_type, len(data), [None, pa.py_buffer(data)])
+
+
+def _bools(values: np.ndarray) -> pa.Array:
+    bits = pa.py_buffer(np.packbits(values.astype(bool), bitorder="little"))
+    return pa.Array.from_buffers(pa.bool_(), len(values), [None, bits])
+
+
+def _offsets(lengths: Sequence[int] | np.ndarray) -> pa.Buffer:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.py_buffer(offsets)
+
+
+def _strings(values: Sequence[str | None]) -> pa.Array:
+    encoded = [b"" if v is None else v.encode() for v in values]
+    valid = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+    return pa.Array.from_buffers(pa.string(), len(values), [
+        _bitmap(valid), _offsets(np.fromiter(map(len, encoded), np.int64, len(encoded))),
+        pa.py_buffer(b"".join(encoded)),
+    ])
+
+
+def _ragged(rows: Sequence[np.ndarray], list_type: pa.DataType) -> pa.Array:
+    """One list per 1-d array (of any lengths)."""
+    dtype = _NUMPY[list_type.value_type]
+    flat = np.concatenate(rows).astype(dtype, copy=False) if rows else np.empty(0, dtype)
+    offsets = pa.Array.from_buffers(pa.int32(), len(rows) + 1,
+                                    [None, _offsets([len(r) for r in rows])])
+    return pa.ListArray.from_arrays(offsets, _numbers(flat, dtype, list_type.value_type),
+                                    type=list_type)
+
+
+def _lists(blocks: Sequence[np.ndarray], list_type: pa.DataType) -> pa.Array:
+    """The rows of several (n_i, width_i) arrays as one list array, without a Python loop
+    over the rows."""
+    dtype = _NUMPY[list_type.value_type]
+    flat = np.concatenate([b.reshape(-1) for b in blocks]).astype(dtype, copy=False)
+    lengths = np.repeat([b.shape[1] if b.ndim > 1 else 1 for b in blocks],
+                        [len(b) for b in blocks])
+    offsets = pa.Array.from_buffers(pa.int32(), len(lengths) + 1,
+                                    [None, _offsets(lengths)])
+    return pa.ListArray.from_arrays(offsets, _numbers(flat, dtype, list_type.value_type),
+                                    type=list_type)
 
 
 def _quietly(fn: Callable[[str], Any], path: str) -> None:

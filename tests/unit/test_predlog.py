@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -234,6 +236,54 @@ def test_a_full_buffer_drops_and_counts_without_blocking(tmp_path: Path) -> None
     plog.flush()
     assert counted == []  # deltas only
     assert plog.record("d", "exp", pred(3), batch(3), 1.0)  # room again after the flush
+
+
+def test_converted_rows_wait_for_the_write_and_still_count_against_the_buffer(
+    tmp_path: Path,
+) -> None:
+    plog = make(tmp_path, max_buffer_rows=5)
+    assert plog.record("a", "exp", pred(3), batch(3), 1.0)
+    assert plog.feedback("a/0", 2)
+    plog.convert()  # what the thread does every CONVERT_INTERVAL_S
+    assert files(tmp_path) == []  # converted, not written
+    assert plog.buffered_rows == 4
+    assert not plog.record("b", "exp", pred(2), batch(2), 1.0)  # 4 + 2 > 5: still bounded
+    assert plog.record("c", "exp", pred(1), batch(1), 1.0)
+    plog.flush()  # one file per table and hour, however many conversions fed it
+    assert files(tmp_path) == [
+        "activity/feedback/date=2026-12-02/hour=10/r_1-000002.parquet",
+        "activity/predictions/date=2026-12-02/hour=10/r_1-000001.parquet",
+    ]
+    assert [r["request_id"] for r in read(tmp_path).to_pylist()] == ["a/0", "a/1", "a/2", "c"]
+    assert read(tmp_path, "feedback").to_pylist()[0]["label"] == "sit"
+    assert plog.buffered_rows == 0 and plog.counts["predictions"].dropped == 2
+
+
+def test_the_writer_never_imports_pandas(tmp_path: Path) -> None:
+    """pa.array imports pandas (+32-36 MB in a router replica); the writer must not."""
+    code = f"""
+import sys
+import numpy as np
+from models.kinds import OutputSpec
+from router.dataplane.core import Prediction
+from router.dataplane.predlog import PredictionLog
+from serve.config import LogConfig
+spec = OutputSpec.of("multiclass", ["walk", "run", "sit"])
+plog = PredictionLog(LogConfig(enabled=True, location={str(tmp_path)!r}), model="m",
+                     replica="r", spec=spec, start=False)
+x = np.zeros((2, 4, 3), np.float32)
+p = Prediction(outputs=np.full((2, 3), 1 / 3), version="v1", arm="v1", cached=(False, True),
+               cache_status="MISS", fallback=True, fallback_reason="timeout", spec=spec)
+plog.record("a", "exp", p, x, 1.0)
+plog.feedback("a/0", 1)
+plog.flush()
+assert plog.counts["predictions"].written == 2 and plog.counts["feedback"].written == 1
+print("pandas" in sys.modules)
+"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 class BrokenFs(pafs.PyFileSystem):
