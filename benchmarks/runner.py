@@ -73,9 +73,14 @@ VARIANTS: dict[str, str] = {
     "e-shadow": "as (e), with every request also shadowed to v2 (shadow share 100 %)",
     "c-log": "as (c), with the prediction log on (every request, inputs included)",
     "e-log": "as (e), with the prediction log on (every request, inputs included)",
+    "c-ref": "as (c), redeployed with the log off after the log run (the bracket's end)",
+    "e-ref": "as (e), redeployed with the log off after the log run (the bracket's end)",
 }
 SELECTABLE = ("a", "b", "c", "d", "e", "f", "n")  # the default selection
-# On request only: l, (c) and (e) again in the same run with the prediction log on.
+# On request only: l, (c) and (e) again in the same run with the prediction log on, then
+# once more with it off (c-ref, e-ref): the log's cost is read against the mean of the runs
+# before and after it, so that what a redeploy or a fuller Redis costs is not counted as
+# the log's (an A/A run, both with the log off, read 0.96x and +0.13 ms without it).
 EXTRA = ("l",)
 MODEL = "activity"
 APP = "abserve-bench"
@@ -646,16 +651,17 @@ class Bench:
     # -- (c), (d), (e)
 
     def run_platform(self, registry: str, http_port: int, redis_url: str,
-                     redis_pid: int, log_location: str | None = None) -> None:
-        """``log_location``: redeploy with the prediction log on and measure (c) and (e)
-        again as c-log and e-log (variant l)."""
+                     redis_pid: int, log_location: str | None = None,
+                     suffix: str = "") -> None:
+        """``suffix``: redeploy and measure only (c) and (e) again, as c{suffix} and
+        e{suffix}: ``-log`` with the prediction log on at ``log_location``, ``-ref`` with
+        it off again (variant l)."""
         from ray import serve
 
         from serve.app import ROUTER_DEPLOYMENT, build_app, model_deployment_name
 
         config = platform_config(registry, redis_url, http_port, str(self.workdir / "state"),
                                  log_location)
-        suffix = "" if log_location is None else "-log"
         base = f"http://127.0.0.1:{http_port}"
         url = f"{base}/predict"
         serve.run(build_app(config), name=APP, route_prefix="/")
@@ -775,7 +781,10 @@ def run(opts: BenchOptions) -> dict[str, Any]:
                     if "l" in opts.variants:
                         bench.run_platform(registry, http_port,
                                            f"redis://127.0.0.1:{redis_port}/0", redis_proc.pid,
-                                           log_location=str(workdir / "log"))
+                                           log_location=str(workdir / "log"), suffix="-log")
+                        bench.run_platform(registry, http_port,
+                                           f"redis://127.0.0.1:{redis_port}/0", redis_proc.pid,
+                                           suffix="-ref")
         finally:
             if redis_proc is not None:
                 stop_pid(redis_proc.pid)

@@ -90,6 +90,10 @@ TIME = pa.timestamp("us", tz="UTC")
 CONVERT_INTERVAL_S = 1.0
 # Dictionary-encoded columns: the repeated strings; not the floats, the ids or the digests.
 DICTIONARY = ["experiment", "arm", "version", "fallback_reason", "label"]
+# The writer's buffers come from the C allocator, which gives freed pages back: with
+# pyarrow's default pool (mimalloc), the first write of 10 s of rows at 950 req/s left
+# the process 45-50 MB larger for good (measured; 6 MB with this one).
+_POOL = pa.system_memory_pool()
 
 
 def predictions_schema(input_type: pa.DataType | None = None) -> pa.Schema:
@@ -495,11 +499,12 @@ class PredictionLog:
                 self.fs.create_dir(directory, recursive=True)
                 if self._local:  # readers skip dot files: a half-written file is never read
                     tmp = f"{directory}/.{name}.tmp"
-                    pq.write_table(part, tmp, filesystem=self.fs, use_dictionary=DICTIONARY)
+                    pq.write_table(part, tmp, filesystem=self.fs, use_dictionary=DICTIONARY,
+                                   memory_pool=_POOL)
                     self.fs.move(tmp, f"{directory}/{name}")
                 else:  # an object store's PUT is atomic
                     pq.write_table(part, f"{directory}/{name}", filesystem=self.fs,
-                                   use_dictionary=DICTIONARY)
+                                   use_dictionary=DICTIONARY, memory_pool=_POOL)
             except Exception as exc:  # noqa: BLE001 - full disk, no store, no permission
                 self.counts[table_name].failed += part.num_rows
                 self._warn(f"could not write {part.num_rows} {table_name} rows to "

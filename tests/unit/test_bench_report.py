@@ -290,3 +290,20 @@ def test_cpu_per_request_is_each_process_cpu_over_its_requests() -> None:
     assert "| process | c | d |" in md
     assert "| router | 0.500 | 0.200 |" in md and "| redis | - | 0.025 |" in md
     assert "| all server processes | 0.700 | 0.225 |" in md
+
+
+def test_log_targets_read_the_log_run_against_the_bracket_of_log_off_runs() -> None:
+    c_target = "prediction log: (c-log) >= 0.95x (c) req/s"
+    e_target = "prediction log: (e-log) p50 within 0.5 ms of (e)"
+    logged = {"c-log": _row("c-log", 1200, 31, 120), "e-log": _row("e-log", 65, 11.5, 21)}
+    # No run after the log's: against (c) and (e) alone (1200 / 1300 = 0.92x; +0.6 ms).
+    alone = _targets(_results(**logged))
+    assert (alone[c_target]["status"], alone[e_target]["status"]) == ("FAIL", "FAIL")
+    assert "vs c 1300 req/s (0.92x)" in alone[c_target]["detail"]
+    # The log-off runs after it were slower too (a drift over the run): the mean of the two
+    # ends is the reference, (1300 + 1180) / 2 = 1240 -> 0.97x; (10.9 + 11.3) / 2 -> +0.4 ms.
+    bracket = _targets(_results(**logged, **{"c-ref": _row("c-ref", 1180, 31, 120),
+                                             "e-ref": _row("e-ref", 66, 11.3, 21)}))
+    assert (bracket[c_target]["status"], bracket[e_target]["status"]) == ("PASS", "PASS")
+    assert "vs mean of c and c-ref 1240 req/s (0.97x)" in bracket[c_target]["detail"]
+    assert "vs mean of e and e-ref 11.10 ms (+0.40 ms)" in bracket[e_target]["detail"]
