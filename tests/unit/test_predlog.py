@@ -436,3 +436,12 @@ def test_the_monitoring_pages_reading_example_runs(tmp_path: Path,
     exec(code.replace(".abserve/log/activity", str(tmp_path / "activity")), {})  # noqa: S102
     out = capsys.readouterr().out
     assert "v2    0.5" in out, out  # one of the two labelled rows was right
+
+
+def test_the_cost_benchmark_runs_and_writes_every_row() -> None:
+    """benchmarks/predlog_cost.py, the command docs/monitoring.md quotes, at a small size."""
+    from benchmarks.predlog_cost import measure
+
+    r = measure(rate=40, seconds=3, flush_s=1)
+    assert r["rows"] == r["written"] == 120
+    assert r["record_us_per_request"] > 0 and r["convert_us_per_row"] > 0
