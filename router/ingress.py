@@ -10,6 +10,9 @@ of them is pickled. It loads the colocated versions (deployments/colocated.py:
 scikit-learn ones by default) and never imports torch or tensorflow unless a
 version says ``colocated: true``.
 
+The OIP gRPC methods (``ModelInfer`` ...) are the ones Serve's gRPC ingress calls by the
+RPC's name, with ``grpc_context``; each hands over to router/http/grpc_service.py.
+
 ``RayCluster`` is the Ray side of router/http/multimodel.py: Serve's controller for
 the applications on the cluster, and the other applications' routers, whose
 ``forward_http`` runs a forwarded request through their own app in-process.
@@ -31,9 +34,11 @@ from deployments.model import ModelReplica
 from models.registry import Registry
 from router.controlplane.client import ControlClient
 from router.dataplane.upstream import Arms, RayRuntime
-from router.http.app import ReplicaParts, assemble, build_app, cache_backend
+from router.http.app import ReplicaParts, assemble, build_app, cache_backend, grpc_service
+from router.http.grpc_service import GrpcContext
 from router.http.multimodel import ROUTER_INGRESS, HttpExchange, HttpReply, run_asgi
 from router.http.serving import ModelInfo
+from router.protocol.v2grpc import grpc_predict_v2_pb2 as pb
 from serve.config import model_deployment_name, parse_config
 from serve.telemetry import ray_metric_factory
 
@@ -112,6 +117,7 @@ class Router:
         )
         self._model = cfg.model
         self._app: FastAPI | None = None
+        self._grpc = grpc_service(self.parts)
         # A failing copy of the baseline is backed by the baseline's deployment; a failing
         # copy of a candidate is the candidate's failure (fallback, breaker, canary gates).
         core = self.parts.core
@@ -152,6 +158,31 @@ class Router:
         if self._app is None:
             raise RuntimeError("the router's app is not built yet")
         return await run_asgi(self._app, request)
+
+    # The OIP gRPC service (http.grpc_port): Serve calls these by the RPC's name.
+    async def ServerLive(self, request: pb.ServerLiveRequest,
+                         grpc_context: GrpcContext) -> pb.ServerLiveResponse:
+        return await self._grpc.ServerLive(request, grpc_context)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest,
+                          grpc_context: GrpcContext) -> pb.ServerReadyResponse:
+        return await self._grpc.ServerReady(request, grpc_context)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest,
+                             grpc_context: GrpcContext) -> pb.ServerMetadataResponse:
+        return await self._grpc.ServerMetadata(request, grpc_context)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest,
+                         grpc_context: GrpcContext) -> pb.ModelReadyResponse:
+        return await self._grpc.ModelReady(request, grpc_context)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
+                            grpc_context: GrpcContext) -> pb.ModelMetadataResponse:
+        return await self._grpc.ModelMetadata(request, grpc_context)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest,
+                         grpc_context: GrpcContext) -> pb.ModelInferResponse:
+        return await self._grpc.ModelInfer(request, grpc_context)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         self._app = build_app(self.parts)

@@ -28,6 +28,7 @@ from pydantic import (
 from serve.errors import ConfigError
 
 __all__ = [
+    "GRPC_SERVICER",
     "AbserveConfig",
     "AdminConfig",
     "ArmConfig",
@@ -48,6 +49,7 @@ __all__ = [
     "StateConfig",
     "first_error_field",
     "format_validation_errors",
+    "grpc_options",
     "load_config",
     "model_deployment_name",
     "model_route_prefix",
@@ -735,6 +737,14 @@ class HttpConfig(_Frozen):
         description="Where Serve runs its HTTP proxies: on every node, or only on the head "
         "(needed when several Ray nodes share one machine, and so one port).",
     )
+    grpc_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Port of Serve's gRPC ingress for the Open Inference Protocol's gRPC "
+        "service (KServe V2 `inference.GRPCInferenceService`: tritonclient.grpc, KServe's "
+        "clients), with the same split, stickiness, cache and fallback as REST; null: no "
+        "gRPC. With several applications a client names its own in the `application` "
+        "metadata key (docs/serving.md).",
+    )
     route_prefix: str = Field(
         "/",
         description="Where this config's Serve application answers. `/`: the default "
@@ -1084,7 +1094,19 @@ def model_route_prefix(model: str) -> str:
 
 # What only the first config of `abserve up -c a.yaml -c b.yaml` decides (it starts the
 # cluster and its one HTTP proxy); a later config must agree or say nothing.
-_SHARED_HTTP = ("host", "port", "ingress", "proxy_location")
+_SHARED_HTTP = ("host", "port", "grpc_port", "ingress", "proxy_location")
+
+# The OIP gRPC service's servicer function, which Serve's gRPC proxy (and, in the
+# throughput mode, every router replica's own gRPC server) imports by path on each node.
+GRPC_SERVICER = ("router.protocol.v2grpc.grpc_predict_v2_pb2_grpc."
+                 "add_GRPCInferenceServiceServicer_to_server")
+
+
+def grpc_options(port: int | None) -> dict[str, Any] | None:
+    """Serve's ``grpc_options`` for ``http.grpc_port`` (None: no gRPC ingress)."""
+    if port is None:
+        return None
+    return {"port": port, "grpc_servicer_functions": [GRPC_SERVICER]}
 
 
 def side_by_side_problems(configs: Sequence[tuple[str, AbserveConfig]]) -> list[str]:

@@ -4,8 +4,9 @@ KubeRay's RayService (``serveConfigV2``) read.
 One application per abserve config, each ``serve.app:app`` with the config's path as
 ``args.config``: the applications ``abserve up -c a.yaml -c b.yaml`` deploys, for clusters
 that Ray's own tools manage. The format is ``serve build``'s (Ray's ``ServeDeploySchema``):
-the HTTP proxy (``proxy_location``, ``http_options``) is the cluster's one, so it comes from
-the first config, as with ``up``. Nothing here reads a file or imports Ray: the paths are
+the HTTP proxy (``proxy_location``, ``http_options``, and ``grpc_options`` when
+``http.grpc_port`` is set) is the cluster's one, so it comes from the first config, as with
+``up``. Nothing here reads a file or imports Ray: the paths are
 written as given, because the node that builds the application reads them (``serve run``'s
 driver, or for ``serve deploy`` the cluster, relative to the runtime_env's working_dir), not
 the machine that writes this file.
@@ -20,7 +21,7 @@ from typing import Any
 import yaml
 
 from router.controlplane.experiment import Declaration
-from serve.config import AbserveConfig, side_by_side_problems
+from serve.config import AbserveConfig, grpc_options, side_by_side_problems
 from serve.errors import ConfigError
 
 __all__ = ["IMPORT_PATH", "cluster_path", "render_serve_config", "serve_config"]
@@ -91,11 +92,15 @@ def serve_config(
         app["deployments"] = [{"name": CONTROLLER_DEPLOYMENT,
                                "user_config": Declaration.of(config).to_user_config()}]
         applications.append(app)
-    return {
+    doc: dict[str, Any] = {
         "proxy_location": first.http.proxy_location,
         "http_options": {"host": host or first.http.host, "port": first.http.port},
-        "applications": applications,
     }
+    grpc = grpc_options(first.http.grpc_port)
+    if grpc is not None:
+        doc["grpc_options"] = grpc
+    doc["applications"] = applications
+    return doc
 
 
 def render_serve_config(doc: dict[str, Any], command: str | None = None) -> str:

@@ -4,9 +4,9 @@
 ``RouterCore``, the follower) around three boundaries it is given: the arms
 (router/dataplane/upstream.py ``Arms``), the control plane (the typed
 ``ControlPlane`` client) and the runtime (Serve's replica and request ids).
-``build_app`` registers the route modules over those parts. The ingress
-deployment passes the Ray-backed boundaries; tests/unit/test_http_app.py
-passes fakes and drives the same app in-process.
+``build_app`` registers the route modules over those parts; ``grpc_service`` builds
+the OIP gRPC service over the same ones. The ingress deployment passes the Ray-backed
+boundaries; tests/unit/test_http_app.py passes fakes and drives the same app in-process.
 """
 
 from __future__ import annotations
@@ -33,13 +33,16 @@ from router.dataplane.recorder import BufferedRecorder, MetricFactory
 from router.http import admin, oip, ops, predict
 from router.http.auth import TOKEN_ENV, AdminAuth, load_admin_token
 from router.http.follower import Follower
+from router.http.grpc_service import GrpcService
 from router.http.multimodel import ClusterSource, ModelDirectory, OipForwarder, PrefixStep
 from router.http.predict import PredictEndpoint
 from router.http.serving import ModelInfo, Predictions, Runtime, UpstreamArms
 from serve.config import AbserveConfig, CacheConfig, model_route_prefix
 from serve.errors import AbserveError, to_http
 
-__all__ = ["ReplicaParts", "assemble", "build_app", "cache_backend"]
+__all__ = ["VERSION", "ReplicaParts", "assemble", "build_app", "cache_backend", "grpc_service"]
+
+VERSION = "0.1.0"  # what the OIP server metadata says, over REST and gRPC
 
 log = logging.getLogger("ray.serve")
 
@@ -94,6 +97,10 @@ class ReplicaParts:
         log writes what it buffered."""
         if self.predlog is not None:
             self.predlog.close()
+
+    def predictions(self) -> Predictions:
+        """The prediction step every protocol runs (REST, OIP REST, OIP gRPC)."""
+        return Predictions(self.core, self.follower, self.runtime, self.predlog)
 
     def stats(self) -> dict[str, Any]:
         """This replica's own counters (/stats adds one replica's per version)."""
@@ -199,7 +206,7 @@ def build_app(parts: ReplicaParts) -> FastAPI:
     app = FastAPI(
         title="abserve",
         description="A/B tests and canary rollouts of ML models on Ray Serve.",
-        version="0.1.0",
+        version=VERSION,
     )
 
     @app.exception_handler(AbserveError)
@@ -209,7 +216,7 @@ def build_app(parts: ReplicaParts) -> FastAPI:
                         headers=exc.headers or None)
 
     config = parts.config
-    predictions = Predictions(parts.core, parts.follower, parts.runtime, parts.predlog)
+    predictions = parts.predictions()
     endpoint = PredictEndpoint(parts.model, config.http, parts.follower, predictions)
     fast_routes = predict.register(app, endpoint)
     oip.register(
@@ -232,3 +239,14 @@ def build_app(parts: ReplicaParts) -> FastAPI:
     if config.http.route_prefix == "/":  # the default model answers under its name too
         app.add_middleware(PrefixStep, prefix=model_route_prefix(config.model))
     return app
+
+
+def grpc_service(parts: ReplicaParts) -> GrpcService:
+    """The OIP gRPC service over the same parts as the app: the same admission, follower,
+    split, cache, fallback and prediction log (router/http/grpc_service.py)."""
+    config = parts.config
+    return GrpcService(
+        model=parts.model, http=config.http, core=parts.core, follower=parts.follower,
+        predictions=parts.predictions(), arms=parts.arms, admission=parts.admission,
+        probe_timeout_s=config.router.probe_timeout_s, version=VERSION,
+    )

@@ -33,7 +33,7 @@ from serve.cli.state import (
     with_extra_models,
     write_state,
 )
-from serve.config import AbserveConfig, load_config, side_by_side_problems
+from serve.config import AbserveConfig, grpc_options, load_config, side_by_side_problems
 from serve.errors import AbserveError
 from serve.local.env import ray_env
 from serve.local.pids import pid_alive, stop_pid
@@ -270,11 +270,14 @@ def load_configs(paths: list[str]) -> list[AbserveConfig]:
 
 
 def _start_serve(config: AbserveConfig) -> None:
-    """Serve's controller and the cluster's one HTTP proxy, as the first config says."""
+    """Serve's controller and the cluster's one HTTP proxy (and gRPC ingress, when
+    ``http.grpc_port`` is set), as the first config says."""
     from ray import serve
 
+    grpc = grpc_options(config.http.grpc_port)
     serve.start(proxy_location=config.http.proxy_location,
-                http_options={"host": config.http.host, "port": config.http.port})
+                http_options={"host": config.http.host, "port": config.http.port},
+                **({"grpc_options": grpc} if grpc else {}))
 
 
 def cmd_up(args: argparse.Namespace) -> int:

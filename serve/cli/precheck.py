@@ -53,6 +53,8 @@ def port_problems(config: AbserveConfig, *, starting_cluster: bool,
     if starting_cluster:
         wanted = {"http.port": config.http.port, "cluster.gcs_port": config.cluster.gcs_port,
                   "cluster.dashboard_port": config.cluster.dashboard_port}
+        if config.http.grpc_port is not None:
+            wanted["http.grpc_port"] = config.http.grpc_port
     if redis_port is not None:
         wanted["--redis-port"] = redis_port
     problems = []
@@ -68,6 +70,7 @@ def port_problems(config: AbserveConfig, *, starting_cluster: bool,
         "cluster.gcs_port": "is a Ray cluster already running? Run `abserve down`, or deploy "
                             "onto it with `abserve up --address 127.0.0.1:PORT`",
         "cluster.dashboard_port": "set another cluster.dashboard_port in the config",
+        "http.grpc_port": "set another http.grpc_port in the config, or null for no gRPC",
         "--redis-port": "pick another, or leave --redis-port out to get a free one",
     }
     for name, port in wanted.items():

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve.config import grpc_options
 from serve.local.env import IngressMode, ray_env
 from serve.local.haproxy import haproxy_pids, stop_haproxy
 from serve.local.ports import free_port
@@ -93,9 +94,11 @@ class PrivateRay:
 
 @contextlib.contextmanager
 def private_ray(
-    mode: IngressMode, *, num_cpus: int, http_port: int, **ray_init_options: Any
+    mode: IngressMode, *, num_cpus: int, http_port: int, grpc_port: int | None = None,
+    **ray_init_options: Any,
 ) -> Iterator[PrivateRay]:
-    """Ray and Serve (HTTP on 127.0.0.1:``http_port``) for the ``with`` block, then stopped.
+    """Ray and Serve (HTTP on 127.0.0.1:``http_port``, and the OIP gRPC ingress on
+    ``grpc_port`` when given) for the ``with`` block, then stopped.
 
     ``ray_init_options`` go to ``ray.init`` over these defaults: no dashboard,
     errors only, no worker logs on the driver.
@@ -109,7 +112,9 @@ def private_ray(
     ray.init(address="local", num_cpus=num_cpus, **options)  # never join someone else's
     cluster = PrivateRay(http_port, shutdown_serve=serve.shutdown)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+        grpc = grpc_options(grpc_port)
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port},
+                    **({"grpc_options": grpc} if grpc else {}))
         yield cluster
     finally:
         stop_private_ray(cluster.shutdown_serve, cluster.seen_haproxy)

@@ -123,6 +123,7 @@ class ServeInstance:
     http_port: int
     metrics_port: int = 0  # Ray's Prometheus export (test_observability scrapes it)
     dashboard_port: int = 0  # the Ray dashboard, on 127.0.0.1
+    grpc_port: int = 0  # Serve's gRPC ingress with the OIP service (test_oip_grpc)
 
     @property
     def url(self) -> str:
@@ -136,10 +137,12 @@ def serve_instance() -> Iterator[ServeInstance]:
     mode: Any = os.environ.get("ABSERVE_TEST_INGRESS") or HttpConfig().ingress
     os.environ[TOKEN_ENV] = ADMIN_TOKEN  # router replicas inherit it from the raylet
     metrics_port, dashboard_port, port = free_port(), free_port(), free_port()
+    grpc_port = free_port()
     with private_ray(
         mode,
         num_cpus=4,
         http_port=port,
+        grpc_port=grpc_port,
         num_gpus=2,  # logical GPUs, no hardware: test_gpu_placement checks Ray's assignment
         # The dashboard (for test_observability's Serve page) costs ~2.5 s at start, ~1 GB
         # RSS and ~2 % of a core; metrics reach the export port every 2 s instead of 10 s.
@@ -150,7 +153,7 @@ def serve_instance() -> Iterator[ServeInstance]:
         _system_config={"metrics_report_interval_ms": 2000},
         runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}},
     ):
-        yield ServeInstance(port, metrics_port, dashboard_port)
+        yield ServeInstance(port, metrics_port, dashboard_port, grpc_port)
 
 
 @pytest.fixture(scope="session")

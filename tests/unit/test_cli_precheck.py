@@ -68,6 +68,20 @@ def test_taken_ports_are_named_with_what_to_do(tmp_path: Path) -> None:
         assert port_problems(config, starting_cluster=False) == []
 
 
+def test_a_taken_grpc_port_is_named(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        config = _config(tmp_path, http={"port": free_port(), "grpc_port": port})
+        (problem,) = port_problems(config, starting_cluster=True)
+        assert problem.startswith(f"port {port} (http.grpc_port) is taken")
+        assert "null for no gRPC" in problem
+    same = _config(tmp_path, http={"port": port, "grpc_port": port})
+    assert port_problems(same, starting_cluster=True) == [
+        f"http.port and http.grpc_port share port {port}: give each its own"]
+
+
 def test_one_port_for_two_uses(tmp_path: Path) -> None:
     config = _config(tmp_path)
     problems = port_problems(config, starting_cluster=True, redis_port=config.http.port)

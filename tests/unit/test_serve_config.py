@@ -65,6 +65,27 @@ def test_the_proxy_is_the_first_configs(tmp_path: Path) -> None:
     check_with_ray(doc)
 
 
+def test_grpc_port_gives_the_grpc_options_with_the_oip_servicer(tmp_path: Path) -> None:
+    from ray.serve.schema import gRPCOptionsSchema
+
+    from router.protocol.v2grpc import grpc_predict_v2_pb2_grpc
+    from serve.config import GRPC_SERVICER
+
+    assert "grpc_options" not in serve_config(demo())  # null: no gRPC ingress
+    data = yaml.safe_load((ROOT / "abserve.yaml").read_text())
+    data["http"]["grpc_port"] = 9123
+    path = tmp_path / "grpc.yaml"
+    path.write_text(yaml.safe_dump(data))
+    doc = serve_config([(str(path), load_config(path))])
+    assert doc["grpc_options"] == {"port": 9123, "grpc_servicer_functions": [GRPC_SERVICER]}
+    assert set(doc["grpc_options"]) <= set(gRPCOptionsSchema.model_fields)
+    assert check_with_ray(doc).grpc_options.port == 9123
+    # The path Serve's proxy imports on each node names the protoc module's function.
+    module, _, name = GRPC_SERVICER.rpartition(".")
+    assert module == grpc_predict_v2_pb2_grpc.__name__
+    assert callable(getattr(grpc_predict_v2_pb2_grpc, name))
+
+
 def test_overrides_reach_the_builders_args() -> None:
     doc = serve_config(demo(), redis_url="redis://redis:6379/0", registry="/data/registry",
                        state_dir="/data/state", working_dir="https://example.com/abserve.zip")

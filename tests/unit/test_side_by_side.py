@@ -111,6 +111,8 @@ def _pair(**second: Any) -> list[tuple[str, AbserveConfig]]:
          ["b.yaml: http.port 8001 differs from a.yaml's 8000; the applications share the "
           "cluster's one HTTP proxy"]),
         ({"http": {"ingress": "default"}}, ["b.yaml: http.ingress 'default' differs"]),
+        ({"http": {"grpc_port": 9000}}, ["b.yaml: http.grpc_port 9000 differs from a.yaml's "
+                                         "None"]),
         ({"cluster": {"num_cpus": 4}}, ["b.yaml: its cluster section differs from a.yaml's"]),
     ],
 )
