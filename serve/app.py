@@ -101,6 +101,7 @@ def build_app(config: AbserveConfig, *, model_deployment: Any = None) -> Applica
     """
     from router.controlplane.controller import ExperimentController
     from router.ingress import Router
+    from serve.offline.replay import replay_gate_result
 
     if model_deployment is None:
         from deployments.model import ModelDeployment as model_deployment
@@ -135,7 +136,9 @@ def build_app(config: AbserveConfig, *, model_deployment: Any = None) -> Applica
         max_ongoing_requests=CONTROLLER_MAX_ONGOING,
         ray_actor_options={"num_cpus": CONTROLLER_NUM_CPUS,
                            "resources": {"node:__internal_head__": 0.001}},
-    ).bind(config_dict)
+        # A canary plan's replay gate runs there too, as a Ray Data job on the cluster
+        # (the controller's layer may not import serve.offline: it gets the function).
+    ).bind(config_dict, replay_gate_result)
     return Router.options(  # type: ignore[attr-defined]
         name=ROUTER_DEPLOYMENT,
         **_replicas(config.router.num_replicas, config.router.autoscaling),

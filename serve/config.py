@@ -44,6 +44,7 @@ __all__ = [
     "HttpConfig",
     "LogConfig",
     "ModelConfig",
+    "ReplayGateConfig",
     "RouterConfig",
     "ShadowConfig",
     "StateConfig",
@@ -470,6 +471,39 @@ class CanaryGatesConfig(_Frozen):
         return cls.model_validate(data)
 
 
+class ReplayGateConfig(_Frozen):
+    """A canary plan's replay gate ([monitoring](monitoring.md), "A replay gate in the canary
+    plan"): before the candidate gets any traffic, the controller replays the prediction
+    log's recent rows with it (`abserve replay`'s job, on the cluster) and starts the plan
+    only when the candidate agrees with what was served."""
+
+    log: str = Field(
+        description="The prediction log's location, as `log.location`: a directory "
+        "(relative to the config file; posted to the admin API, absolute) or a pyarrow URI "
+        "such as s3://bucket/prefix.",
+    )
+    min_agreement_percent: float = Field(
+        95.0, gt=0, le=100,
+        description="Least share of the replayed rows, in percent, on which the candidate "
+        "agrees with what was served (the same label; regression: values within the "
+        "experiment's tolerance).",
+    )
+    min_rows: int = Field(
+        100, ge=1, description="Least rows replayed; fewer refuse the plan (too little "
+        "evidence).")
+    since_hours: float = Field(
+        24.0, gt=0, description="Replay only the rows logged in this many hours before the "
+        "replay starts.")
+
+    @field_validator("log")
+    @classmethod
+    def _log(cls, log: str) -> str:
+        if not log.strip():
+            raise ValueError("empty; write the prediction log's location (log.location): a "
+                             "directory or a URI such as s3://bucket/prefix")
+        return log
+
+
 class CanaryPlanConfig(_Frozen):
     """A canary plan: one candidate ramped through traffic steps, each held for a window
     whose gates must pass. The body of `POST /admin/canary` and, declared in the config
@@ -486,6 +520,12 @@ class CanaryPlanConfig(_Frozen):
                               "at least.")
     min_requests: int = Field(500, ge=0, description="Candidate requests each window needs.")
     gates: CanaryGatesConfig = Field(default_factory=CanaryGatesConfig)  # type: ignore[arg-type]
+    replay: ReplayGateConfig | None = Field(
+        None,
+        description="A replay gate: the plan waits, the candidate at 0 %, until the "
+        "controller's replay of the prediction log with it passes; refused, the plan never "
+        "starts. Null: no replay.",
+    )
 
     @field_validator("steps")
     @classmethod
@@ -509,7 +549,8 @@ class CanaryPlanConfig(_Frozen):
         fractions."""
         return {"candidate": self.candidate, "baseline": self.baseline or baseline,
                 "steps": list(self.steps), "interval_s": self.interval_s,
-                "min_requests": self.min_requests, "gates": self.gates.gate_fields()}
+                "min_requests": self.min_requests, "gates": self.gates.gate_fields(),
+                "replay": None if self.replay is None else self.replay.model_dump(mode="json")}
 
 
 class FeedbackConfig(_Frozen):
@@ -1081,6 +1122,10 @@ def load_config(path: str | Path) -> AbserveConfig:
     if "://" not in config.log.location:
         location = str((base / config.log.location).resolve())
         update["log"] = config.log.model_copy(update={"location": location})
+    plan = config.canary
+    if plan is not None and plan.replay is not None and "://" not in plan.replay.log:
+        gate = plan.replay.model_copy(update={"log": str((base / plan.replay.log).resolve())})
+        update["canary"] = plan.model_copy(update={"replay": gate})  # the gate reads the log
     if config.admin.token_file:
         token_file = (base / config.admin.token_file).resolve()
         update["admin"] = config.admin.model_copy(update={"token_file": str(token_file)})

@@ -50,6 +50,11 @@ Quality gates, beside the rates and p99 (docs/experiments.md, Statistics):
 
 Every verdict's last reason names these gates with their numbers.
 
+A plan with a replay gate (``CanaryPlan.replay``, serve.config's ``ReplayGateConfig``)
+stays ``pending`` while the controller replays the prediction log with the candidate
+(router/controlplane/service.py); passed, it starts as any plan; refused, ``refuse``
+ends it as ``refused`` without its candidate ever getting traffic.
+
 ``now`` is wall-clock seconds (``time.time()``), not monotonic: the state is
 persisted as JSON and must mean the same thing after a controller restart.
 Verdicts and operator actions go into ``state.history``; plain waits do not
@@ -75,6 +80,7 @@ from router.controlplane.stats import (
 )
 from router.dataplane.measures import ArmMetrics
 from router.dataplane.shadow import ShadowStats
+from serve.config import ReplayGateConfig
 
 __all__ = [
     "Action",
@@ -94,6 +100,7 @@ __all__ = [
     "window_srm",
     "new_state",
     "pause",
+    "refuse",
     "resume",
     "start",
 ]
@@ -125,6 +132,7 @@ class CanaryStatus(StrEnum):
     PAUSED = "paused"
     PROMOTED = "promoted"
     ROLLED_BACK = "rolled_back"
+    REFUSED = "refused"  # never started: its replay gate refused the candidate
 
 
 class Action(StrEnum):
@@ -135,6 +143,7 @@ class Action(StrEnum):
     ADVANCE = "advance"
     PROMOTE = "promote"
     ROLLBACK = "rollback"
+    REFUSE = "refuse"  # a pending plan's replay gate refused it
 
 
 class Verdict(StrEnum):
@@ -275,6 +284,9 @@ class CanaryPlan:
     interval_s: float = 300.0
     min_requests: int = 500
     gates: GateConfig = field(default_factory=GateConfig)
+    # A replay of the prediction log the candidate must pass before its first step (the
+    # user's view, in percent: nothing here computes with it).
+    replay: ReplayGateConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(float(s) for s in self.steps))
@@ -299,6 +311,8 @@ class CanaryPlan:
             raise ValueError(f"min_requests: must be >= 0, got {self.min_requests}")
         if not isinstance(self.gates, GateConfig):
             raise ValueError("gates: must be a GateConfig")
+        if self.replay is not None and not isinstance(self.replay, ReplayGateConfig):
+            raise ValueError("replay: must be a ReplayGateConfig")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -308,6 +322,7 @@ class CanaryPlan:
             "interval_s": self.interval_s,
             "min_requests": self.min_requests,
             "gates": self.gates.to_dict(),
+            "replay": None if self.replay is None else self.replay.model_dump(mode="json"),
         }
 
     @classmethod
@@ -319,6 +334,8 @@ class CanaryPlan:
             interval_s=float(data.get("interval_s", 300.0)),
             min_requests=int(data.get("min_requests", 500)),
             gates=GateConfig.from_dict(data.get("gates", {})),
+            replay=(None if data.get("replay") is None
+                    else ReplayGateConfig.model_validate(data["replay"])),
         )
 
 
@@ -403,7 +420,8 @@ class CanaryState:
 
     @property
     def done(self) -> bool:
-        return self.status in (CanaryStatus.PROMOTED, CanaryStatus.ROLLED_BACK)
+        return self.status in (CanaryStatus.PROMOTED, CanaryStatus.ROLLED_BACK,
+                               CanaryStatus.REFUSED)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -531,6 +549,14 @@ def abort(state: CanaryState, now: float, reason: str = "") -> CanaryState:
         f"rolled back by an operator{': ' + reason if reason else ''}",
         status=CanaryStatus.ROLLED_BACK, weight=0.0,
     )
+
+
+def refuse(state: CanaryState, now: float, reason: str) -> CanaryState:
+    """A pending plan that never starts (its replay gate refused the candidate)."""
+    if state.status is not CanaryStatus.PENDING:
+        raise ValueError(f"cannot refuse a canary that is {state.status}")
+    d = Decision(now, Action.REFUSE, Verdict.FAIL, 0, 0.0, 0.0, (f"refused: {reason}",))
+    return _record(state, d, status=CanaryStatus.REFUSED)
 
 
 def _fmt(x: float | None, spec: str = ".4f") -> str:

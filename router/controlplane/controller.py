@@ -5,17 +5,21 @@ which holds the logic and is unit-tested without Ray. What is left here is
 what needs Serve: one replica (the single writer), the store on the
 configured directory, the canary's clock, a task that ticks every
 ``state.canary_tick_s`` once routers report, and the sample-ratio gauges
-(``SrmGauges``), set after each sync. Routers talk to it through
-``router.controlplane.client.ControlClient``; on start the service loads the
-persisted state, so weights survive router restarts, controller restarts
-and a full ``abserve down`` / ``abserve up``.
+(``SrmGauges``), set after each sync. A canary plan's replay gate runs the
+``replay`` function serve/app.py binds (serve.offline.replay.replay_gate_result:
+a layer above this one, so it is handed in, not imported) with this config.
+Routers talk to it through ``router.controlplane.client.ControlClient``; on
+start the service loads the persisted state, so weights survive router
+restarts, controller restarts and a full ``abserve down`` / ``abserve up``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ray import serve
@@ -24,10 +28,10 @@ from router.controlplane.drift import DriftGauges, load_references
 from router.controlplane.experiment import Declaration, ExperimentState
 from router.controlplane.messages import Applied, SyncReply, SyncReport
 from router.controlplane.operations import Operation
-from router.controlplane.service import ExperimentService
+from router.controlplane.service import ExperimentService, Replayer
 from router.controlplane.split import SrmGauges
 from router.controlplane.store import FileStore
-from serve.config import parse_config
+from serve.config import AbserveConfig, parse_config
 from serve.telemetry import ray_metric_factory
 
 __all__ = ["ExperimentController"]
@@ -37,9 +41,17 @@ log = logging.getLogger("ray.serve")
 
 @serve.deployment  # its options (one replica, on the head node) are set in serve/app.py
 class ExperimentController:
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(
+        self, config: dict[str, Any],
+        replay: Callable[[AbserveConfig, Mapping[str, Any], str], Mapping[str, Any]] | None
+        = None,
+    ) -> None:
         cfg = parse_config(config)
         self.config = cfg
+        # A canary plan's replay gate (a Ray Data job on this cluster); None: plans with a
+        # replay gate are refused.
+        self.replayer: Replayer | None = (None if replay is None
+                                          else functools.partial(replay, cfg))
         self.drift_gauges = DriftGauges(ray_metric_factory, cfg.experiment.name)
         # The service starts in the first reconfigure, which Serve calls before this replica
         # is ready: what the deployed config declares (experiment, canary) comes as its
@@ -91,6 +103,7 @@ class ExperimentController:
                 cfg, FileStore(cfg.state.dir, cfg.app_name),
                 references=load_references(cfg) if cfg.drift.enabled else None,
                 on_drift_alert=self._count_drift_alert, declared=declared,
+                replay=self.replayer,
             )
             return
         outcome = await self.service.declare(declared)

@@ -41,8 +41,10 @@ class Declaration:
         return cls(config.experiment, config.canary)
 
     def to_user_config(self) -> dict[str, Any]:
-        return {"experiment": self.experiment.model_dump(mode="json"),
-                "canary": None if self.canary is None else self.canary.model_dump(mode="json")}
+        canary = None if self.canary is None else self.canary.model_dump(mode="json")
+        if canary is not None and canary.get("replay") is None:
+            del canary["replay"]  # a plan without a replay gate keeps its config revision
+        return {"experiment": self.experiment.model_dump(mode="json"), "canary": canary}
 
     @classmethod
     def from_user_config(cls, data: Any, config: AbserveConfig) -> Declaration:

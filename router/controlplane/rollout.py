@@ -42,6 +42,7 @@ from router.controlplane.canary import (
     evaluate,
     new_state,
     pause,
+    refuse,
     resume,
     start,
 )
@@ -162,13 +163,17 @@ class Rollout:
             self.base = {self.plan.candidate: cand, self.plan.baseline: base}
             return ArmMetrics(), ArmMetrics()
 
-    def start(self, weights: Mapping[str, float], now: float) -> SetWeights:
-        """The first step's weights; refuses a plan whose steps do not fit (nothing changes)."""
+    def check_fits(self, weights: Mapping[str, float]) -> None:
+        """Refuses (InvalidInput) a plan whose steps do not fit beside the other candidates."""
         for percent in self.plan.steps:
             reason = does_not_fit(weights, self.plan.baseline, self.plan.candidate, percent)
             if reason is not None:
                 raise InvalidInput(f"canary plan: step {percent:g}%: {reason}, "
                                    "or keep the steps before 100 within that", field="steps")
+
+    def start(self, weights: Mapping[str, float], now: float) -> SetWeights:
+        """The first step's weights; refuses a plan whose steps do not fit (nothing changes)."""
+        self.check_fits(weights)
         op = SetWeights(weights_for(
             weights, self.plan.baseline, self.plan.candidate, self.plan.steps[0]))
         self.state = start(self.plan, self.state, now)
@@ -180,9 +185,14 @@ class Rollout:
     def resume(self, now: float) -> None:
         self.state = resume(self.state, now)
 
-    def abort(self, now: float) -> Rollback:
+    def abort(self, now: float) -> Rollback | None:
+        """None for a plan that never started (waiting for its replay): nothing to roll back."""
+        started = self.state.status is not CanaryStatus.PENDING
         self.state = abort(self.state, now, "operator")
-        return Rollback(self.plan.candidate)
+        return Rollback(self.plan.candidate) if started else None
+
+    def refuse(self, now: float, reason: str) -> None:
+        self.state = refuse(self.state, now, reason)
 
     def tick(
         self,

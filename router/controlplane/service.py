@@ -6,9 +6,13 @@ visible, each with an audit entry; routers report their counters through
 ``sync`` and get the revision and the bandit's counts back; feedback is
 joined in the ledger; a canary plan is started, ticked and acted on here and
 persisted beside the state, so a restarted controller carries on where it
-stopped. The store and the clock are injected, so tests/unit/test_service.py
-drives all of it with a temporary store and a fake clock; the Serve
-deployment (``router/controlplane/controller.py``) only wraps it.
+stopped. A plan with a replay gate waits (no weight changes) until the injected
+``replay`` callable (serve/app.py binds serve.offline.replay.replay_gate_result,
+which this layer may not import) has passed the candidate on the prediction log;
+``canary_tick`` starts it in a thread, one at a time. The store and the clock
+are injected, so tests/unit/test_service.py drives all of it with a temporary
+store and a fake clock; the Serve deployment
+(``router/controlplane/controller.py``) only wraps it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -41,7 +46,7 @@ from serve.config import (
 )
 from serve.errors import InvalidInput, NotFound
 
-__all__ = ["ExperimentService", "StateStore"]
+__all__ = ["ExperimentService", "Replayer", "StateStore"]
 
 log = logging.getLogger("ray.serve")
 
@@ -50,6 +55,17 @@ COUNTERS_EXTRA = "ledger"  # the router replicas' cumulative counters
 HISTORY_EXTRA = "history"  # the report's time series
 SERVED_JOURNAL = "served"  # served predictions waiting for a label, and counted labels
 COUNTERS_EVERY_S = 1.0  # the counters' snapshot is at most this much behind the routers
+REPLAY_EXTRA = "replay"  # the canary plan's replay gate: waiting, running, or its verdict
+
+# A canary plan's replay gate: (the gate as the plan writes it, the candidate) -> a verdict
+# {"verdict": "passed" | "refused", "reason", "agreement_percent", "rows", "out", ...}.
+# Blocking (a Ray Data job): the service calls it in a thread, never on the event loop.
+Replayer = Callable[[Mapping[str, Any], str], Mapping[str, Any]]
+
+# A replay's status (canary_status()["replay"]["status"])
+WAITING, RUNNING, PASSED, REFUSED, ABORTED = "waiting", "running", "passed", "refused", "aborted"
+REPLAY_VIEW = ("candidate", "status", "verdict", "reason", "agreement_percent", "rows", "out",
+               "requested", "started", "finished")
 
 
 class StateStore(Protocol):
@@ -80,12 +96,14 @@ class ExperimentService:
         references: Mapping[str, Reference | None] | None = None,
         on_drift_alert: Callable[[dict[str, Any]], None] | None = None,
         declared: Declaration | None = None,
+        replay: Replayer | None = None,
     ) -> None:
         """``references``: each version's reference statistics (drift.load_references; the
         controller reads them from the registry), None for none: no drift is computed.
         ``declared``: what the deployed config declares (Serve's user_config), by default
         ``config``'s own experiment and canary; the saved state is kept only when it was made
-        on that same config revision (``_adopt``)."""
+        on that same config revision (``_adopt``). ``replay``: runs a canary plan's replay
+        gate (``Replayer``); without one a plan with ``replay`` is refused."""
         self.config = config
         self.deployed = frozenset(m.version for m in config.models)
         self.store = store
@@ -93,6 +111,12 @@ class ExperimentService:
         self.lock = asyncio.Lock()
         saved = store.load_extra(CANARY_EXTRA)
         self.rollout = Rollout.from_dict(saved) if saved else None
+        self.replayer = replay
+        self.replay: dict[str, Any] | None = store.load_extra(REPLAY_EXTRA)
+        if self.replay is not None and self.replay.get("status") == RUNNING:
+            # the controller stopped during the replay: it runs again
+            self.replay = {**self.replay, "status": WAITING, "started": None}
+        self._replay_task: asyncio.Task[None] | None = None
         self.declared = declared or Declaration.of(config)
         self.ledger = Ledger(
             versions=sorted(self.deployed),
@@ -168,6 +192,7 @@ class ExperimentService:
         self.state = new
         if running is not None:
             self._save_rollout(running.state.history[-1].to_dict())
+            self._cancel_replay_locked(now, "config", f"config revision {digest} deployed")
         log.info("config revision %s deployed: experiment revision %d%s", digest, new.revision,
                  "" if saved is None else f" replaces revision {saved.revision} (config "
                  f"revision {saved.config_revision or 'unknown'}, {saved.live_changes} live "
@@ -308,7 +333,11 @@ class ExperimentService:
             ))
 
     async def canary_tick(self) -> None:
-        """Judge a running canary's window; carry out its decision (advance, promote, rollback)."""
+        """Start a waiting replay gate; judge a running canary's window and carry out its
+        decision (advance, promote, rollback)."""
+        if self._replay_due():
+            async with self.lock:
+                self._start_replay_locked()
         rollout = self.rollout
         if rollout is None or rollout.state.status is not CanaryStatus.RUNNING:
             return
@@ -353,6 +382,10 @@ class ExperimentService:
         if body.candidate not in self.deployed:
             raise InvalidInput(f"candidate {body.candidate!r} is not deployed; deployed: "
                                f"{sorted(self.deployed)}", field="candidate")
+        if body.replay is not None and self.replayer is None:
+            raise InvalidInput("canary plan: replay: this controller has no replay runner "
+                               "(serve/app.py gives it serve.offline.replay's); leave replay "
+                               "out, or run `abserve replay` yourself first", field="replay")
         try:
             return CanaryPlan.from_dict(body.plan_fields(baseline))
         except (ValueError, TypeError, KeyError) as exc:
@@ -371,16 +404,142 @@ class ExperimentService:
             )
         parsed = self._parse_plan(plan)
         rollout = Rollout.create(parsed)
+        if parsed.replay is None:
+            self._begin_locked(rollout, who)
+            if self.replay is not None:  # an earlier plan's verdict
+                self._save_replay(None)
+            return self.canary_status()
+        rollout.check_fits(self.state.weights())  # refused now, not after a long replay
+        now = self.clock()
+        self.rollout = rollout  # pending: no weight changes until the replay passes
+        self._save_replay({
+            "id": uuid.uuid4().hex[:12], "candidate": parsed.candidate, "who": who,
+            "status": WAITING, "verdict": None, "agreement_percent": None, "rows": None,
+            "out": None, "requested": now, "started": None, "finished": None,
+            "reason": f"waiting for the replay of {parsed.replay.log} with {parsed.candidate}",
+        })
+        self._save_rollout()
+        self._audit_replay(now, who, {"status": WAITING, "log": parsed.replay.log})
+        log.info("canary plan for %s waits for its replay gate", parsed.candidate)
+        return self.canary_status()
+
+    def _begin_locked(self, rollout: Rollout, who: str) -> None:
+        """The plan's first step, as the weights are now; refuses a misfit plan unchanged."""
         first = rollout.start(self.state.weights(), self.clock())  # refuses a misfit plan
-        if parsed.candidate not in self.state.weights():
-            self._apply_locked(AddCandidate(parsed.candidate), who)
+        if rollout.plan.candidate not in self.state.weights():
+            self._apply_locked(AddCandidate(rollout.plan.candidate), who)
         self._apply_locked(first, who)
         self.rollout = rollout
         self._save_rollout(rollout.state.history[-1].to_dict())
-        return self.canary_status()
+
+    # ------------------------------------------------------------ the canary's replay gate
+
+    def _save_replay(self, record: dict[str, Any] | None) -> None:
+        """The replay record, durable (a restarted controller resumes a waiting replay)."""
+        self.replay = record
+        self.store.save_extra(REPLAY_EXTRA, record)
+
+    def _audit_replay(self, now: float, who: str, params: Mapping[str, Any],
+                      **extra: Any) -> None:
+        candidate = None if self.replay is None else self.replay.get("candidate")
+        self.store.append_audit(audit_entry(now, who, "canary_replay",
+                                            {"candidate": candidate, **params}, None,
+                                            self.state, **extra))
+
+    def _replay_due(self) -> bool:
+        """A replay waits, its plan is still pending, and no replay job is in flight (one
+        aborted a moment ago may still be finishing in its thread)."""
+        return (self.replay is not None and self.replay.get("status") == WAITING
+                and self.rollout is not None
+                and self.rollout.state.status is CanaryStatus.PENDING
+                and (self._replay_task is None or self._replay_task.done()))
+
+    def _start_replay_locked(self) -> None:
+        if not self._replay_due():  # checked again under the lock
+            return
+        assert self.replay is not None and self.rollout is not None
+        record, plan = self.replay, self.rollout.plan
+        if self.replayer is None or plan.replay is None:  # restarted without a replay runner
+            self._finish_replay_locked(str(record.get("id")), {
+                "verdict": REFUSED, "reason": "this controller has no replay runner"})
+            return
+        now = self.clock()
+        self._save_replay({**record, "status": RUNNING, "started": now,
+                           "reason": f"replaying {plan.replay.log} with {plan.candidate}"})
+        self._audit_replay(now, "canary", {"status": RUNNING})
+        self._replay_task = asyncio.get_running_loop().create_task(
+            self._run_replay(str(record.get("id")), self.replayer,
+                             plan.replay.model_dump(mode="json"), plan.candidate),
+            name=f"replay gate of {plan.candidate}")
+
+    async def _run_replay(self, replay_id: str, replayer: Replayer, gate: Mapping[str, Any],
+                          candidate: str) -> None:
+        try:
+            verdict = dict(await asyncio.to_thread(replayer, gate, candidate))
+        except Exception as exc:  # noqa: BLE001 - a replay that cannot run refuses the plan
+            log.exception("the replay gate of %s failed", candidate)
+            verdict = {"verdict": REFUSED,
+                       "reason": f"the replay failed: {type(exc).__name__}: {exc}"}
+        async with self.lock:
+            try:
+                self._finish_replay_locked(replay_id, verdict)
+            except Exception:  # noqa: BLE001 - e.g. the store; nothing awaits this task
+                log.exception("could not record the replay gate's verdict on %s", candidate)
+
+    def _finish_replay_locked(self, replay_id: str, verdict: Mapping[str, Any]) -> None:
+        """The verdict of replay ``replay_id``: passed starts the plan as any plan starts,
+        refused ends it unstarted. A replay aborted or replaced meanwhile is moot."""
+        record, rollout = self.replay, self.rollout
+        if (record is None or record.get("id") != replay_id
+                or record.get("status") not in (WAITING, RUNNING) or rollout is None
+                or rollout.state.status is not CanaryStatus.PENDING):
+            log.info("replay %s finished after its plan was aborted or replaced: ignored",
+                     replay_id)
+            return
+        now = self.clock()
+        passed = verdict.get("verdict") == PASSED
+        reason = str(verdict.get("reason") or ("passed" if passed else "refused"))
+        numbers = {"agreement_percent": verdict.get("agreement_percent"),
+                   "rows": verdict.get("rows")}
+        self._audit_replay(now, "canary", {"verdict": PASSED if passed else REFUSED,
+                                           **numbers}, reason=reason)
+        if passed:
+            try:
+                self._begin_locked(Rollout.create(rollout.plan), str(record.get("who")))
+            except InvalidInput as exc:  # the weights changed while it replayed
+                passed = False
+                reason = f"the replay passed ({reason}) but the plan cannot start: {exc.message}"
+                self._audit_replay(now, "canary", {"verdict": REFUSED, **numbers},
+                                   reason=reason)
+        self._save_replay({**record, **numbers, "status": PASSED if passed else REFUSED,
+                           "verdict": PASSED if passed else REFUSED, "reason": reason,
+                           "out": verdict.get("out"), "finished": now})
+        if not passed:
+            rollout.refuse(now, reason)
+            self._save_rollout()
+            log.warning("canary plan for %s refused by its replay gate: %s",
+                        rollout.plan.candidate, reason)
+        else:
+            log.info("canary plan for %s started: its replay gate passed: %s",
+                     rollout.plan.candidate, reason)
+
+    def _cancel_replay_locked(self, now: float, who: str, reason: str) -> None:
+        """A waiting or running replay aborted (its plan aborted or replaced). A job in flight
+        cannot be stopped from here: it finishes in its thread and its verdict is ignored;
+        the next replay starts after it (one at a time)."""
+        record = self.replay
+        if record is None or record.get("status") not in (WAITING, RUNNING):
+            return
+        self._save_replay({**record, "status": ABORTED, "reason": reason, "finished": now})
+        self._audit_replay(now, who, {"status": ABORTED}, reason=reason)
+
+    def replay_view(self) -> dict[str, Any] | None:
+        """The replay gate's record as canary_status shows it."""
+        return None if self.replay is None else {k: self.replay.get(k) for k in REPLAY_VIEW}
 
     async def canary_action(self, action: str, who: str) -> dict[str, Any]:
-        """pause | resume | abort (abort rolls the candidate back to 0 %)."""
+        """pause | resume | abort (abort rolls the candidate back to 0 %; a plan waiting for
+        its replay gate is dropped, the replay's verdict ignored)."""
         async with self.lock:
             if self.rollout is None:
                 raise NotFound("no canary plan")
@@ -391,7 +550,11 @@ class ExperimentService:
                 elif action == "resume":
                     self.rollout.resume(now)
                 elif action == "abort":
-                    self._apply_locked(self.rollout.abort(now), who)
+                    rollback = self.rollout.abort(now)
+                    if rollback is not None:
+                        self._apply_locked(rollback, who)
+                    else:  # it waited for its replay: no weights to roll back
+                        self._cancel_replay_locked(now, who, f"aborted by {who}")
                 else:
                     raise NotFound(f"unknown canary action {action!r}")
             except ValueError as exc:
@@ -400,10 +563,11 @@ class ExperimentService:
             return self.canary_status()
 
     def canary_status(self) -> dict[str, Any]:
-        """The plan, its state and history, and the pid of the process that runs the canary."""
+        """The plan, its state and history, its replay gate, and the pid of the process that
+        runs the canary."""
         status: dict[str, Any] = ({"plan": None, "state": None} if self.rollout is None
                                   else self.rollout.to_dict())
         if status["plan"] is not None:  # the gates as users write them: rates in percent
             gates = CanaryGatesConfig.from_gate_fields(status["plan"]["gates"])
             status["plan"] = {**status["plan"], "gates": gates.model_dump(mode="json")}
-        return {**status, "controller_pid": os.getpid()}
+        return {**status, "replay": self.replay_view(), "controller_pid": os.getpid()}

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from serve.cli.state import app_for_model, model_url, read_state
@@ -169,15 +170,34 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+REPLAY_PENDING = ("waiting", "running")  # a replay gate's statuses before its verdict
+
+
+def _replay_line(replay: dict[str, Any]) -> str:
+    numbers = ""
+    if replay.get("agreement_percent") is not None:
+        numbers = (f" ({replay['agreement_percent']:.2f}% agreement on {replay['rows']:,} "
+                   "rows)")
+    elif replay.get("rows") is not None:
+        numbers = f" ({replay['rows']:,} rows)"
+    return f"replay gate: {replay['status']}{numbers}: {replay.get('reason') or ''}"
+
+
 def _print_canary(data: dict[str, Any]) -> None:
     plan, state = data.get("plan"), data.get("state")
     if not plan or not state:
         print("no canary plan")
         return
     steps = ", ".join(f"{s:g}" for s in plan["steps"])
-    print(f"canary {plan['candidate']} vs {plan['baseline']}: {state['status']}, "
+    replay = data.get("replay")
+    status = state["status"]
+    if replay and status == "pending" and replay.get("status") in REPLAY_PENDING:
+        status = "pending (waiting for replay)"
+    print(f"canary {plan['candidate']} vs {plan['baseline']}: {status}, "
           f"step {state['step'] + 1}/{len(plan['steps'])} at {state['weight']:g}%  "
           f"(steps {steps}; every {plan['interval_s']:g}s, >= {plan['min_requests']} requests)")
+    if replay:
+        print(f"  {_replay_line(replay)}")
     for d in state.get("history", [])[-10:]:
         when = time.strftime("%H:%M:%S", time.localtime(d["time"]))
         print(f"  {when} {d['action']:<9} {d['verdict']:<7} {d['weight']:g}% -> "
@@ -193,18 +213,42 @@ def cmd_canary(args: argparse.Namespace) -> int:
                                 "steps": [float(s) for s in args.steps.split(",")]}
         if args.gates:
             plan["gates"] = json.loads(args.gates)
-        if args.require_replay:  # the candidate on logged traffic first (serve/cli/offline.py)
-            from serve.cli.offline import replay_gate
-
-            config = load_config(args.config or read_state().get("config") or "abserve.yaml")
-            replay_gate(config, args.require_replay, args.candidate, args.min_agreement,
-                        read_state().get("ray_address"))
-        _print_canary(admin_call(args, "POST", "/admin/canary", plan))
+        if args.require_replay:  # the plan's replay gate: the controller runs it first
+            location = args.require_replay
+            plan["replay"] = {
+                "log": location if "://" in location else str(Path(location).resolve()),
+                "min_agreement_percent": args.min_agreement, "min_rows": args.min_rows,
+                "since_hours": args.since_hours}
+        data = admin_call(args, "POST", "/admin/canary", plan)
+        _print_canary(data)
+        if args.require_replay and not args.no_wait:
+            _print_canary(_wait_for_replay(args, data))
     elif args.action == "status":
         _print_canary(admin_call(args, "GET", "/admin/canary"))
     else:
         _print_canary(admin_call(args, "POST", f"/admin/canary/{args.action}"))
     return 0
+
+
+def _wait_for_replay(args: argparse.Namespace, data: dict[str, Any],
+                     poll_s: float = 1.0) -> dict[str, Any]:
+    """The canary status once the plan's replay gate has its verdict; AbserveError when it
+    refused the plan (or the plan was aborted meanwhile). Interrupted, the replay goes on
+    in the controller (`abserve canary status` shows it)."""
+    shown = None
+    while ((data.get("replay") or {}).get("status")) in REPLAY_PENDING:
+        replay = data["replay"]
+        if replay["status"] != shown:
+            print(_replay_line(replay), flush=True)
+            shown = replay["status"]
+        time.sleep(poll_s)
+        data = admin_call(args, "GET", "/admin/canary")
+    replay = data.get("replay") or {}
+    if replay.get("status") == "refused":
+        raise AbserveError(f"canary refused: {replay.get('reason')}")
+    if replay.get("status") == "aborted":
+        raise AbserveError(f"canary aborted before its replay's verdict: {replay.get('reason')}")
+    return data
 
 
 def _shown(value: Any) -> str:
@@ -461,11 +505,21 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--gates", help='JSON, rates in percent, e.g. '
                                    '\'{"max_fallback_percent": 2}\' (docs/experiments.md)')
     c.add_argument("--require-replay", metavar="LOCATION",
-                   help="replay the prediction log at LOCATION with the candidate first and "
-                        "refuse to start below --min-agreement")
+                   help="a replay gate in the plan: the controller replays the prediction "
+                        "log at LOCATION with the candidate first and refuses the plan below "
+                        "--min-agreement or --min-rows (docs/monitoring.md); the command "
+                        "waits for the verdict")
     c.add_argument("--min-agreement", type=float, default=95.0, metavar="PERCENT",
                    help="--require-replay: the share of logged rows, in percent, whose label "
                         "(regression: values) the candidate must reproduce (default 95)")
+    c.add_argument("--min-rows", type=int, default=100, metavar="N",
+                   help="--require-replay: the least rows replayed (default 100)")
+    c.add_argument("--since-hours", type=float, default=24.0, metavar="H",
+                   help="--require-replay: replay the rows logged in the last H hours "
+                        "(default 24)")
+    c.add_argument("--no-wait", action="store_true",
+                   help="--require-replay: post the plan and return; `abserve canary status` "
+                        "shows the replay's verdict")
     c.add_argument("--url")
     c.add_argument("--config")
     add_model_option(c)
@@ -491,7 +545,8 @@ def add_parsers(sub: Any) -> None:
                                     "changes override, and what deploying the file would "
                                     "replace; exit 1 when they differ (admin API)")
     d.add_argument("--url")
-    d.add_argument("--config", help="the config file (default: the one abserve up used)")
+    d.add_argument("--config", "-c",
+                   help="the config file (default: the one abserve up used)")
     add_model_option(d)
     d.set_defaults(func=cmd_diff)
 

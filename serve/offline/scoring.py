@@ -50,6 +50,7 @@ __all__ = [
     "ray_session",
     "run_batch",
     "run_replay_scoring",
+    "version_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -383,6 +384,15 @@ class Progress:
 
 
 POOL_START_TIMEOUT_S = 600  # how long a job waits for its actor pool before it fails
+
+
+def version_config(config: AbserveConfig, version: str) -> ModelConfig:
+    """The version's ModelConfig (its CPUs, GPUs and precision); defaults for a version
+    the config does not deploy."""
+    try:
+        return config.model_config_for(version)
+    except KeyError:
+        return ModelConfig(version=version)
 
 
 def _actors(settings: Mapping[str, ModelConfig], wanted: int | None, blocks: int) -> int:

@@ -7,7 +7,9 @@ outputs and the estimator's predict_proba row by row, bad rows land in the error
 `--experiment` gives every row the arm the online router gives its user key (the router
 answers for a sample of them); a prediction log written with pyarrow in
 router/dataplane/predlog.py's layout from real served answers is replayed, reproducing
-v4's own answers, and `canary start --require-replay` refuses a candidate below the bar.
+v4's own answers, `canary start --require-replay` refuses a candidate below the bar, and a
+plan posted with a replay gate waits while the controller replays the log, then starts (or
+is refused).
 The commands run are the examples of docs/monitoring.md. Then, once, a cluster of its own
 (a `ray start --head` and a second `ray start --address` node, one CPU each): a batch job
 whose two actors each need a CPU, so that both nodes do work (each output row names the
@@ -283,22 +285,96 @@ def test_replay_reproduces_the_served_answers_of_its_own_version(
     assert recent["rows"] + recent["skipped"] <= 36 and recent["rows"] >= 20
 
 
+def _canary(url: str) -> dict[str, Any]:
+    r = httpx.get(f"{url}/admin/canary", headers=AUTH, timeout=30)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _weights(url: str) -> dict[str, float]:
+    r = httpx.get(f"{url}/admin/experiment", headers=AUTH, timeout=30)
+    assert r.status_code == 200, r.text
+    return {a["version"]: a["weight"] for a in r.json()["experiment"]["arms"]}
+
+
+def _replay_verdict(url: str, timeout_s: float = 300) -> dict[str, Any]:
+    """The canary status once the controller's replay gate has its verdict."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = _canary(url)
+        if (status.get("replay") or {}).get("status") not in ("waiting", "running"):
+            return status
+        assert time.monotonic() < deadline, f"no replay verdict after {timeout_s}s: {status}"
+        time.sleep(1)
+
+
 def test_canary_start_refuses_a_candidate_below_the_replay_bar(
     work: dict[str, Any], capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """`canary start --require-replay` puts the replay gate in the plan it posts; the
+    controller replays the log and refuses the plan (here: too few rows for --min-rows), the
+    command waits for that verdict and fails with it, and no weight moved."""
     url = work["url"]
     assert (work["dir"] / "prediction-log").exists()  # the test above wrote it
+    before = _weights(url)
     example = next(c for c in doc_commands("Replay") if c[0] == "canary")
     assert "--require-replay" in example
-    argv = [*example, "--url", url, "--config", "abserve.yaml"]
+    argv = [*example, "--url", url, "--config", "abserve.yaml", "--min-rows", "100000"]
     argv[2] = "v4"  # this application's candidate
-    argv[argv.index("--min-agreement") + 1] = "101"  # no replay reaches it
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "canary refused" in err and "below --min-agreement 101%" in err, err
-    status = httpx.get(f"{url}/admin/canary", headers=AUTH, timeout=30).json()
-    assert not status.get("plan"), status
+    assert "canary refused" in err and "fewer than min_rows 100,000" in err, err
+    status = _canary(url)
+    assert status["state"]["status"] == "refused" and status["state"]["weight"] == 0, status
+    replay = status["replay"]
+    assert replay["status"] == "refused" and replay["rows"] == 59, replay  # 60 less 1 skipped
+    assert status["plan"]["replay"]["log"] == str((work["dir"] / "prediction-log").resolve())
+    assert _weights(url) == before
+
+
+def test_a_plans_replay_gate_runs_in_the_controller(work: dict[str, Any]) -> None:
+    """A plan posted to the admin API with `replay:` waits, its candidate at 0 %, while the
+    controller replays the log with it on the cluster (serve/offline/replay.py, handed to the
+    controller by serve/app.py); passed, the plan starts at its first step. A gate no replay
+    can meet (min_rows) refuses the plan, and no weight moves."""
+    url = work["url"]
+    location = work["dir"] / "gate-log"
+    _served_log(work, location)  # 60 rows served just now, one without its input
+    before = _weights(url)
+    plan = {"candidate": "v4", "steps": [5, 50, 100], "interval_s": 3600, "min_requests": 10}
+
+    r = httpx.post(f"{url}/admin/canary", headers=AUTH, timeout=30, json={
+        **plan, "replay": {"log": str(location), "min_rows": 1_000_000}})
+    assert r.status_code == 200, r.text
+    assert r.json()["state"]["status"] == "pending", r.json()
+    assert r.json()["replay"]["status"] in ("waiting", "running"), r.json()
+    assert _weights(url) == before  # waiting: nothing moved
+    status = _replay_verdict(url)
+    assert status["state"]["status"] == "refused", status
+    assert status["replay"]["verdict"] == "refused" and status["replay"]["rows"] == 59, status
+    assert "fewer than min_rows 1,000,000" in status["replay"]["reason"]
+    assert _weights(url) == before
+    audit = httpx.get(f"{url}/admin/audit?limit=20", headers=AUTH, timeout=30).json()["entries"]
+    verdicts = [e for e in audit if e["operation"] == "canary_replay"
+                and e["params"].get("verdict") == "refused"]
+    assert verdicts and "min_rows" in verdicts[-1]["reason"], audit
+
+    r = httpx.post(f"{url}/admin/canary", headers=AUTH, timeout=30, json={
+        **plan, "replay": {"log": str(location), "min_rows": 20,
+                           "min_agreement_percent": 10, "since_hours": 2}})
+    assert r.status_code == 200, r.text
+    try:
+        status = _replay_verdict(url)
+        replay = status["replay"]
+        assert replay["status"] == replay["verdict"] == "passed", status
+        assert replay["rows"] == 59 and replay["agreement_percent"] >= 10, replay
+        assert replay["out"] and Path(replay["out"]).exists(), replay  # under state.dir
+        assert status["state"]["status"] == "running" and status["state"]["weight"] == 5
+        weights = _weights(url)
+        assert weights["v4"] == 5 and weights["v1"] == 95, weights
+    finally:
+        httpx.post(f"{url}/admin/canary/abort", headers=AUTH, timeout=30)
 
 
 def test_bench_batch_scores_both_ways(work: dict[str, Any]) -> None:

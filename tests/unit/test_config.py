@@ -98,3 +98,44 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
     ko = subprocess.run([*cmd, str(bad)], capture_output=True, text=True, cwd=ROOT)
     assert ko.returncode != 0
     assert "weights sum to 60" in ko.stderr
+
+
+def test_a_canary_plans_replay_gate_has_defaults_and_bounds() -> None:
+    data = base()
+    data["canary"] = {"candidate": "v2", "replay": {"log": "prediction-log"}}
+    plan = parse_config(data).canary
+    assert plan is not None and plan.replay is not None
+    gate = plan.replay
+    assert (gate.log, gate.min_agreement_percent, gate.min_rows, gate.since_hours) == (
+        "prediction-log", 95.0, 100, 24.0)
+    assert plan.plan_fields("v1")["replay"] == gate.model_dump(mode="json")
+    data["canary"] = {"candidate": "v2"}
+    plain = parse_config(data).canary
+    assert plain is not None and plain.replay is None
+    for replay, says in [
+        ({}, "canary.replay.log: Field required"),
+        ({"log": " "}, "canary.replay.log: empty; write the prediction log's location"),
+        ({"log": "l", "min_agreement_percent": 0}, "canary.replay.min_agreement_percent: "
+                                                   "Input should be greater than 0"),
+        ({"log": "l", "min_agreement_percent": 100.5}, "canary.replay.min_agreement_percent: "
+                                                       "Input should be less than or equal"),
+        ({"log": "l", "min_rows": 0}, "canary.replay.min_rows: Input should be greater than "
+                                      "or equal to 1"),
+        ({"log": "l", "since_hours": 0}, "canary.replay.since_hours: Input should be greater"),
+        ({"log": "l", "min_agreement": 90}, "canary.replay.min_agreement: unknown key"),
+    ]:
+        data["canary"] = {"candidate": "v2", "replay": replay}
+        assert says in error_of(data), replay
+
+
+def test_the_replay_gates_log_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    data = base()
+    data["canary"] = {"candidate": "v2", "replay": {"log": "logs/prediction-log"}}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(data))
+    plan = load_config(tmp_path / "a.yaml").canary
+    assert plan is not None and plan.replay is not None
+    assert plan.replay.log == str((tmp_path / "logs" / "prediction-log").resolve())
+    data["canary"]["replay"]["log"] = "s3://bucket/log"  # a URI stays as written
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(data))
+    plan = load_config(tmp_path / "b.yaml").canary
+    assert plan is not None and plan.replay is not None and plan.replay.log == "s3://bucket/log"

@@ -2,13 +2,16 @@
 
 Everything the controller deployment does is driven here directly: the initial
 state, operations under the lock and their audit, sync and feedback, the report,
-and a canary plan through its steps, its operator actions and a restart.
+and a canary plan through its steps, its operator actions and a restart; a plan
+with a replay gate, its replay run by a fake in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import contextlib
+import threading
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +19,7 @@ import pytest
 
 from router.controlplane.canary import CanaryStatus
 from router.controlplane.client import ControlClient
-from router.controlplane.experiment import ExperimentState
+from router.controlplane.experiment import Declaration, ExperimentState
 from router.controlplane.messages import Applied, SyncReply, SyncReport
 from router.controlplane.operations import (
     AddCandidate,
@@ -26,7 +29,7 @@ from router.controlplane.operations import (
     Rollback,
     SetWeights,
 )
-from router.controlplane.service import ExperimentService
+from router.controlplane.service import ExperimentService, Replayer
 from router.controlplane.store import FileStore
 from router.dataplane.measures import ArmMetrics
 from serve.config import AbserveConfig, ExperimentConfig, parse_config
@@ -55,8 +58,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def service(tmp_path: Path, clock: Clock | None = None,
-            config: AbserveConfig = CONFIG) -> ExperimentService:
-    return ExperimentService(config, FileStore(tmp_path, "app"), clock=clock or Clock())
+            config: AbserveConfig = CONFIG, replay: Replayer | None = None,
+            declared: Declaration | None = None) -> ExperimentService:
+    return ExperimentService(config, FileStore(tmp_path, "app"), clock=clock or Clock(),
+                             replay=replay, declared=declared)
 
 
 def report(**requests: int) -> SyncReport:
@@ -539,3 +544,267 @@ def test_a_window_whose_counters_went_back_starts_again(tmp_path: Path) -> None:
     clock.t = 11.0
     run(svc.canary_tick())  # no ValueError every tick: a fresh window, too few requests yet
     assert status(svc) == "running" and svc.state.weights()["v3"] == 50
+
+
+# ------------------------------------------------------------ a canary plan's replay gate
+
+GATE = {"log": "/logs/activity", "min_agreement_percent": 90, "min_rows": 10,
+        "since_hours": 6}
+GATED = {**PLAN, "replay": GATE}
+PASSED = {"verdict": "passed", "reason": "v3 agrees with what was served on 99.00% of 500 rows",
+          "agreement_percent": 99.0, "rows": 500, "out": "/state/replays/replay-v3.parquet"}
+
+
+class FakeReplayer:
+    """A replay gate that holds until released; records its calls and the thread it ran on."""
+
+    def __init__(self, verdict: Mapping[str, Any] | None = None,
+                 error: Exception | None = None) -> None:
+        self.verdict = dict(verdict or PASSED)
+        self.error = error
+        self.calls: list[tuple[dict[str, Any], str]] = []
+        self.threads: list[threading.Thread] = []
+        self.release = threading.Event()
+
+    def __call__(self, gate: Mapping[str, Any], candidate: str) -> Mapping[str, Any]:
+        self.calls.append((dict(gate), candidate))
+        self.threads.append(threading.current_thread())
+        assert self.release.wait(10), "the test never released the replay"
+        if self.error is not None:
+            raise self.error
+        return self.verdict
+
+
+async def finish(svc: ExperimentService, replayer: FakeReplayer) -> None:
+    """Release the replay in flight and wait for its verdict to be recorded."""
+    replayer.release.set()
+    assert svc._replay_task is not None
+    await svc._replay_task
+
+
+def replay_ops(svc: ExperimentService) -> list[tuple[str, Any]]:
+    return [(e["operation"], e["params"].get("status") or e["params"].get("verdict"))
+            for e in svc.audit() if e["operation"] == "canary_replay"]
+
+
+def test_a_plan_with_a_replay_gate_waits_then_starts_when_it_passes(tmp_path: Path) -> None:
+    replayer = FakeReplayer()
+
+    async def scenario() -> None:
+        svc = service(tmp_path, replay=replayer)
+        out = await svc.start_canary(GATED, "ops")
+        assert out["state"]["status"] == "pending" and out["state"]["weight"] == 0
+        assert out["replay"]["status"] == "waiting" and out["replay"]["candidate"] == "v3"
+        assert out["plan"]["replay"] == {**GATE, "min_agreement_percent": 90.0,
+                                         "since_hours": 6.0}
+        assert svc.state.revision == 1 and svc.state.weights() == {"v1": 90, "v2": 10}
+        with pytest.raises(InvalidInput, match="abort it first"):  # one plan at a time
+            await svc.start_canary({**PLAN, "candidate": "v2"}, "ops")
+        await svc.canary_tick()  # starts the replay, in a thread
+        task = svc._replay_task
+        assert task is not None and svc.canary_status()["replay"]["status"] == "running"
+        await svc.canary_tick()  # one at a time: still the same one
+        assert svc._replay_task is task and svc.state.revision == 1
+        await finish(svc, replayer)
+        assert replayer.calls == [(GATE | {"min_agreement_percent": 90.0,
+                                           "since_hours": 6.0}, "v3")]
+        assert replayer.threads[0] is not threading.main_thread()  # never on the event loop
+        status_now = svc.canary_status()
+        assert status_now["state"]["status"] == "running" and status_now["state"]["weight"] == 50
+        assert svc.state.weights() == {"v1": 40, "v2": 10, "v3": 50}
+        replay = status_now["replay"]
+        assert replay["status"] == replay["verdict"] == "passed"
+        assert replay["agreement_percent"] == 99.0 and replay["rows"] == 500
+        assert replay["out"] == PASSED["out"] and replay["finished"] is not None
+        ops = [(e["operation"], e["who"]) for e in svc.audit()]
+        assert ops == [("init", "config"), ("canary_replay", "ops"), ("canary_replay", "canary"),
+                       ("canary_replay", "canary"), ("add_candidate", "ops"),
+                       ("set_weights", "ops"), ("canary", "canary")]
+        verdict = svc.audit()[3]
+        assert verdict["params"] == {"candidate": "v3", "verdict": "passed",
+                                     "agreement_percent": 99.0, "rows": 500}
+        assert verdict["reason"] == PASSED["reason"]
+        assert len(replayer.calls) == 1
+        await svc.canary_tick()  # ticks on as any canary; no second replay
+        assert len(replayer.calls) == 1
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(("replayer", "says"), [
+    (FakeReplayer({"verdict": "refused", "rows": 500, "agreement_percent": 71.5,
+                   "reason": "v3's replay agrees on 71.50% of 500 rows, below 90%"}),
+     "below 90%"),
+    (FakeReplayer(error=RuntimeError("the actor pool died")),
+     "the replay failed: RuntimeError: the actor pool died"),
+])
+def test_a_refused_or_failed_replay_never_starts_the_plan(
+    tmp_path: Path, replayer: FakeReplayer, says: str,
+) -> None:
+    async def scenario() -> None:
+        svc = service(tmp_path, replay=replayer)
+        await svc.start_canary(GATED, "ops")
+        await svc.canary_tick()
+        await finish(svc, replayer)
+        out = svc.canary_status()
+        assert out["state"]["status"] == "refused" and out["state"]["weight"] == 0
+        assert out["replay"]["status"] == out["replay"]["verdict"] == "refused"
+        assert says in out["replay"]["reason"]
+        assert out["state"]["history"][-1]["action"] == "refuse"
+        assert says in out["state"]["history"][-1]["reasons"][0]
+        assert svc.state.revision == 1 and svc.state.weights() == {"v1": 90, "v2": 10}
+        entry = svc.audit()[-1]
+        assert entry["operation"] == "canary_replay" and entry["params"]["verdict"] == "refused"
+        assert says in entry["reason"]
+        await svc.canary_tick()  # refused is final: no second replay
+        assert len(replayer.calls) == 1
+        await svc.start_canary(PLAN, "ops")  # and makes room for the next plan
+        assert svc.canary_status()["replay"] is None and status(svc) == "running"
+
+    run(scenario())
+
+
+def test_a_passed_replay_whose_steps_no_longer_fit_refuses_the_plan(tmp_path: Path) -> None:
+    replayer = FakeReplayer()
+
+    async def scenario() -> None:
+        svc = service(tmp_path, replay=replayer)
+        await svc.start_canary(GATED, "ops")
+        await svc.canary_tick()
+        await svc.apply(SetWeights({"v1": 40, "v2": 60}), "alice")  # v3 at 50 % won't fit
+        await finish(svc, replayer)
+        out = svc.canary_status()
+        assert out["state"]["status"] == "refused" and "cannot start" in out["replay"]["reason"]
+        assert svc.state.weights() == {"v1": 40, "v2": 60}
+
+    run(scenario())
+
+
+def test_aborting_a_plan_waiting_for_its_replay_drops_it(tmp_path: Path) -> None:
+    replayer = FakeReplayer()
+
+    async def scenario() -> None:
+        svc = service(tmp_path, replay=replayer)
+        await svc.start_canary(GATED, "ops")
+        out = await svc.canary_action("abort", "bob")  # before the replay started
+        assert out["state"]["status"] == "rolled_back" and out["replay"]["status"] == "aborted"
+        assert out["replay"]["reason"] == "aborted by bob"
+        assert svc.state.revision == 1  # nothing to roll back
+        await svc.canary_tick()
+        assert replayer.calls == [] and svc._replay_task is None
+        assert replay_ops(svc) == [("canary_replay", "waiting"), ("canary_replay", "aborted")]
+        # While it runs: the verdict that comes afterwards is ignored.
+        await svc.start_canary(GATED, "ops")
+        await svc.canary_tick()
+        with pytest.raises(InvalidInput, match="cannot pause a canary that is pending"):
+            await svc.canary_action("pause", "bob")
+        await svc.canary_action("abort", "bob")
+        # A new plan's replay waits for the aborted one's thread to end (one at a time).
+        await svc.start_canary(GATED, "ops")
+        await svc.canary_tick()
+        assert svc.canary_status()["replay"]["status"] == "waiting"
+        await finish(svc, replayer)
+        assert svc.state.revision == 1 and status(svc) == "pending"
+        await svc.canary_tick()  # now it starts
+        assert svc.canary_status()["replay"]["status"] == "running"
+        await finish(svc, replayer)
+        assert status(svc) == "running" and svc.state.weights()["v3"] == 50
+        assert len(replayer.calls) == 2
+
+    run(scenario())
+
+
+def test_a_waiting_replay_survives_a_controller_restart(tmp_path: Path) -> None:
+    replayer = FakeReplayer()
+
+    async def scenario() -> None:
+        svc = service(tmp_path, replay=replayer)
+        await svc.start_canary(GATED, "ops")
+        await svc.canary_tick()  # running when the controller "dies": no verdict comes
+        assert svc._replay_task is not None
+        svc._replay_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await svc._replay_task
+        again = service(tmp_path, replay=replayer)
+        out = again.canary_status()
+        assert out["state"]["status"] == "pending" and out["plan"] == svc.canary_status()["plan"]
+        assert out["plan"]["replay"]["min_rows"] == 10
+        assert out["replay"]["status"] == "waiting"  # it runs again
+        replayer.release.set()
+        await again.canary_tick()
+        assert again._replay_task is not None
+        await again._replay_task
+        assert status(again) == "running" and again.state.weights()["v3"] == 50
+        assert status(service(tmp_path)) == "running"
+        assert service(tmp_path).canary_status()["replay"]["status"] == "passed"
+        assert [e["operation"] for e in again.audit()].count("add_candidate") == 1
+
+    run(scenario())
+
+
+def test_a_plan_with_a_replay_gate_needs_a_replay_runner(tmp_path: Path) -> None:
+    svc = service(tmp_path)  # no replay callable
+    with pytest.raises(InvalidInput, match="no replay runner") as info:
+        run(svc.start_canary(GATED, "ops"))
+    assert info.value.field == "replay"
+    assert svc.rollout is None and svc.state.revision == 1
+    with pytest.raises(InvalidInput, match="min_agreement_percent") as info:
+        run(service(tmp_path, replay=FakeReplayer()).start_canary(
+            {**PLAN, "replay": {**GATE, "min_agreement_percent": 101}}, "ops"))
+    assert info.value.field == "replay.min_agreement_percent"
+    with pytest.raises(InvalidInput, match="steps") as info:  # refused now, not after it
+        run(service(tmp_path, replay=FakeReplayer()).start_canary(
+            {**GATED, "steps": [95, 100]}, "ops"))
+
+
+def declared(weights: tuple[int, int] = (90, 10), **canary: Any) -> Declaration:
+    return Declaration.of(parse_config({
+        **CONFIG.model_dump(mode="json", exclude={"experiment", "canary"}),
+        "experiment": {"name": "exp", "baseline": "v1",
+                       "arms": [{"version": "v1", "weight": weights[0]},
+                                {"version": "v2", "weight": weights[1]}]},
+        "canary": canary or None,
+    }))
+
+
+def test_a_declared_plan_with_a_replay_gate_waits_and_a_new_revision_replaces_it(
+    tmp_path: Path,
+) -> None:
+    replayer = FakeReplayer()
+
+    async def scenario() -> None:
+        svc = service(tmp_path, replay=replayer, declared=declared(**GATED))
+        assert status(svc) == "pending" and svc.state.weights() == {"v1": 90, "v2": 10}
+        assert svc.canary_status()["replay"]["status"] == "waiting"
+        await svc.canary_tick()
+        outcome = await svc.declare(declared((80, 20), **{**GATED, "steps": [20, 100]}))
+        assert outcome["canary_replaced"] == "v3" and outcome["canary"] == "started"
+        assert svc.state.weights() == {"v1": 80, "v2": 20}
+        assert svc.canary_status()["replay"]["status"] == "waiting"
+        assert svc.canary_status()["plan"]["steps"] == [20.0, 100.0]
+        aborted = [e for e in svc.audit() if e["operation"] == "canary_replay"
+                   and e["params"].get("status") == "aborted"]
+        assert len(aborted) == 1 and "deployed" in aborted[0]["reason"]
+        await finish(svc, replayer)  # the first one's verdict: ignored
+        assert status(svc) == "pending"
+        await svc.canary_tick()
+        await finish(svc, replayer)
+        assert status(svc) == "running" and svc.state.weights()["v3"] == 20
+
+    run(scenario())
+
+
+def test_a_declared_plan_with_a_replay_gate_and_no_runner_is_refused(tmp_path: Path) -> None:
+    svc = service(tmp_path, declared=declared(**GATED))
+    assert svc.rollout is None
+    entry = svc.audit()[-1]
+    assert entry["operation"] == "canary" and "no replay runner" in entry["params"]["refused"]
+
+
+def test_a_plan_without_a_replay_gate_keeps_its_config_revision() -> None:
+    """``replay: null`` is left out of the declaration, so configs written before the gate
+    existed keep their digest (a new digest would replace the live state on upgrade)."""
+    plain = declared(**PLAN)
+    assert "replay" not in plain.to_user_config()["canary"]
+    assert declared(**GATED).to_user_config()["canary"]["replay"]["min_rows"] == 10
+    assert declared(**GATED).digest != plain.digest
