@@ -394,10 +394,11 @@ class PredictionLog:
         with self._lock:
             preds, self._preds = self._preds, []
             feedback, self._feedback = self._feedback, []
-        for table_name, entries, build in (
+        tables: tuple[tuple[str, list[Any], Callable[[list[Any]], Any]], ...] = (
             (PREDICTIONS, preds, self._predictions_table),
             (FEEDBACK, feedback, self._feedback_table),
-        ):
+        )
+        for table_name, entries, build in tables:
             if not entries:
                 continue
             for hour, idx in self._by_hour([e[0] for e in entries]).items():
@@ -591,7 +592,7 @@ def _bitmap(valid: np.ndarray) -> pa.Buffer | None:
 
 
 def _numbers(values: Any, dtype: type, arrow_type: pa.DataType) -> pa.Array:
-    data = np.ascontiguousarray(values, dtype=dtype)
+    data: np.ndarray = np.ascontiguousarray(values, dtype=dtype)
     return pa.Array.from_buffers(arrow_type, len(data), [None, pa.py_buffer(data)])
 
 

@@ -274,10 +274,9 @@ def _start_serve(config: AbserveConfig) -> None:
     ``http.grpc_port`` is set), as the first config says."""
     from ray import serve
 
-    grpc = grpc_options(config.http.grpc_port)
     serve.start(proxy_location=config.http.proxy_location,
                 http_options={"host": config.http.host, "port": config.http.port},
-                **({"grpc_options": grpc} if grpc else {}))
+                grpc_options=grpc_options(config.http.grpc_port))
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -112,9 +112,8 @@ def private_ray(
     ray.init(address="local", num_cpus=num_cpus, **options)  # never join someone else's
     cluster = PrivateRay(http_port, shutdown_serve=serve.shutdown)
     try:
-        grpc = grpc_options(grpc_port)
         serve.start(http_options={"host": "127.0.0.1", "port": http_port},
-                    **({"grpc_options": grpc} if grpc else {}))
+                    grpc_options=grpc_options(grpc_port))
         yield cluster
     finally:
         stop_private_ray(cluster.shutdown_serve, cluster.seen_haproxy)
