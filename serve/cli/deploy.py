@@ -388,8 +388,13 @@ def apps_to_delete(state: dict[str, Any]) -> list[str]:
     return names
 
 
-def _delete_apps(address: str, names: list[str]) -> None:
+def _delete_apps(address: str, names: list[str], *, shutdown_serve: bool = False) -> None:
+    """Delete ``names`` (each waits for its replicas' graceful stop); with
+    ``shutdown_serve`` (a cluster ``up`` started), then Serve itself, so that the head's
+    own stop is quick: with Serve's proxies still up, the node drained for 30 s on SIGTERM
+    (``down`` measured 66 s, then 37 s with this)."""
     connect(address)
+    import ray
     from ray import serve
 
     for name in names:
@@ -399,6 +404,9 @@ def _delete_apps(address: str, names: list[str]) -> None:
             print(f"warning: could not delete application {name}: {exc}", file=sys.stderr)
         else:
             print(f"deleted application {name} from {address}")
+    if shutdown_serve:
+        serve.shutdown()
+        ray.shutdown()
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -411,7 +419,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         # Delete our applications first, on a cluster we started too: a graceful stop lets
         # each experiment controller save its last second of counters (SIGKILL would not).
         with contextlib.suppress(Exception):
-            _delete_apps(state["ray_address"], names)
+            _delete_apps(state["ray_address"], names, shutdown_serve=bool(state.get("ray_pid")))
     if state.get("ray_pid"):
         stop_ray_head(int(state["ray_pid"]), timeout_s=60)
         print(f"stopped the Ray cluster (pid {state['ray_pid']})")

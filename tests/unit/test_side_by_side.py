@@ -329,7 +329,8 @@ def test_up_deploys_every_config_on_one_cluster_and_down_deletes_them_all(
     monkeypatch.setattr(deploy, "wait_running", lambda name, t: calls["running"].append(name))
     monkeypatch.setattr(deploy, "_wait_ready", lambda url, t: calls["ready"].append(url))
     monkeypatch.setattr(deploy, "_delete_apps",
-                        lambda address, names: calls["delete"].append((address, names)))
+                        lambda address, names, **kw: calls["delete"].append((address, names,
+                                                                             kw)))
     monkeypatch.setattr(deploy, "stop_ray_head", lambda pid, **kw: calls["stop"].append(pid))
     monkeypatch.setattr(deploy, "stop_pid", lambda pid, **kw: calls["stop"].append(pid))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -359,6 +360,8 @@ def test_up_deploys_every_config_on_one_cluster_and_down_deletes_them_all(
     assert "endpoint:  http://127.0.0.1:8000/models/sales/predict   (sales" in out
 
     assert deploy.cmd_down(parser.parse_args(["down"])) == 0
-    assert calls["delete"] == [("127.0.0.1:6385", ["activity", "sales"])]
+    # The cluster is ours: Serve is shut down too before its head is stopped.
+    assert calls["delete"] == [("127.0.0.1:6385", ["activity", "sales"],
+                                {"shutdown_serve": True})]
     assert calls["stop"] == [4242, 4343]  # Ray after the applications, then Redis
     assert not cli_state.state_file().exists()
