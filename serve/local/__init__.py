@@ -9,7 +9,7 @@ fixtures; nothing here imports the CLI or the benchmarks.
 from serve.local.env import IngressMode, ray_env
 from serve.local.haproxy import haproxy_pids
 from serve.local.pids import pid_alive, psutil_module, stop_pid
-from serve.local.ports import LISTEN_PORTS, free_port, port_free, port_open
+from serve.local.ports import LISTEN_PORTS, free_port, free_ports, port_free, port_open
 from serve.local.private_ray import (
     PrivateRay,
     private_ray,
@@ -29,8 +29,8 @@ from serve.local.redis_server import redis_command, start_redis
 
 __all__ = [
     "LISTEN_PORTS", "IngressMode", "PrivateRay", "connect", "enable_token_auth", "free_port",
-    "haproxy_pids", "pid_alive", "port_free", "port_open", "private_ray", "private_ray_env",
-    "psutil_module", "ray_env", "ray_head_command", "redis_command", "start_ray_head",
-    "start_redis", "stop_pid", "stop_private_ray", "stop_ray_head", "use_private_ray_env",
-    "wait_for_gcs",
+    "free_ports", "haproxy_pids", "pid_alive", "port_free", "port_open", "private_ray",
+    "private_ray_env", "psutil_module", "ray_env", "ray_head_command", "redis_command",
+    "start_ray_head", "start_redis", "stop_pid", "stop_private_ray", "stop_ray_head",
+    "use_private_ray_env", "wait_for_gcs",
 ]

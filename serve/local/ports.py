@@ -11,7 +11,7 @@ import contextlib
 import random
 import socket
 
-__all__ = ["LISTEN_PORTS", "free_port", "port_free", "port_open"]
+__all__ = ["LISTEN_PORTS", "free_port", "free_ports", "port_free", "port_open"]
 
 # Listening ports are drawn below Linux's ephemeral range (32768-60999) and above
 # Ray's worker ports (10002-19999): a port the kernel hands out for outgoing
@@ -40,6 +40,18 @@ def free_port() -> int:
     with socket.socket() as s:  # the range is full: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different free ports, for one process that binds them all (a Ray head's
+    dashboard, metrics, HTTP and gRPC ports): ``free_port`` alone may pick one twice (seen
+    once: the session's dashboard and metrics ports drew the same one, and Ray refused)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:

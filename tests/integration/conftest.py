@@ -23,7 +23,7 @@ import pytest
 
 from router.http.auth import TOKEN_ENV
 from serve.config import HttpConfig
-from serve.local import free_port, private_ray, start_redis, stop_pid
+from serve.local import free_port, free_ports, private_ray, start_redis, stop_pid
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -136,8 +136,7 @@ def serve_instance() -> Iterator[ServeInstance]:
     # The suite runs in the config's default ingress mode unless told otherwise.
     mode: Any = os.environ.get("ABSERVE_TEST_INGRESS") or HttpConfig().ingress
     os.environ[TOKEN_ENV] = ADMIN_TOKEN  # router replicas inherit it from the raylet
-    metrics_port, dashboard_port, port = free_port(), free_port(), free_port()
-    grpc_port = free_port()
+    metrics_port, dashboard_port, port, grpc_port = free_ports(4)
     with private_ray(
         mode,
         num_cpus=4,
