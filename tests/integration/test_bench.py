@@ -29,7 +29,7 @@ F_TARGETS = {"(c) >= 1.0x (f) req/s", "(d) >= 3x (f) req/s"}
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def bench(tmp_path_factory: pytest.TempPathFactory, registry_root: str) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         pytest.fail("wrk is not installed; scripts/setup.sh installs it")
     tmp_path = tmp_path_factory.mktemp("bench")
@@ -40,7 +40,9 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
            if not k.startswith(("RAY_SERVE_", "RAY_ADDRESS"))}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.run(
-        [str(abserve), "bench", "--short", "--out", str(out)],
+        # The session's registry (activity v1, v2 trained once): the bench's own training
+        # is `abserve train`'s, tested on its own.
+        [str(abserve), "bench", "--short", "--out", str(out), "--registry", registry_root],
         cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
         timeout=600,  # about 160 s, plus about a minute when MLServer's virtualenv is built
     )

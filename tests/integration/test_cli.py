@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,12 @@ def cli(tmp_path: Path, registry_root: str) -> Iterator[tuple[Any, dict[str, Any
     env.pop("RAY_ADDRESS", None)
 
     def run(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+        started = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "serve.cli", *args], cwd=tmp_path, env=env,
             capture_output=True, text=True, timeout=timeout,
         )
+        print(f"abserve {args[0]}: {time.monotonic() - started:.1f} s")  # where the time goes
         return proc
 
     info = {"url": f"http://127.0.0.1:{http_port}", "config": str(path),
@@ -87,17 +90,19 @@ def test_up_traffic_deploy_version_down_up(cli: tuple[Any, dict[str, Any]]) -> N
     assert "revision 2" in out
 
     v1_pid = httpx.get(f"{url}/stats").json()["models"]["v1"]["pid"]
-    out = _ok(run("deploy-version", "v3"))
-    assert "v3 is ready at weight 0" in out
+    # v4 (the user's scikit-learn model), not v3: a TensorFlow replica costs this test about
+    # a minute over its three deploys on 2 cores, and the session's app serves v3 already.
+    out = _ok(run("deploy-version", "v4"))
+    assert "v4 is ready at weight 0" in out
     stats = httpx.get(f"{url}/stats").json()
     assert stats["models"]["v1"]["pid"] == v1_pid, "deploy-version restarted v1"
-    assert httpx.get(f"{url}/ready").json()["arms"] == {"v1": True, "v2": True, "v3": True}
+    assert httpx.get(f"{url}/ready").json()["arms"] == {"v1": True, "v2": True, "v4": True}
     r = httpx.post(f"{url}/predict", json={"features": [[0.0] * 9] * 50},
-                   headers={"X-Model-Version": "v3"})
-    assert r.status_code == 200 and r.json()["version"] == "v3"
+                   headers={"X-Model-Version": "v4"})
+    assert r.status_code == 200 and r.json()["version"] == "v4"
 
     out = _ok(run("status"))
-    assert "v3" in out and "tensorflow" in out
+    assert "v4" in out and "sklearn" in out and "torch" in out
     # Experiment data through a full down / up: counts, labels, and labels still pending.
     X, y = make_windows(20, seed=12)
     ids = [httpx.post(f"{url}/predict", json={"features": x.tolist()}).json()["request_id"]
@@ -123,8 +128,8 @@ def test_up_traffic_deploy_version_down_up(cli: tuple[Any, dict[str, Any]]) -> N
     assert "starting a local Ray cluster" not in out and "ready: every arm answers" in out
     assert yaml.safe_load(info["state_file"].read_text())["ray_pid"] == head_pid
     exp = _ok(run("experiment"))
-    assert "v1" in exp and "70%" in exp and "v2" in exp and "30%" in exp and "v3" in exp
-    assert httpx.get(f"{url}/ready").json()["arms"] == {"v1": True, "v2": True, "v3": True}
+    assert "v1" in exp and "70%" in exp and "v2" in exp and "30%" in exp and "v4" in exp
+    assert httpx.get(f"{url}/ready").json()["arms"] == {"v1": True, "v2": True, "v4": True}
     audit = _ok(run("audit"))
     assert "set_weights" in audit and "add_candidate" in audit
     _ok(run("down", timeout=120))
