@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import random
 import socket
+from collections.abc import Iterable
 
-__all__ = ["LISTEN_PORTS", "free_port", "free_ports", "port_free", "port_open"]
+__all__ = ["LISTEN_PORTS", "free_port", "free_ports", "free_range", "port_free", "port_open"]
 
 # Listening ports are drawn below Linux's ephemeral range (32768-60999) and above
 # Ray's worker ports (10002-19999): a port the kernel hands out for outgoing
@@ -52,6 +53,18 @@ def free_ports(n: int) -> list[int]:
         if port not in ports:
             ports.append(port)
     return ports
+
+
+def free_range(width: int, avoid: Iterable[int] = ()) -> int:
+    """The low end of ``width + 1`` consecutive ports, all free now and none in ``avoid``
+    (ports already picked for something else: Serve's direct-ingress replicas bind any
+    port of their range, and once took the HAProxy stats port picked beside it)."""
+    taken = set(avoid)
+    while True:
+        low = min(free_port(), LISTEN_PORTS[1] - width)
+        ports = range(low, low + width + 1)
+        if not taken.intersection(ports) and all(port_free(p) for p in ports):
+            return low
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:

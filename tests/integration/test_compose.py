@@ -54,9 +54,10 @@ import httpx
 import pytest
 import yaml
 
-from serve.local import free_port, stop_pid
+from serve.local import free_port, free_ports, stop_pid
 from serve.local.env import ray_env
 from serve.local.haproxy import haproxy_config_dirs, haproxy_pids, stop_haproxy
+from serve.local.ports import free_range
 from tests.integration.test_multinode import _descendants, _proc_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,9 +164,9 @@ class Compose:
     haproxy_dirs: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        for name in ("gcs", "dashboard", "http", "redis", "prometheus", "head_metrics",
-                     "worker_metrics", "haproxy_metrics", "haproxy_stats"):
-            self.ports[name] = free_port()
+        names = ("gcs", "dashboard", "http", "redis", "prometheus", "head_metrics",
+                 "worker_metrics", "haproxy_metrics", "haproxy_stats")
+        self.ports.update(zip(names, free_ports(len(names)), strict=True))
         self.services = compose_services()
         self.app = self.work / "app"
         self.volumes = {v: self.work / v for v in ("ray-auth", "ray-tmp", "prometheus-data")}
@@ -254,11 +255,18 @@ class Compose:
                                    ("RAY_SERVE_HAPROXY_STATS_PORT", "8404", "haproxy_stats")):
             assert own.get(var) == default, f"{name}: {var}={own.get(var)}; update the map"
             own[var] = str(p[port])
-        # Serve's fixed default ports of the throughput mode, one set per node.
+        # Serve's fixed default ports of the throughput mode, one set per node, none of
+        # them in another's range or on a port picked above.
+        picked = list(p.values())
         for var in ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"):
-            own[var] = str(free_port())
+            port = free_port()
+            while port in picked:
+                port = free_port()
+            picked.append(port)
+            own[var] = str(port)
         for proto in ("HTTP", "GRPC"):
-            low = min(free_port(), 65000)
+            low = free_range(50, avoid=picked)
+            picked.extend(range(low, low + 51))
             own[f"RAY_SERVE_DIRECT_INGRESS_MIN_{proto}_PORT"] = str(low)
             own[f"RAY_SERVE_DIRECT_INGRESS_MAX_{proto}_PORT"] = str(low + 50)
         return {**env, **own}
