@@ -24,7 +24,7 @@ from typing import Any
 from serve.config import grpc_options
 from serve.local.env import IngressMode, ray_env
 from serve.local.haproxy import haproxy_pids, stop_haproxy
-from serve.local.ports import free_port
+from serve.local.ports import free_ports, free_range
 
 __all__ = [
     "PrivateRay", "private_ray", "private_ray_env", "stop_private_ray", "use_private_ray_env",
@@ -40,9 +40,12 @@ _SERVE_FIXED_PORTS = (
 _DIRECT_INGRESS_RANGE = 100
 
 
-def private_ray_env(mode: IngressMode, environ: Mapping[str, str]) -> dict[str, str]:
+def private_ray_env(mode: IngressMode, environ: Mapping[str, str],
+                    avoid: Iterable[int] = ()) -> dict[str, str]:
     """What a private Ray in ``mode`` needs on top of ``environ``: the ingress flags of
     ``mode``, and everything else only where ``environ`` does not already say otherwise.
+    Serve's fixed ports differ from each other and from ``avoid`` (ports the caller
+    picked for the same Ray), and its direct-ingress ranges hold none of them.
 
     For this process (``use_private_ray_env``) or a ``ray start`` child's environment.
     """
@@ -54,10 +57,15 @@ def private_ray_env(mode: IngressMode, environ: Mapping[str, str]) -> dict[str, 
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
     }
     if mode == "throughput":
-        for var in _SERVE_FIXED_PORTS:
-            defaults[var] = str(free_port())
+        picked = set(avoid)
+        fixed = [p for p in free_ports(len(_SERVE_FIXED_PORTS) + len(picked))
+                 if p not in picked][:len(_SERVE_FIXED_PORTS)]
+        picked.update(fixed)
+        defaults.update((var, str(port)) for var, port in zip(_SERVE_FIXED_PORTS, fixed,
+                                                              strict=True))
         for proto in ("HTTP", "GRPC"):
-            base = min(free_port(), 65535 - 2 * _DIRECT_INGRESS_RANGE)
+            base = free_range(_DIRECT_INGRESS_RANGE, avoid=picked)
+            picked.update(range(base, base + _DIRECT_INGRESS_RANGE + 1))
             defaults[f"RAY_SERVE_DIRECT_INGRESS_MIN_{proto}_PORT"] = str(base)
             defaults[f"RAY_SERVE_DIRECT_INGRESS_MAX_{proto}_PORT"] = str(
                 base + _DIRECT_INGRESS_RANGE)
@@ -65,13 +73,13 @@ def private_ray_env(mode: IngressMode, environ: Mapping[str, str]) -> dict[str, 
     return env
 
 
-def use_private_ray_env(mode: IngressMode) -> None:
+def use_private_ray_env(mode: IngressMode, avoid: Iterable[int] = ()) -> None:
     """This process's environment for a private Ray in ``mode`` (Ray reads it at start).
 
     The ingress flags of ``mode`` are set; everything else only where the
     environment does not already say otherwise.
     """
-    os.environ.update(private_ray_env(mode, os.environ))
+    os.environ.update(private_ray_env(mode, os.environ, avoid))
 
 
 @dataclass
@@ -103,7 +111,9 @@ def private_ray(
     ``ray_init_options`` go to ``ray.init`` over these defaults: no dashboard,
     errors only, no worker logs on the driver.
     """
-    use_private_ray_env(mode)
+    use_private_ray_env(mode, avoid=[http_port, *([grpc_port] if grpc_port else []),
+                                     *(v for k, v in ray_init_options.items()
+                                       if k.endswith("_port") and isinstance(v, int))])
     import ray
     from ray import serve
 
