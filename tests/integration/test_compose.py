@@ -240,6 +240,10 @@ class Compose:
                    PYTHONUNBUFFERED="1", RAY_DEDUP_LOGS="0")
         if name not in ("ray-head", "ray-worker"):
             return env
+        # The teardown's SIGTERM stops a node at once: Ray 2.60 first drains it, up to 30 s,
+        # and the teardown waited 20 s of that on the worker (test_multinode does the same).
+        # The compose file sets no drain timeout, so the services run Ray's default.
+        env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
         p = self.ports
         own = environment(self.services[name])
         table = {

@@ -87,8 +87,8 @@ def _clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without the session cluster's RAY_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     # A test's node stops at once on SIGTERM: Ray 2.60 drains a node first, up to 30 s
-    # (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S), which only lengthened each teardown here;
-    # the compose test keeps the drain, as its files run in production.
+    # (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S), which only lengthened each teardown here
+    # (test_compose's nodes too).
     env.update(PYTHONPATH=str(ROOT), RAY_DEDUP_LOGS="0", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
                **extra)
     return env
