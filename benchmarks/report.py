@@ -227,11 +227,15 @@ def targets(rows: list[dict[str, Any]],
     total = sum(r["requests"] for r in rows)
     out.append(_target("zero errors in every run", not bad if rows else None,
                        "; ".join(bad) if bad else f"0 errors in {total} requests"))
-    router = [r["rss_mb"].get("router") for r in rows if r["rss_mb"].get("router") is not None]
+    # Per replica: the largest router process (a JSON from before process_rss_mb: the sum).
+    router = [r.get("process_rss_mb", r["rss_mb"]).get("router") for r in rows]
+    router = [mb for mb in router if mb is not None]
     if router:
         peak = max(router)
+        replicas = max(len(r.get("notes", {}).get("pids", {}).get("router", [])) for r in rows)
+        of = f" (the largest of {replicas} replicas)" if replicas > 1 else ""
         out.append(_target(f"router replica RSS < {ROUTER_RSS_LIMIT_MB:.0f} MB",
-                           peak < ROUTER_RSS_LIMIT_MB, f"peak {peak:.0f} MB"))
+                           peak < ROUTER_RSS_LIMIT_MB, f"peak {peak:.0f} MB{of}"))
     else:
         out.append(_target(f"router replica RSS < {ROUTER_RSS_LIMIT_MB:.0f} MB", None,
                            "needs variant c, d or e"))

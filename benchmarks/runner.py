@@ -112,6 +112,9 @@ class VariantResult:
     cpu_by_process: dict[str, float]
     rss_mb: dict[str, float]
     notes: dict[str, Any] = field(default_factory=dict)
+    # per label, the peak of its largest process (rss_mb sums a label's processes: two
+    # router replicas are two processes, and the RSS target is per replica)
+    process_rss_mb: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +124,7 @@ class VariantResult:
             "cpu_pct": self.cpu_pct,
             "cpu_by_process": self.cpu_by_process,
             "rss_mb": self.rss_mb,
+            "process_rss_mb": self.process_rss_mb,
             "notes": self.notes,
         }
 
@@ -141,6 +145,7 @@ class ProcessGroup:
                     procs.append(psutil.Process(pid))
             self._procs[label] = procs
         self._peak: dict[str, float] = {}
+        self._peak_process: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -160,23 +165,31 @@ class ProcessGroup:
         return out
 
     def rss_mb(self) -> dict[str, float]:
+        return {label: sum(each) for label, each in self._rss_each_mb().items()}
+
+    def _rss_each_mb(self) -> dict[str, list[float]]:
         psutil = psutil_module()
-        out: dict[str, float] = {}
+        out: dict[str, list[float]] = {}
         for label, procs in self._procs.items():
-            total = 0
+            each = []
             for p in procs:
                 with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
-            out[label] = total / 2**20
+                    each.append(p.memory_info().rss / 2**20)
+            out[label] = each
         return out
+
+    def _record_peaks(self) -> None:
+        for label, each in self._rss_each_mb().items():
+            self._peak[label] = max(self._peak.get(label, 0.0), sum(each))
+            self._peak_process[label] = max(self._peak_process.get(label, 0.0), *each, 0.0)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.5):
-            for label, mb in self.rss_mb().items():
-                self._peak[label] = max(self._peak.get(label, 0.0), mb)
+            self._record_peaks()
 
     def __enter__(self) -> ProcessGroup:
-        self._peak = self.rss_mb()
+        self._peak, self._peak_process = {}, {}
+        self._record_peaks()
         self._stop.clear()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -186,12 +199,17 @@ class ProcessGroup:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        for label, mb in self.rss_mb().items():
-            self._peak[label] = max(self._peak.get(label, 0.0), mb)
+        self._record_peaks()
 
     @property
     def peak_rss_mb(self) -> dict[str, float]:
+        """Per label, the peak of its processes' summed RSS."""
         return {k: round(v, 1) for k, v in self._peak.items()}
+
+    @property
+    def peak_process_rss_mb(self) -> dict[str, float]:
+        """Per label, the peak RSS of its largest process."""
+        return {k: round(v, 1) for k, v in self._peak_process.items()}
 
 
 def _host_busy_s() -> float:
@@ -534,6 +552,7 @@ class Bench:
             cpu_by_process=cpu,
             rss_mb=procs.peak_rss_mb,
             notes=after(before) if after else {},
+            process_rss_mb=procs.peak_process_rss_mb,
         )
         res.notes["pids"] = procs.pids()
         # All busy CPU on the host; far above server + load generator means other load.

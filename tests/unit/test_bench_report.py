@@ -90,6 +90,19 @@ def test_targets_hold_at_their_bounds_and_show_their_numbers() -> None:
         "e p50 11.00 ms vs b1 p50 10.00 + 1 = 11.00 ms")
 
 
+def test_the_rss_target_is_per_router_replica() -> None:
+    """Two router replicas: rss_mb sums both processes, the target takes the larger one."""
+    two = {"rss_mb": {"router": 663.0}, "process_rss_mb": {"router": 350.0},
+           "notes": {"pids": {"router": [11, 12]}}}
+    t = _targets(_results(c={**_row("c", 1300, 30, 120), **two},
+                          d={**_row("d", 3700, 10, 30), **two}, e=_row("e", 70, 10.9, 20)))
+    assert t["router replica RSS < 400 MB"]["status"] == "PASS"
+    assert t["router replica RSS < 400 MB"]["detail"] == "peak 350 MB (the largest of 2 replicas)"
+    over = {**two, "process_rss_mb": {"router": 401.0}}
+    t = _targets(_results(c={**_row("c", 1300, 30, 120), **over}))
+    assert t["router replica RSS < 400 MB"]["status"] == "FAIL"
+
+
 def test_missing_variants_skip_their_targets() -> None:
     t = _targets({"a": _row("a", 100, 150, 300)})
     assert t["(c) >= 12x (a) req/s"]["status"] == "SKIP"
