@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_estimator", "reference_artifact"]
+__all__ = ["load_estimator", "reference_artifact", "small_registry"]
 
 
 def reference_artifact(registry_root: str | Path, model: str = "activity",
@@ -37,3 +37,15 @@ def load_estimator(registry_root: str | Path, model: str = "activity",
     estimator = joblib.load(path)
     # The demo's classes are label indices; name predict_proba's columns by them.
     return estimator, [labels[int(c)] for c in estimator.classes_]
+
+
+def small_registry(registry: str | None, tmp: str | Path) -> str:
+    """``registry``, or a small one (activity v1 and v2) trained under ``tmp``: the smaller
+    measurements' ``--registry`` default (benchmarks/call_cost.py, control_plane.py)."""
+    if registry is not None:
+        return registry
+    from models.activity.train import train_all
+
+    root = Path(tmp) / "registry"
+    train_all(root, n_train=1500, n_test=300, quiet=True, versions=("v1", "v2"))
+    return str(root)

@@ -19,7 +19,6 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,15 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--registry", help="registry with activity v1, v2 (default: train one)")
     args = p.parse_args(argv)
 
+    from benchmarks.artifact import small_registry
     from serve.local import free_port, private_ray
 
     with tempfile.TemporaryDirectory(prefix="abserve-callcost-") as tmp:
-        registry = args.registry
-        if registry is None:
-            from models.activity.train import train_all
-
-            registry = str(Path(tmp) / "registry")
-            train_all(Path(registry), n_train=1500, n_test=300, quiet=True, versions=("v1", "v2"))
+        registry = small_registry(args.registry, tmp)
         with private_ray("throughput", num_cpus=4, http_port=free_port()) as cluster:
             cluster.shutdown_serve = None  # _run shuts Serve down on its handles' loop
             asyncio.run(_run(registry, args.seconds))

@@ -220,16 +220,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import os
 
+    from benchmarks.artifact import small_registry
     from benchmarks.runner import platform_config
     from serve.local import free_port, private_ray
 
     with tempfile.TemporaryDirectory(prefix="abserve-cp-") as tmp:
-        registry = args.registry
-        if registry is None:
-            from models.activity.train import train_all
-
-            registry = str(Path(tmp) / "registry")
-            train_all(Path(registry), n_train=1500, n_test=300, quiet=True, versions=("v1", "v2"))
+        registry = small_registry(args.registry, tmp)
         config = platform_config(registry, "redis://127.0.0.1:1", free_port(),
                                  str(Path(tmp) / "state"))
         with private_ray("throughput", num_cpus=4, http_port=free_port()) as cluster:
