@@ -526,12 +526,17 @@ def test_what_the_session_listens_on(chin: str, serve_instance: ServeInstance,
     assert by_port.get(pw_redis.port) == loopback
     from ray.serve._private import constants
 
+    # The session's range is the one private_ray put in this process's environment before
+    # ray.init; Serve's constants module reads it at import, and collection may have
+    # imported it before (a CI run read the default 30000-31000 and found no replica in it).
+    low = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
+                             constants.RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT))
+    high = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT",
+                              constants.RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT))
     # The replicas' own ports in the range: another process's port may lie in it too (a CI
     # run failed on a 0.0.0.0 listener at 30072 in it, its process not named), which says
     # nothing of what the replicas bind; the replicas' names are the kernel's.
-    direct = {port: ips for port, ips in replica_ports.items()
-              if constants.RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT <= port
-              < constants.RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT}
+    direct = {port: ips for port, ips in replica_ports.items() if low <= port <= high}
     if (os.environ.get("ABSERVE_TEST_INGRESS") or "throughput") == "throughput":
         assert direct, replica_ports  # the session's replicas serve direct ingress
     assert all(ips == loopback for ips in direct.values()), direct
