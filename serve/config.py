@@ -848,7 +848,7 @@ class RouterConfig(_Replicas):
         10.0, ge=0, le=100,
         description="Longest the router holds a call to merge more: while the version is "
         "busy (batch_in_flight_per_replica > 0), or always (batch_in_flight_per_replica 0); "
-        "0 ms = the next loop turn.",
+        "0 ms = the next loop turn. A hold counts against the version's timeout_ms.",
     )
     adaptive_batch_wait: bool = Field(
         True,

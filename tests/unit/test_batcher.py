@@ -304,3 +304,49 @@ def test_gated_failure_frees_the_slot() -> None:
 
     assert run(go()) == 0.0  # not held for wait_s: the failed call is not out
     assert batcher.in_flight("v1") == 0
+
+
+def test_a_hold_is_taken_from_the_timeout_not_added_to_it() -> None:
+    """The version is busy (a 300 ms call out); a request arriving 2 ms later is held
+    wait_s (20 ms), so its call gets 1.0 - 0.020 s: it waits at most its timeout in all.
+    A request that was not held gets its whole timeout."""
+    timeouts: list[float] = []
+
+    class Slow(Timed):
+        async def __call__(self, version: str, batch: np.ndarray, timeout_s: float) -> np.ndarray:
+            timeouts.append(timeout_s)
+            return await super().__call__(version, batch, timeout_s)
+
+    rec = Slow(delay=0.3)
+    batcher = HopBatcher(rec, wait_s=0.02, max_in_flight=lambda v: 1)
+
+    async def go() -> None:
+        first = asyncio.ensure_future(batcher("v1", rows(1), 1.0))
+        await asyncio.sleep(0.002)
+        await asyncio.gather(first, batcher("v1", rows(2), 1.0))
+
+    run(go())
+    assert timeouts == [pytest.approx(1.0, abs=1e-9), pytest.approx(0.98, abs=1e-9)]
+
+
+def test_a_merged_call_gets_what_is_left_of_its_oldest_request_timeout() -> None:
+    """Timed merging: requests at 0, 10 and 30 ms of a 50 ms hold share one call at 50 ms,
+    whose timeout is the oldest's 0.5 s less 50 ms; none is left more than 0.5 s in all."""
+    timeouts: list[float] = []
+
+    class Rec(Recorder):
+        async def __call__(self, version: str, batch: np.ndarray, timeout_s: float) -> np.ndarray:
+            timeouts.append(timeout_s)
+            return await super().__call__(version, batch, timeout_s)
+
+    batcher = HopBatcher(Rec(), wait_s=0.05, adaptive=False)
+
+    async def go() -> None:
+        pending = []
+        for gap in (0.0, 0.01, 0.02):
+            await asyncio.sleep(gap)
+            pending.append(asyncio.ensure_future(batcher("v1", rows(1), 0.5)))
+        await asyncio.gather(*pending)
+
+    run(go())
+    assert timeouts == [pytest.approx(0.45, abs=1e-9)]
