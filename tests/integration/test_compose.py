@@ -470,23 +470,42 @@ def test_compose_nodes_run_the_ingress_mode_and_the_token(
 
 def test_compose_prometheus_scrapes_every_target(
         compose: tuple[Compose, dict[str, Any]]) -> None:
+    """Prometheus scrapes both nodes' exporters, HAProxy, and holds each node's own series.
+
+    Job "ray" comes from Ray's discovery file, which also lists the head's autoscaler and
+    dashboard exporters, so a count of its targets says nothing about the worker (a CI run
+    passed ">= 2 ray targets" with three targets on the head and none on the worker). The
+    worker is named by its exporter port. The file is re-read every refresh_interval (30 s;
+    its path is a symlink, so inotify does not see Ray replace it), then a scrape (10 s)."""
     c, _ = compose
+    ports = {"head": c.ports["head_metrics"], "worker": c.ports["worker_metrics"]}
 
-    def all_up() -> list[dict[str, Any]] | None:
+    def node_series() -> dict[str, float]:
+        try:
+            r = httpx.get(f"http://127.0.0.1:{c.ports['prometheus']}/api/v1/query",
+                          params={"query": 'ray_node_cpu_count{job="ray"}'}, timeout=5)
+            return {m["metric"]["instance"]: float(m["value"][1])
+                    for m in r.json()["data"]["result"]}
+        except (httpx.HTTPError, ValueError, KeyError):
+            return {}
+
+    def all_up() -> tuple[list[dict[str, Any]], dict[str, float]] | None:
         targets = _prometheus_targets(c)
-        up = [t for t in targets if t["health"] == "up"]
-        jobs = [t["labels"]["job"] for t in up]
-        ok = jobs.count("ray") >= 2 and "ray-head" in jobs and "haproxy" in jobs
-        return targets if ok else None
+        up = {(t["labels"]["job"], int(t["scrapeUrl"].split(":")[2].split("/")[0]))
+              for t in targets if t["health"] == "up"}
+        series = node_series()
+        reporting = {int(instance.rsplit(":", 1)[1]) for instance in series}
+        ok = ({("ray", ports["head"]), ("ray", ports["worker"]), ("ray-head", ports["head"]),
+               ("haproxy", c.ports["haproxy_metrics"])} <= up
+              and set(ports.values()) <= reporting)
+        return (targets, series) if ok else None
 
-    targets = _wait("Prometheus scrapes the head, the worker and HAProxy", all_up, 90, c,
-                    ("ray-head", "ray-worker", "prometheus"))
+    targets, series = _wait("Prometheus scrapes both nodes, HAProxy, and each node's series",
+                            all_up, 120, c, ("ray-head", "ray-worker", "prometheus"))
     print("\n" + "\n".join(f"{t['labels']['job']:9} {t['scrapeUrl']} {t['health']}"
-                           for t in targets))
-    r = httpx.get(f"http://127.0.0.1:{c.ports['prometheus']}/api/v1/query",
-                  params={"query": 'count(ray_node_cpu_count{job="ray"})'}, timeout=10)
-    [result] = r.json()["data"]["result"]
-    assert int(float(result["value"][1])) >= 2, result
+                           for t in targets) + f"\nray_node_cpu_count: {series}")
+    by_port = {int(i.rsplit(":", 1)[1]): v for i, v in series.items()}
+    assert by_port[ports["head"]] >= 1 and by_port[ports["worker"]] >= 1, series
 
 
 def test_compose_grafana_finds_rays_dashboards(compose: tuple[Compose, dict[str, Any]]) -> None:
