@@ -10,13 +10,18 @@ assumed to be on this host (a local test or soak cluster).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+_log = logging.getLogger("abserve.bench")
+
 __all__ = [
+    "HandleLoop",
     "actor_pids",
     "controller_pid",
     "deployment_running",
@@ -79,14 +84,61 @@ def wait_for(predicate: Any, timeout_s: float, interval_s: float = 0.25, what: s
 _LOOP: Any = None
 
 
+class HandleLoop:
+    """One event loop in a thread for every DeploymentHandle call the bench makes.
+
+    Throughput mode runs a handle's router on the caller's event loop, so a
+    plain synchronous driver cannot use handles; and handles must be shut down
+    on the loop that made them, hence ``serve.shutdown_async()`` runs here too.
+    """
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Any, timeout_s: float = 30) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def stats(self, app: str, deployment: str) -> dict[str, Any]:
+        """A deployment's ``stats()`` (backend calls and rows); {} if it has none."""
+        from ray import serve
+
+        async def call() -> dict[str, Any]:
+            handle = serve.get_deployment_handle(deployment, app_name=app)
+            return dict(await handle.stats.remote())
+
+        try:
+            return dict(self.call(call(), 10))
+        except Exception as exc:  # noqa: BLE001 - stats are a nice-to-have in the report
+            _log.warning("stats of %s/%s unavailable: %s", app, deployment, exc)
+            return {}
+
+    def shutdown_serve(self) -> None:
+        from ray import serve
+
+        self.call(serve.shutdown_async(), 120)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    def shutdown_serve_and_close(self) -> None:
+        """The private Ray's way to shut Serve down while this loop holds handles."""
+        self.shutdown_serve()
+        self.close()
+
+
 def _handle_loop() -> Any:
     """One event loop in a thread for handle calls: in Serve's throughput mode a
     handle's router runs on the caller's loop, so a plain synchronous caller (the
     soak's driver) cannot use ``.result()``."""
     global _LOOP
     if _LOOP is None:
-        from benchmarks.runner import HandleLoop
-
         _LOOP = HandleLoop()
     return _LOOP
 

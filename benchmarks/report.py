@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
+import re
 import shutil
 import subprocess
 import textwrap
@@ -28,9 +29,23 @@ __all__ = ["DEFAULT_VARIANTS", "SYSTEMS", "build", "chart", "cpu_per_request", "
 ROUTER_RSS_LIMIT_MB = 400.0
 BACKGROUND_WARN_PCT = 30.0
 DEFAULT_VARIANTS = ("a", "b", "c", "d", "e", "f", "n")
-ORDER = ("a", "b", "b1", "n", "f", "c", "c-log", "c-ref", "c-open", "d", "e", "e-shadow",
-         "e-log", "e-ref")
-CONCURRENCY_1 = ("b1", "e", "e-shadow", "e-log", "e-ref")
+# Variant l's windows, in the order they run, on one deployment with the log switched live:
+# off1, log1, off2, log2, ..., log{pairs}, off{pairs + 1}. Each log-on window is read against
+# the mean of the off windows on either side of it, so that a drift slower than a window
+# cancels; the pairs' ratios give the mean and its interval.
+LOG_PAIRS = 2  # the default; ABSERVE_BENCH_LOG_PAIRS sets it for one run
+
+
+def log_windows(pairs: int = LOG_PAIRS) -> tuple[str, ...]:
+    """Variant l's window names, in the order they run."""
+    return ("off1", *(w for k in range(1, pairs + 1) for w in (f"log{k}", f"off{k + 1}")))
+
+
+LOG_ROWS = {v: tuple(f"{v}-{w}" for w in log_windows()) for v in ("c", "e")}
+ORDER = ("a", "b", "b1", "n", "f", "c", *LOG_ROWS["c"], "c-open", "d", "e", "e-shadow",
+         *LOG_ROWS["e"])
+CONCURRENCY_1 = ("b1", "e", "e-shadow", *LOG_ROWS["e"])
+_LOG_WINDOW = re.compile(r"^(?P<v>[ce])-(?P<state>off|log)(?P<k>[0-9]+)$")
 # Each variant's system in words, next to its letter in the table and the chart.
 SYSTEMS = {
     "a": "naive FastAPI",
@@ -43,14 +58,15 @@ SYSTEMS = {
     "d": "abserve hit",
     "e": "abserve c=1",
     "e-shadow": "abserve c=1 + shadow",
-    "c-log": "abserve miss 90/10 + log",
-    "e-log": "abserve c=1 + log",
-    "c-ref": "abserve miss 90/10, log off again",
-    "e-ref": "abserve c=1, log off again",
 }
+_LOG_WORDS = {"c": "abserve miss 90/10", "e": "abserve c=1"}
 
 
 def system(name: str) -> str:
+    m = _LOG_WINDOW.match(name)
+    if m and name not in SYSTEMS:
+        state = "on" if m["state"] == "log" else "off"
+        return f"{_LOG_WORDS[m['v']]}, log {state} ({m['k']})"
     return SYSTEMS.get(name, name)
 
 
@@ -102,6 +118,16 @@ def _ratio(x: float | None, ref: float | None) -> float | None:
     return round(x / ref, 2)
 
 
+def _order(name: str) -> tuple[int, int, int]:
+    """Where a row goes in the table: ORDER's place; variant l's windows after their
+    variant's last listed window, in run order; any other name at the end."""
+    m = _LOG_WINDOW.match(name)
+    if m:
+        anchor = ORDER.index(LOG_ROWS[m["v"]][0])
+        return anchor, int(m["k"]), 0 if m["state"] == "off" else 1
+    return (ORDER.index(name), 0, 0) if name in ORDER else (len(ORDER), 0, 0)
+
+
 def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     by = {k: v.to_dict() if hasattr(v, "to_dict") else dict(v) for k, v in results.items()}
     a = by.get("a", {}).get("rps")
@@ -110,12 +136,12 @@ def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     f = by.get("f", {}).get("rps")
     n = by.get("n", {}).get("rps")
     rows = []
-    for name in [n for n in ORDER if n in by] + [n for n in by if n not in ORDER]:
+    for name in sorted(by, key=_order):
         row = dict(by[name])
         row.setdefault("system", system(name))
         if name == "c-open":  # rate-limited on purpose: a ratio would mean nothing
             row["ratio_a"] = row["ratio_b"] = row["ratio_f"] = row["ratio_n"] = None
-        elif name in CONCURRENCY_1:  # compared with the same concurrency only
+        elif name in CONCURRENCY_1 or name.startswith("e-"):  # with the same concurrency
             row["ratio_a"] = row["ratio_f"] = row["ratio_n"] = None
             row["ratio_b"] = _ratio(row["rps"], b1)
         else:
@@ -127,13 +153,46 @@ def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _bracket(before: dict[str, Any], after: dict[str, Any] | None, key: str,
-             name: str) -> tuple[float, str]:
-    """The reference a log-on run is read against: the mean of the log-off runs before and
-    after it, or the one before when no run followed."""
-    if after is None:
-        return float(before[key]), name
-    return (float(before[key]) + float(after[key])) / 2, f"mean of {name} and {name}-ref"
+def _log_windows(by: dict[str, dict[str, Any]], variant: str, key: str
+                 ) -> tuple[list[float], list[float]] | None:
+    """Variant l's ``key`` over its windows: (the log-on values, the log-off values), in
+    run order; None unless it ran at least off1, log1, off2 and every on window has its
+    off window after it."""
+    on: list[float] = []
+    off: list[float] = []
+    k = 1
+    while f"{variant}-off{k}" in by:
+        off.append(float(by[f"{variant}-off{k}"][key]))
+        if f"{variant}-log{k}" not in by:
+            break
+        on.append(float(by[f"{variant}-log{k}"][key]))
+        k += 1
+    if not on or len(off) != len(on) + 1:
+        return None
+    return on, off
+
+
+def _pairs(on: list[float], off: list[float]) -> list[float]:
+    """Each on window against the mean of the off windows either side of it."""
+    return [o / ((a + b) / 2) for o, a, b in zip(on, off, off[1:], strict=False)]
+
+
+def _interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """A t interval for the mean of ``values``; None for fewer than two."""
+    if len(values) < 2:
+        return None
+    import statistics
+
+    from scipy import stats  # scikit-learn's own dependency
+
+    mean = statistics.fmean(values)
+    half = stats.t.ppf((1 + level) / 2, len(values) - 1) * statistics.stdev(values)
+    half /= len(values) ** 0.5
+    return mean - half, mean + half
+
+
+def _figures(values: list[float], fmt: str) -> str:
+    return " / ".join(format(v, fmt) for v in values)
 
 
 def _target(name: str, ok: bool | None, detail: str) -> dict[str, Any]:
@@ -207,22 +266,29 @@ def targets(rows: list[dict[str, Any]],
         out.append(_target("shadow at 100 %: p50 within 1 ms of shadow off", gap <= 1.0,
                            f"e-shadow p50 {es['p50_ms']:.2f} ms vs e {e['p50_ms']:.2f} ms "
                            f"({gap:+.2f} ms)"))
-    # The log's cost against the mean of the log-off runs before (c, e) and after (c-ref,
-    # e-ref) it, when both ran: an A-B-A bracket, so that a drift over the run is not
-    # counted as the log's.
-    c_log, e_log = by.get("c-log"), by.get("e-log")
-    if c and c_log:
-        ref, named = _bracket(c, by.get("c-ref"), "rps", "c")
-        share = c_log["rps"] / ref if ref else 0.0
-        out.append(_target("prediction log: (c-log) >= 0.95x (c) req/s", share >= 0.95,
-                           f"c-log {c_log['rps']:.0f} vs {named} {ref:.0f} req/s "
-                           f"({share:.2f}x)"))
-    if e and e_log:
-        ref, named = _bracket(e, by.get("e-ref"), "p50_ms", "e")
-        gap = e_log["p50_ms"] - ref
-        out.append(_target("prediction log: (e-log) p50 within 0.5 ms of (e)", gap <= 0.5,
-                           f"e-log p50 {e_log['p50_ms']:.2f} ms vs {named} {ref:.2f} ms "
-                           f"({gap:+.2f} ms)"))
+    # The log's cost: variant l's log-on windows against the log-off windows around them,
+    # all on one deployment (the same processes): the pairs' mean ratio, and its interval.
+    c_win = _log_windows(by, "c", "rps")
+    if c_win is not None:
+        ons, offs = c_win
+        pairs = _pairs(ons, offs)
+        share = sum(pairs) / len(pairs)
+        ci = _interval(pairs)
+        within = "" if ci is None else f", 95 % interval {ci[0]:.3f}-{ci[1]:.3f}x"
+        out.append(_target("prediction log: (c) log on >= 0.95x log off req/s", share >= 0.95,
+                           f"{share:.3f}x over {len(pairs)} on windows{within}; on "
+                           f"{_figures(ons, ',.0f')} vs off {_figures(offs, ',.0f')} req/s"))
+    e_win = _log_windows(by, "e", "p50_ms")
+    if e_win is not None:
+        ons, offs = e_win
+        gaps = [o - (a + b) / 2 for o, a, b in zip(ons, offs, offs[1:], strict=False)]
+        gap = sum(gaps) / len(gaps)
+        ci = _interval(gaps)
+        within = "" if ci is None else f", 95 % interval {ci[0]:+.2f} to {ci[1]:+.2f} ms"
+        out.append(_target("prediction log: (e) log on p50 within 0.5 ms of log off",
+                           gap <= 0.5,
+                           f"{gap:+.2f} ms over {len(gaps)} on windows{within}; on "
+                           f"{_figures(ons, '.2f')} vs off {_figures(offs, '.2f')} ms"))
     bad = [f"{r['name']}: {r['errors']} ({_error_text(r)})" for r in rows if r["errors"]]
     total = sum(r["requests"] for r in rows)
     out.append(_target("zero errors in every run", not bad if rows else None,

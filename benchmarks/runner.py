@@ -49,7 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.faults import HandleLoop, reach_replicas
 from benchmarks.loadgen import LoadResult, open_loop, run_wrk, unique_bodies, write_bodies
+from benchmarks.report import LOG_PAIRS, log_windows
 from serve.local.pids import psutil_module, stop_pid
 from serve.local.ports import free_port
 from serve.local.private_ray import private_ray
@@ -71,16 +73,27 @@ VARIANTS: dict[str, str] = {
     "d": "abserve full path, cache hit (repeated inputs)",
     "e": "abserve full path at concurrency 1, cache miss",
     "e-shadow": "as (e), with every request also shadowed to v2 (shadow share 100 %)",
-    "c-log": "as (c), with the prediction log on (every request, inputs included)",
-    "e-log": "as (e), with the prediction log on (every request, inputs included)",
-    "c-ref": "as (c), redeployed with the log off after the log run (the bracket's end)",
-    "e-ref": "as (e), redeployed with the log off after the log run (the bracket's end)",
 }
+
+
+def describe(name: str) -> str:
+    """A variant's description; variant l's windows (c-off1, c-log1, ...) by pattern."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    variant, window = name.split("-", 1)
+    if window.startswith("log"):
+        return (f"as ({variant}), one deployment with the prediction log, window "
+                f"{window[3:]}: logging every request, inputs included")
+    return (f"as ({variant}), one deployment with the prediction log, window {window[3:]}: "
+            "the log switched off live (sample 0)")
+
+
 SELECTABLE = ("a", "b", "c", "d", "e", "f", "n")  # the default selection
-# On request only: l, (c) and (e) again in the same run with the prediction log on, then
-# once more with it off (c-ref, e-ref): the log's cost is read against the mean of the runs
-# before and after it, so that what a redeploy or a fuller Redis costs is not counted as
-# the log's (an A/A run, both with the log off, read 0.96x and +0.13 ms without it).
+# On request only: l, the prediction log's cost. One more deployment of (c)-(e)'s app with
+# the log on, then (c) and (e) each in five windows, the log switched live in the same
+# processes: off, on, off, ..., on, off (report.log_windows; ABSERVE_BENCH_LOG_PAIRS on
+# windows, default 2). Redeploying with the log on and off cannot resolve a 5 % cost: an A/A
+# run, the log off in both deployments, read 0.91x.
 EXTRA = ("l",)
 MODEL = "activity"
 APP = "abserve-bench"
@@ -328,55 +341,6 @@ def _get_json(url: str) -> dict[str, Any]:
         return {}
 
 
-class HandleLoop:
-    """One event loop in a thread for every DeploymentHandle call the bench makes.
-
-    Throughput mode runs a handle's router on the caller's event loop, so a
-    plain synchronous driver cannot use handles; and handles must be shut down
-    on the loop that made them, hence ``serve.shutdown_async()`` runs here too.
-    """
-
-    def __init__(self) -> None:
-        import asyncio
-
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def call(self, coro: Any, timeout_s: float = 30) -> Any:
-        import asyncio
-
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
-
-    def stats(self, app: str, deployment: str) -> dict[str, Any]:
-        """A deployment's ``stats()`` (backend calls and rows); {} if it has none."""
-        from ray import serve
-
-        async def call() -> dict[str, Any]:
-            handle = serve.get_deployment_handle(deployment, app_name=app)
-            return dict(await handle.stats.remote())
-
-        try:
-            return dict(self.call(call(), 10))
-        except Exception as exc:  # noqa: BLE001 - stats are a nice-to-have in the report
-            log.warning("stats of %s/%s unavailable: %s", app, deployment, exc)
-            return {}
-
-    def shutdown_serve(self) -> None:
-        from ray import serve
-
-        self.call(serve.shutdown_async(), 120)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-
-    def shutdown_serve_and_close(self) -> None:
-        """The private Ray's way to shut Serve down while this loop holds handles."""
-        self.shutdown_serve()
-        self.close()
-
-
 def _batch_note(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     calls = after.get("calls", 0) - before.get("calls", 0)
     rows = after.get("rows", 0) - before.get("rows", 0)
@@ -450,7 +414,7 @@ def _set_shadows(base: str, shadows: list[dict[str, Any]]) -> None:
 def platform_config(registry: str, redis_url: str, port: int, state_dir: str,
                     log_location: str | None = None) -> Any:
     """(c)-(e): v1 baseline 90 %, v2 10 %, Redis cache, default breaker and timeouts;
-    ``log_location``: the prediction log on, written there (c-log, e-log).
+    ``log_location``: the prediction log on, written there (variant l).
 
     ``ABSERVE_BENCH_SET`` (JSON) is merged in for side-by-side trials: a section's
     dict updates that section; ``"models": [{...}]`` updates every version.
@@ -528,7 +492,7 @@ class Bench:
         notes: Callable[[], dict[str, Any]] | None = None,
         after: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> VariantResult:
-        print(f"[{name}] {VARIANTS[name]}", flush=True)
+        print(f"[{name}] {describe(name)}", flush=True)
         if warmup and self.opts.warmup_s > 0:
             load(self.opts.warmup_s)
         procs = ProcessGroup(groups())
@@ -546,7 +510,7 @@ class Bench:
         cpu = {k: round(100.0 * (cpu1[k] - cpu0.get(k, 0.0)) / wall, 1) for k in cpu1}
         res = VariantResult(
             name=name,
-            description=VARIANTS[name],
+            description=describe(name),
             load=result,
             cpu_pct=round(sum(cpu.values()), 1),
             cpu_by_process=cpu,
@@ -669,12 +633,43 @@ class Bench:
 
     # -- (c), (d), (e)
 
+    def _log_windows(
+        self, variant: str, flush_interval_s: float, groups: Callable[[], dict[str, list[int]]],
+        load: Callable[[float], LoadResult], notes: Callable[[], dict[str, Any]],
+        after: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> None:
+        """Variant l: ``variant`` in report.log_windows order on the deployed app, its
+        prediction log switched live on every router replica (``set_log_sample``: 100 %
+        on, 0 % off; off, ``record`` returns after its sampling hash). Before an off
+        window, one flush interval and a second more, so that the on window's rows are
+        written before it starts, not during it. ``ABSERVE_BENCH_LOG_ON_PERCENT`` (default
+        100) is the on windows' share: 0 makes the run an A/A, the same switching with the
+        log off throughout, which shows the windows' own noise; ``ABSERVE_BENCH_LOG_PAIRS``
+        the number of on windows (default 2; each with an off window after it)."""
+        from serve.app import ROUTER_DEPLOYMENT
+
+        assert self.handles is not None, "variant l runs with the bench's Ray cluster"
+        on_percent = float(os.environ.get("ABSERVE_BENCH_LOG_ON_PERCENT", "100"))
+        windows = log_windows(int(os.environ.get("ABSERVE_BENCH_LOG_PAIRS", LOG_PAIRS)))
+        for window in windows:
+            on = window.startswith("log")
+            percent = on_percent if on else 0.0
+            pids = self.handles.call(reach_replicas(
+                APP, ROUTER_DEPLOYMENT, lambda h, p=percent: h.set_log_sample.remote(p),
+                timeout_s=30, what="set_log_sample",
+            ), 35)
+            if not pids:
+                raise RuntimeError("variant l: the router replicas have no prediction log")
+            if not on and window != windows[0]:
+                time.sleep(flush_interval_s + 1.0)
+            res = self.measure(f"{variant}-{window}", groups, load, notes=notes, after=after)
+            res.notes["log_sample_percent"] = percent
+            res.notes["log_switched_pids"] = sorted(pids)
+
     def run_platform(self, registry: str, http_port: int, redis_url: str,
-                     redis_pid: int, log_location: str | None = None,
-                     suffix: str = "") -> None:
-        """``suffix``: redeploy and measure only (c) and (e) again, as c{suffix} and
-        e{suffix}: ``-log`` with the prediction log on at ``log_location``, ``-ref`` with
-        it off again (variant l)."""
+                     redis_pid: int, log_location: str | None = None) -> None:
+        """``log_location``: deploy with the prediction log on there and measure only
+        variant l's windows of (c) and (e) (``_log_windows``)."""
         from ray import serve
 
         from serve.app import ROUTER_DEPLOYMENT, build_app, model_deployment_name
@@ -702,19 +697,14 @@ class Bench:
 
         selected = set(self.opts.variants)
         conns = self.opts.connections
-        if "c" in selected and suffix:
-            self.measure(
-                f"c{suffix}", groups,
-                lambda d: self._wrk(url, unique=True, connections=conns, duration_s=d),
-                notes=notes, after=after,
-            )
-        if "e" in selected and suffix:
-            self.measure(
-                f"e{suffix}", groups,
-                lambda d: self._wrk(url, unique=True, connections=1, duration_s=d),
-                notes=notes, after=after,
-            )
-        if suffix:
+        if log_location is not None:
+            for variant, c in (("c", conns), ("e", 1)):
+                if variant in selected:
+                    self._log_windows(
+                        variant, config.log.flush_interval_s, groups,
+                        lambda d, c=c: self._wrk(url, unique=True, connections=c, duration_s=d),
+                        notes, after,
+                    )
             return
         if "c" in selected:
             c = self.measure(
@@ -800,10 +790,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
                     if "l" in opts.variants:
                         bench.run_platform(registry, http_port,
                                            f"redis://127.0.0.1:{redis_port}/0", redis_proc.pid,
-                                           log_location=str(workdir / "log"), suffix="-log")
-                        bench.run_platform(registry, http_port,
-                                           f"redis://127.0.0.1:{redis_port}/0", redis_proc.pid,
-                                           suffix="-ref")
+                                           log_location=str(workdir / "log"))
         finally:
             if redis_proc is not None:
                 stop_pid(redis_proc.pid)

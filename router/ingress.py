@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -145,6 +146,17 @@ class Router:
         if set_fault is None:
             raise RuntimeError("this replica class takes no faults (a production app)")
         return int(set_fault(**fault))
+
+    def set_log_sample(self, percent: float | None) -> int | None:
+        """Measurement only (``abserve bench`` variant l): this replica's prediction log
+        keeps ``percent`` of the requests from now on (None: the config's shares again);
+        this PID, or None when the log is off in this app. A handle call, not the admin
+        API: not persisted, and a new replica reads the config."""
+        predlog = self.parts.predlog
+        if predlog is None:
+            return None
+        predlog.set_sample(None if percent is None else percent / 100.0)
+        return os.getpid()
 
     def model_name(self) -> str:
         """The model this application serves (the directory asks when its route prefix

@@ -276,6 +276,20 @@ class PredictionLog:
                                             daemon=True)
             self._thread.start()
 
+    def set_sample(self, fraction: float | None) -> None:
+        """Measurement only (``abserve bench`` variant l switches the log off and on in
+        the same processes): log ``fraction`` of every experiment's requests from now on;
+        None: the config's fractions again. Not persisted: a new replica reads the config."""
+        if fraction is None:
+            self._sample = self.config.sample
+            self._sample_by_experiment = dict(self.config.sample_by_experiment)
+            return
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"a sample fraction lies in [0, 1], not {fraction}")
+        # Two plain assignments: the request path reads either the old or the new share.
+        self._sample_by_experiment = {}
+        self._sample = float(fraction)
+
     # ------------------------------------------------------------ request path
 
     def sampled(self, request_id: str, experiment: str) -> bool:

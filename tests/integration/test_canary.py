@@ -78,8 +78,10 @@ def test_healthy_candidate_is_promoted(can: str) -> None:
     statuses, status = run.predict, run.status
     assert status["state"]["status"] == "promoted", status["state"]["history"][-3:]
     assert statuses and set(statuses) == {200}
-    actions = [d["action"] for d in status["state"]["history"]]
-    assert actions == ["start", "advance", "advance", "promote"]
+    history = status["state"]["history"]
+    actions = [d["action"] for d in history]
+    assert actions == ["start", "advance", "advance", "promote"], [
+        (d["action"], d["verdict"], d["reasons"], d.get("metrics")) for d in history]
     exp = httpx.get(f"{can}/admin/experiment", headers=AUTH).json()
     assert exp["experiment"]["baseline"] == "v2" and exp["effective_weights"]["v2"] == 100
     audit = httpx.get(f"{can}/admin/audit?limit=50", headers=AUTH).json()["entries"]

@@ -5,7 +5,9 @@ and a flush interval of an hour, so that every row is written by the replica's s
 a split over many users, a pinned candidate that raises (the baseline answers, fallback
 ``error``), a cache hit, a /predict/batch and an OIP infer, and feedback for some of them.
 While the app runs nothing is on disk (the rows wait in the buffer: /stats says how many);
-``serve.delete`` makes Serve call the router's destructor, which writes them. Then every
+``serve.delete`` makes Serve call the router's destructor, which writes them. The bench's
+live switch (``set_log_sample``, variant l) at 0 % keeps nothing more, and back at the
+config's share keeps the next request. Then every
 row read back with pyarrow.dataset carries the arm, version, fallback, reason and cached
 flag the client was answered, its input and digest; the feedback table joins by request_id.
 """
@@ -23,9 +25,10 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from benchmarks.faults import set_fault_all
+from benchmarks.faults import _handle_loop, reach_replicas, set_fault_all
 from models.activity.data import CLASS_LABELS, make_windows
 from router.dataplane.predlog import PARTITIONING, PREDICTIONS_SCHEMA
+from serve.app import ROUTER_DEPLOYMENT
 from tests.integration.conftest import ServeInstance, deploy, small_app
 
 APP, PREFIX = "predlog", "/predlog"
@@ -112,11 +115,29 @@ def served(serve_instance: ServeInstance, registry_root: str, state_dir: str, re
                 feedback[rid] = label
             # Every row waits in the router's buffer: nothing is written before shutdown.
             stats = client.get(f"{url}/stats").json()
+            answered_at_stats = len(answers)
+            # The bench's live switch (variant l) on every router replica: at 0 % nothing
+            # more is kept; back to the config's share, the next request is.
+            unlogged = set()
+            for percent in (0.0, None):
+                pids = _handle_loop().call(reach_replicas(
+                    APP, ROUTER_DEPLOYMENT, lambda h, p=percent: h.set_log_sample.remote(p),
+                    timeout_s=30, what="set_log_sample"), 35)
+                assert pids, "the router replicas have a prediction log"
+                if percent == 0.0:
+                    for i in range(49, 54):
+                        r = client.post(f"{url}/predict", json={"features": X[i].tolist()})
+                        assert r.status_code == 200, r.text
+                        unlogged.add(r.json()["request_id"])
+                    switched = client.get(f"{url}/stats").json()["log"]
+                    assert switched["buffered"] == stats["log"]["buffered"], switched
+            predict(X[54])  # logged again
         on_disk_before = _read(root, "predictions") + _read(root, "feedback")
         serve.delete(APP)
         deleted = True
         yield {"root": root, "answers": answers, "feedback": feedback, "stats": stats,
-               "oip": oip, "on_disk_before": on_disk_before}
+               "oip": oip, "on_disk_before": on_disk_before, "unlogged": unlogged,
+               "answered_at_stats": answered_at_stats}
     finally:
         if not deleted:
             serve.delete(APP)
@@ -125,7 +146,7 @@ def served(serve_instance: ServeInstance, registry_root: str, state_dir: str, re
 def test_rows_wait_in_the_buffer_until_the_replica_shuts_down(served: dict[str, Any]) -> None:
     assert served["on_disk_before"] == []
     log = served["stats"]["log"]  # the router replica's counters, on /stats
-    assert log["buffered"] == len(served["answers"]) + 2 + len(served["feedback"]), log
+    assert log["buffered"] == served["answered_at_stats"] + 2 + len(served["feedback"]), log
     assert log["predictions"] == {"written": 0, "dropped": 0, "failed": 0}
 
 
@@ -136,6 +157,7 @@ def test_every_answer_lands_with_its_arm_version_fallback_and_cache(
     answers = served["answers"]
     missing = sorted(set(answers) - set(rows))
     assert not missing, missing
+    assert not served["unlogged"] & set(rows)  # answered while the log was switched to 0 %
     split = {answers[rid]["version"] for rid in list(answers)[:40]}
     assert split == {"v1", "v2"}, split  # both arms answered the split
     for rid, want in answers.items():

@@ -305,18 +305,61 @@ def test_cpu_per_request_is_each_process_cpu_over_its_requests() -> None:
     assert "| all server processes | 0.700 | 0.225 |" in md
 
 
-def test_log_targets_read_the_log_run_against_the_bracket_of_log_off_runs() -> None:
-    c_target = "prediction log: (c-log) >= 0.95x (c) req/s"
-    e_target = "prediction log: (e-log) p50 within 0.5 ms of (e)"
-    logged = {"c-log": _row("c-log", 1200, 31, 120), "e-log": _row("e-log", 65, 11.5, 21)}
-    # No run after the log's: against (c) and (e) alone (1200 / 1300 = 0.92x; +0.6 ms).
-    alone = _targets(_results(**logged))
-    assert (alone[c_target]["status"], alone[e_target]["status"]) == ("FAIL", "FAIL")
-    assert "vs c 1300 req/s (0.92x)" in alone[c_target]["detail"]
-    # The log-off runs after it were slower too (a drift over the run): the mean of the two
-    # ends is the reference, (1300 + 1180) / 2 = 1240 -> 0.97x; (10.9 + 11.3) / 2 -> +0.4 ms.
-    bracket = _targets(_results(**logged, **{"c-ref": _row("c-ref", 1180, 31, 120),
-                                             "e-ref": _row("e-ref", 66, 11.3, 21)}))
-    assert (bracket[c_target]["status"], bracket[e_target]["status"]) == ("PASS", "PASS")
-    assert "vs mean of c and c-ref 1240 req/s (0.97x)" in bracket[c_target]["detail"]
-    assert "vs mean of e and e-ref 11.10 ms (+0.40 ms)" in bracket[e_target]["detail"]
+def _windows(variant: str, values: list[tuple[float, float]]) -> dict[str, dict[str, Any]]:
+    """Variant l's windows of ``variant`` in run order (off1, log1, off2, ...), each
+    (req/s, p50 ms)."""
+    names = report.log_windows((len(values) - 1) // 2)
+    return {f"{variant}-{w}": _row(f"{variant}-{w}", rps, p50, 4 * p50)
+            for w, (rps, p50) in zip(names, values, strict=True)}
+
+
+def test_log_targets_read_each_on_window_against_the_off_windows_around_it() -> None:
+    c_target = "prediction log: (c) log on >= 0.95x log off req/s"
+    e_target = "prediction log: (e) log on p50 within 0.5 ms of log off"
+    # A drift down over the run, the same in both states: off 1000, 900, 800; on 950, 850,
+    # each exactly between its neighbours -> 1.000x, an interval of zero width.
+    c = _windows("c", [(1000, 30), (950, 30), (900, 30), (850, 30), (800, 30)])
+    # p50 off 2.0, 2.2, 2.4; on 2.4 (+0.3 on its neighbours' 2.1), 2.8 (+0.5) -> +0.40 ms.
+    e = _windows("e", [(60, 2.0), (55, 2.4), (58, 2.2), (50, 2.8), (57, 2.4)])
+    t = _targets(_results(**c, **e))
+    assert (t[c_target]["status"], t[e_target]["status"]) == ("PASS", "PASS")
+    assert t[c_target]["detail"] == ("1.000x over 2 on windows, 95 % interval 1.000-1.000x; "
+                                     "on 950 / 850 vs off 1,000 / 900 / 800 req/s")
+    assert t[e_target]["detail"].startswith("+0.40 ms over 2 on windows, 95 % interval ")
+    # 6 % slower with the log on, under the same drift: 0.940x fails; p50 +0.6 ms fails.
+    slow = _windows("c", [(1000, 30), (893, 30), (900, 30), (799, 30), (800, 30)])
+    late = _windows("e", [(60, 2.0), (55, 2.7), (58, 2.2), (50, 2.9), (57, 2.4)])
+    t = _targets(_results(**slow, **late))
+    assert (t[c_target]["status"], t[e_target]["status"]) == ("FAIL", "FAIL")
+    assert t[c_target]["detail"].startswith("0.940x over 2 on windows")
+    # Four pairs: the interval is the t interval of the pairs' ratios (scipy's t, 3 df).
+    four = _windows("c", [(1000, 30), (1000, 30), (1000, 30), (900, 30), (1000, 30),
+                          (1100, 30), (1000, 30), (1000, 30), (1000, 30)])
+    from scipy import stats
+    ratios = np.array([1.0, 0.9, 1.1, 1.0])
+    half = stats.t.ppf(0.975, 3) * ratios.std(ddof=1) / 2
+    detail = _targets(_results(**four))[c_target]["detail"]
+    assert detail.startswith(f"1.000x over 4 on windows, 95 % interval {1 - half:.3f}-"
+                             f"{1 + half:.3f}x"), detail
+    # A window missing (the run stopped after an on window): no log target, not a reading
+    # of part of it.
+    partial = dict(c)
+    del partial["c-off3"]
+    assert c_target not in _targets(_results(**partial))
+    assert c_target not in _targets(_results()) and e_target not in _targets(_results())
+    rows = {r["name"]: r for r in report._rows(_results(**c, **e))}
+    assert rows["c-log1"]["system"] == "abserve miss 90/10, log on (1)"
+    assert rows["e-off3"]["ratio_b"] == round(57 / 90, 2)  # c=1 rows against (b1)
+    rows = {r["name"]: r for r in report._rows(_results(**four))}
+    assert rows["c-off5"]["system"] == "abserve miss 90/10, log off (5)"
+    assert rows["c-off5"]["ratio_b"] == 1.0  # 1000 / (b) 1000: with its own concurrency
+    assert report.log_windows(2) == ("off1", "log1", "off2", "log2", "off3")
+
+
+def test_log_windows_are_listed_in_run_order_after_their_variant() -> None:
+    four = _windows("c", [(1000, 30)] * 9)
+    names = [r["name"] for r in report._rows(_results(**four, **{"zz": _row("zz", 1, 1, 1)}))]
+    windows = [n for n in names if n.startswith("c-")]
+    assert windows == [f"c-{w}" for w in report.log_windows(4)]
+    assert names.index("c") < names.index("c-off1") < names.index("d")
+    assert names[-1] == "zz"

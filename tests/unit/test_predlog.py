@@ -209,6 +209,25 @@ def test_sampling_is_a_deterministic_fraction_per_experiment(tmp_path: Path) -> 
     assert logged == [rid for rid in ids[:200] if rid in set(kept)]
 
 
+def test_set_sample_switches_the_log_live_and_back_to_the_config(tmp_path: Path) -> None:
+    """The bench's live switch (variant l): 0 keeps nothing, 1 keeps everything in every
+    experiment, None restores the config's shares; a share outside [0, 1] is refused."""
+    plog = make(tmp_path, sample_percent=25, sample_percent_by_experiment={"all": 100})
+    ids = [f"req-{i}" for i in range(2000)]
+    configured = [rid for rid in ids if plog.sampled(rid, "exp")]
+    plog.set_sample(0.0)
+    assert not any(plog.sampled(rid, e) for rid in ids for e in ("exp", "all"))
+    assert plog.record("req-0", "all", pred(1), batch(1), 1.0) is False
+    plog.set_sample(1.0)
+    assert all(plog.sampled(rid, "exp") for rid in ids)
+    plog.set_sample(None)
+    assert [rid for rid in ids if plog.sampled(rid, "exp")] == configured
+    assert all(plog.sampled(rid, "all") for rid in ids)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="lies in"):
+            plog.set_sample(bad)
+
+
 def test_inputs_off_keeps_only_the_digest_and_shape(tmp_path: Path) -> None:
     plog = make(tmp_path, inputs=False)
     x = batch(2)
