@@ -29,6 +29,7 @@ __all__ = [
     "reach_replicas",
     "replica_pids",
     "set_fault_all",
+    "set_log_sample_all",
     "shutdown_serve",
     "wait_for",
     "wait_serve_answers",
@@ -181,6 +182,21 @@ async def reach_replicas(
         done.update(int(p) for p in pids if p is not None)
         want = set(replica_pids(app, deployment)) or want
     return done
+
+
+def set_log_sample_all(app: str, percent: float | None, *, loop: HandleLoop | None = None,
+                       timeout_s: float = 30.0) -> set[int]:
+    """``set_log_sample`` on every live router replica of ``app`` (the prediction log keeps
+    ``percent`` of the requests; None: the config's shares); the PIDs that got it, empty
+    when the app's log is off. ``loop``: the caller's handle loop (the bench's), else this
+    module's."""
+    from serve.app import ROUTER_DEPLOYMENT
+
+    result: set[int] = (loop or _handle_loop()).call(reach_replicas(
+        app, ROUTER_DEPLOYMENT, lambda h: h.set_log_sample.remote(percent),
+        timeout_s=timeout_s, what="set_log_sample",
+    ), timeout_s + 5)
+    return result
 
 
 def set_fault_all(

@@ -41,11 +41,18 @@ def log_windows(pairs: int = LOG_PAIRS) -> tuple[str, ...]:
     return ("off1", *(w for k in range(1, pairs + 1) for w in (f"log{k}", f"off{k + 1}")))
 
 
-LOG_ROWS = {v: tuple(f"{v}-{w}" for w in log_windows()) for v in ("c", "e")}
-ORDER = ("a", "b", "b1", "n", "f", "c", *LOG_ROWS["c"], "c-open", "d", "e", "e-shadow",
-         *LOG_ROWS["e"])
-CONCURRENCY_1 = ("b1", "e", "e-shadow", *LOG_ROWS["e"])
 _LOG_WINDOW = re.compile(r"^(?P<v>[ce])-(?P<state>off|log)(?P<k>[0-9]+)$")
+
+
+def log_window(name: str) -> tuple[str, bool, int] | None:
+    """A variant l window's (variant, log on, window number), or None for any other row."""
+    m = _LOG_WINDOW.match(name)
+    return None if m is None else (m["v"], m["state"] == "log", int(m["k"]))
+
+
+# The table's order; variant l's windows follow their variant, in run order (``_order``).
+ORDER = ("a", "b", "b1", "n", "f", "c", "c-open", "d", "e", "e-shadow")
+CONCURRENCY_1 = ("b1", "e", "e-shadow")  # and (e)'s log windows
 # Each variant's system in words, next to its letter in the table and the chart.
 SYSTEMS = {
     "a": "naive FastAPI",
@@ -63,10 +70,10 @@ _LOG_WORDS = {"c": "abserve miss 90/10", "e": "abserve c=1"}
 
 
 def system(name: str) -> str:
-    m = _LOG_WINDOW.match(name)
-    if m and name not in SYSTEMS:
-        state = "on" if m["state"] == "log" else "off"
-        return f"{_LOG_WORDS[m['v']]}, log {state} ({m['k']})"
+    window = log_window(name)
+    if window is not None:
+        variant, on, k = window
+        return f"{_LOG_WORDS[variant]}, log {'on' if on else 'off'} ({k})"
     return SYSTEMS.get(name, name)
 
 
@@ -118,14 +125,19 @@ def _ratio(x: float | None, ref: float | None) -> float | None:
     return round(x / ref, 2)
 
 
-def _order(name: str) -> tuple[int, int, int]:
-    """Where a row goes in the table: ORDER's place; variant l's windows after their
-    variant's last listed window, in run order; any other name at the end."""
-    m = _LOG_WINDOW.match(name)
-    if m:
-        anchor = ORDER.index(LOG_ROWS[m["v"]][0])
-        return anchor, int(m["k"]), 0 if m["state"] == "off" else 1
-    return (ORDER.index(name), 0, 0) if name in ORDER else (len(ORDER), 0, 0)
+def _at_concurrency_1(name: str) -> bool:
+    window = log_window(name)
+    return name in CONCURRENCY_1 or (window is not None and window[0] == "e")
+
+
+def _order(name: str) -> tuple[int, int, int, int]:
+    """Where a row goes in the table: ORDER's place; variant l's windows right after
+    their variant, in run order (off k before log k); any other name at the end."""
+    window = log_window(name)
+    if window is not None:
+        variant, on, k = window
+        return ORDER.index(variant), 1, k, int(on)
+    return (ORDER.index(name) if name in ORDER else len(ORDER)), 0, 0, 0
 
 
 def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -141,7 +153,7 @@ def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         row.setdefault("system", system(name))
         if name == "c-open":  # rate-limited on purpose: a ratio would mean nothing
             row["ratio_a"] = row["ratio_b"] = row["ratio_f"] = row["ratio_n"] = None
-        elif name in CONCURRENCY_1 or name.startswith("e-"):  # with the same concurrency
+        elif _at_concurrency_1(name):  # compared with the same concurrency only
             row["ratio_a"] = row["ratio_f"] = row["ratio_n"] = None
             row["ratio_b"] = _ratio(row["rps"], b1)
         else:
@@ -172,9 +184,9 @@ def _log_windows(by: dict[str, dict[str, Any]], variant: str, key: str
     return on, off
 
 
-def _pairs(on: list[float], off: list[float]) -> list[float]:
-    """Each on window against the mean of the off windows either side of it."""
-    return [o / ((a + b) / 2) for o, a, b in zip(on, off, off[1:], strict=False)]
+def _neighbours(off: list[float]) -> list[float]:
+    """For each on window, the mean of the off windows either side of it."""
+    return [(a + b) / 2 for a, b in zip(off, off[1:], strict=False)]
 
 
 def _interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
@@ -271,7 +283,7 @@ def targets(rows: list[dict[str, Any]],
     c_win = _log_windows(by, "c", "rps")
     if c_win is not None:
         ons, offs = c_win
-        pairs = _pairs(ons, offs)
+        pairs = [o / ref for o, ref in zip(ons, _neighbours(offs), strict=True)]
         share = sum(pairs) / len(pairs)
         ci = _interval(pairs)
         within = "" if ci is None else f", 95 % interval {ci[0]:.3f}-{ci[1]:.3f}x"
@@ -281,7 +293,7 @@ def targets(rows: list[dict[str, Any]],
     e_win = _log_windows(by, "e", "p50_ms")
     if e_win is not None:
         ons, offs = e_win
-        gaps = [o - (a + b) / 2 for o, a, b in zip(ons, offs, offs[1:], strict=False)]
+        gaps = [o - ref for o, ref in zip(ons, _neighbours(offs), strict=True)]
         gap = sum(gaps) / len(gaps)
         ci = _interval(gaps)
         within = "" if ci is None else f", 95 % interval {ci[0]:+.2f} to {ci[1]:+.2f} ms"

@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.faults import HandleLoop, reach_replicas
+from benchmarks.faults import HandleLoop, set_log_sample_all
 from benchmarks.loadgen import LoadResult, open_loop, run_wrk, unique_bodies, write_bodies
-from benchmarks.report import LOG_PAIRS, log_windows
+from benchmarks.report import LOG_PAIRS, log_window, log_windows
 from serve.local.pids import psutil_module, stop_pid
 from serve.local.ports import free_port
 from serve.local.private_ray import private_ray
@@ -78,21 +78,20 @@ VARIANTS: dict[str, str] = {
 
 def describe(name: str) -> str:
     """A variant's description; variant l's windows (c-off1, c-log1, ...) by pattern."""
-    if name in VARIANTS:
+    window = log_window(name)
+    if window is None:
         return VARIANTS[name]
-    variant, window = name.split("-", 1)
-    if window.startswith("log"):
-        return (f"as ({variant}), one deployment with the prediction log, window "
-                f"{window[3:]}: logging every request, inputs included")
-    return (f"as ({variant}), one deployment with the prediction log, window {window[3:]}: "
-            "the log switched off live (sample 0)")
+    variant, on, k = window
+    what = ("logging every request, inputs included" if on
+            else "the log switched off live (sample 0)")
+    return f"as ({variant}), one deployment with the prediction log, window {k}: {what}"
 
 
 SELECTABLE = ("a", "b", "c", "d", "e", "f", "n")  # the default selection
 # On request only: l, the prediction log's cost. One more deployment of (c)-(e)'s app with
-# the log on, then (c) and (e) each in five windows, the log switched live in the same
-# processes: off, on, off, ..., on, off (report.log_windows; ABSERVE_BENCH_LOG_PAIRS on
-# windows, default 2). Redeploying with the log on and off cannot resolve a 5 % cost: an A/A
+# the log on, then (c) and (e) each in alternating windows, the log switched live in the
+# same processes: off, on, off, ..., on, off (report.log_windows; ABSERVE_BENCH_LOG_PAIRS
+# on windows, default 2). Redeploying with the log on and off cannot resolve a 5 % cost: an A/A
 # run, the log off in both deployments, read 0.91x.
 EXTRA = ("l",)
 MODEL = "activity"
@@ -646,18 +645,13 @@ class Bench:
         100) is the on windows' share: 0 makes the run an A/A, the same switching with the
         log off throughout, which shows the windows' own noise; ``ABSERVE_BENCH_LOG_PAIRS``
         the number of on windows (default 2; each with an off window after it)."""
-        from serve.app import ROUTER_DEPLOYMENT
-
         assert self.handles is not None, "variant l runs with the bench's Ray cluster"
         on_percent = float(os.environ.get("ABSERVE_BENCH_LOG_ON_PERCENT", "100"))
         windows = log_windows(int(os.environ.get("ABSERVE_BENCH_LOG_PAIRS", LOG_PAIRS)))
         for window in windows:
             on = window.startswith("log")
             percent = on_percent if on else 0.0
-            pids = self.handles.call(reach_replicas(
-                APP, ROUTER_DEPLOYMENT, lambda h, p=percent: h.set_log_sample.remote(p),
-                timeout_s=30, what="set_log_sample",
-            ), 35)
+            pids = set_log_sample_all(APP, percent, loop=self.handles)
             if not pids:
                 raise RuntimeError("variant l: the router replicas have no prediction log")
             if not on and window != windows[0]:

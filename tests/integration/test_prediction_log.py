@@ -25,10 +25,9 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from benchmarks.faults import _handle_loop, reach_replicas, set_fault_all
+from benchmarks.faults import set_fault_all, set_log_sample_all
 from models.activity.data import CLASS_LABELS, make_windows
 from router.dataplane.predlog import PARTITIONING, PREDICTIONS_SCHEMA
-from serve.app import ROUTER_DEPLOYMENT
 from tests.integration.conftest import ServeInstance, deploy, small_app
 
 APP, PREFIX = "predlog", "/predlog"
@@ -118,19 +117,15 @@ def served(serve_instance: ServeInstance, registry_root: str, state_dir: str, re
             answered_at_stats = len(answers)
             # The bench's live switch (variant l) on every router replica: at 0 % nothing
             # more is kept; back to the config's share, the next request is.
+            assert set_log_sample_all(APP, 0.0), "the router replicas have a prediction log"
             unlogged = set()
-            for percent in (0.0, None):
-                pids = _handle_loop().call(reach_replicas(
-                    APP, ROUTER_DEPLOYMENT, lambda h, p=percent: h.set_log_sample.remote(p),
-                    timeout_s=30, what="set_log_sample"), 35)
-                assert pids, "the router replicas have a prediction log"
-                if percent == 0.0:
-                    for i in range(49, 54):
-                        r = client.post(f"{url}/predict", json={"features": X[i].tolist()})
-                        assert r.status_code == 200, r.text
-                        unlogged.add(r.json()["request_id"])
-                    switched = client.get(f"{url}/stats").json()["log"]
-                    assert switched["buffered"] == stats["log"]["buffered"], switched
+            for i in range(49, 54):
+                r = client.post(f"{url}/predict", json={"features": X[i].tolist()})
+                assert r.status_code == 200, r.text
+                unlogged.add(r.json()["request_id"])
+            switched = client.get(f"{url}/stats").json()["log"]
+            assert switched["buffered"] == stats["log"]["buffered"], switched
+            assert set_log_sample_all(APP, None)
             predict(X[54])  # logged again
         on_disk_before = _read(root, "predictions") + _read(root, "feedback")
         serve.delete(APP)
