@@ -52,9 +52,10 @@ def add_parsers(sub: Any) -> None:
     b.add_argument("--out", default="bench-results")
     b.add_argument("--variants", default="a,b,c,d,e,f,n",
                    help="comma-separated, of a,b,c,d,e,f,l,n (f: MLServer, in a virtualenv the "
-                        "bench builds; n: a no-op Serve replica, the ceiling; l: (c) and (e) "
-                        "again with the prediction log on, then with it off once more, the "
-                        "reference read against)")
+                        "bench builds; n: a no-op Serve replica, the ceiling; l: the prediction "
+                        "log's cost on (c) and (e), one deployment with the log switched "
+                        "off and on in alternating windows, ABSERVE_BENCH_LOG_PAIRS pairs, "
+                        "default 2)")
     b.add_argument("--mlserver-venv", metavar="PATH",
                    help="(f)'s MLServer virtualenv, built there when absent or broken "
                         "(default: ~/.cache/abserve/mlserver-1.7.1-sklearn-<version>)")
